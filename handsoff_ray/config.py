@@ -1,0 +1,279 @@
+"""The one job spec that drives every HandsOff stage.
+
+A spec is a YAML file with the sections below; every field has a default that works on a laptop, so
+the smallest valid spec names only the labeled data and the generator::
+
+    generator: {checkpoint: ./ffhq-config-f.pt}
+    data: {path: ./labeled}
+
+Validate and print the resolved plan without computing anything:
+
+    handsoff validate jobs/specs/toy.yaml
+    handsoff run jobs/specs/toy.yaml --dry-run
+
+Unknown keys are rejected with their dotted path ("inversion.stepz: unknown key"), ranges are checked,
+and all problems are reported together before any compute starts. The same spec runs on a laptop and on
+a cluster: only `resources` (and `storage.output`) change where it runs, never what it computes, so
+`resources` is left out of the spec hash that stamps every output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "JobSpec",
+    "SpecError",
+    "load_spec",
+    "parse_spec",
+    "spec_hash",
+    "GeneratorSpec",
+    "DataSpec",
+    "InversionSpec",
+    "LabelGeneratorSpec",
+    "SynthesisSpec",
+    "StorageSpec",
+    "EvaluationSpec",
+    "ResourcesSpec",
+]
+
+
+class SpecError(ValueError):
+    """A job spec that cannot run. The message lists every problem, one per line."""
+
+
+class _Section(BaseModel):
+    # extra="forbid" is what turns a typo into an error instead of a silently ignored key.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class GeneratorSpec(_Section):
+    checkpoint: str = Field(
+        "toy",
+        description="StyleGAN2 checkpoint: rosinality .pt, NVlabs .pkl or handsoff .safetensors; "
+        "'toy' is the generator shipped with the package.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
+    feature_resolution: int | None = Field(
+        None, ge=8, le=2048,
+        description="Hypercolumn (label) resolution; default min(generator resolution, 512) like the reference.",
+    )
+    crop_rows: tuple[int, int] | None = Field(
+        None, description="Content rows [start, stop) of the generator canvas, e.g. [64, 448] for LSUN-car 512."
+    )
+
+
+class DataSpec(_Section):
+    path: str = Field("./data/labeled", description="Labeled-set folder (images/, masks/, keypoints.json, depth/).")
+    limit: int | None = Field(16, ge=1, le=10_000, description="Use the first N images (sorted ids); None = all.")
+    ids: list[str] | None = Field(None, description="Explicit image ids; overrides limit.")
+
+
+class LPIPSSpec(_Section):
+    net: Literal["vgg", "alex"] = "vgg"  # the reference uses VGG16, LPIPS v0.1
+    trunk_path: str | None = Field(None, description="torchvision ImageNet checkpoint for the LPIPS trunk.")
+
+
+class EncoderSpec(_Section):
+    enabled: bool = False  # start the optimisation from a ReStyle-style encoder instead of the average latent
+    steps: int = Field(2000, ge=1, le=1_000_000)
+    batch_size: int = Field(16, ge=1, le=1024)
+    n_iters: int = Field(3, ge=1, le=10)
+    lr: float = Field(1e-3, gt=0, le=1)
+
+
+class InversionSpec(_Section):
+    steps: int = Field(500, ge=1, le=100_000)  # reference: 500
+    lr: float = Field(0.1, gt=0, le=10)  # reference: 0.1 with ramps
+    rampup: float = Field(0.05, ge=0, le=1)
+    rampdown: float = Field(0.25, ge=0, le=1)
+    lpips_weight: float = Field(10.0, ge=0)
+    mse_weight: float = Field(1.0, ge=0)
+    reg_weight: float = Field(1.0, ge=0)  # ||w - w_init||^2 regulariser
+    loss_resolution: int | None = Field(None, ge=8, le=2048, description="Reference: 512 for a 1024 generator.")
+    batch_size: int = Field(8, ge=1, le=1024, description="Images optimised together on one device.")
+    lpips: LPIPSSpec = LPIPSSpec()
+    encoder: EncoderSpec = EncoderSpec()
+
+
+class SegmentationTask(_Section):
+    enabled: bool = True
+    hidden: tuple[int, int] = (256, 32)  # reference faces; cars use (512, 256)
+    class_weights: list[float] | None = None
+    min_pixels: int = Field(30, ge=0, description="Per image, classes with fewer pixels become background.")
+
+
+class KeypointTask(_Section):
+    enabled: bool = True
+    hidden: tuple[int, int] = (256, 32)
+    sigma: float = Field(2.0, gt=0, le=64, description="Heatmap Gaussian sigma in output pixels.")
+
+
+class DepthTask(_Section):
+    enabled: bool = True
+    hidden: tuple[int, int] = (256, 32)
+
+
+class TasksSpec(_Section):
+    segmentation: SegmentationTask = SegmentationTask()
+    keypoints: KeypointTask = KeypointTask()
+    depth: DepthTask = DepthTask()
+
+    def enabled(self) -> list[str]:
+        return [name for name in ("segmentation", "keypoints", "depth") if getattr(self, name).enabled]
+
+
+class LabelGeneratorSpec(_Section):
+    ensemble_size: int = Field(10, ge=1, le=64)  # reference: 10
+    tasks: TasksSpec = TasksSpec()
+    batch_pixels: int = Field(2048, ge=8, le=1_000_000, description="Pixels per step (reference: 64).")
+    max_steps: int = Field(3000, ge=1, le=10_000_000)
+    lr: float = Field(1e-3, gt=0, le=1)
+    class_balanced: bool = False
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="Held-out pixel split for early stopping.")
+    patience: int = Field(10, ge=1, description="Validation checks without improvement before stopping.")
+
+
+class UncertaintySpec(_Section):
+    top_fraction: float = Field(0.1, gt=0, le=1, description="Image score = mean of the top fraction of pixels.")
+    filter_portion: float = Field(0.1, ge=0, lt=1, description="Fraction of pairs readers drop (reference 0.1).")
+    drop_most_certain: int = Field(30, ge=0, description="Of those, how many are the most certain (reference 30).")
+
+
+class SynthesisSpec(_Section):
+    num_samples: int = Field(2000, ge=1, le=10_000_000_000)
+    shard_size: int = Field(10_000, ge=1, le=10_000_000)
+    batch_size: int = Field(16, ge=1, le=4096)
+    truncation_psi: float = Field(0.7, ge=0, le=2)  # reference: 0.7, W broadcast to all layers
+    store_latent: bool = False
+    uncertainty: UncertaintySpec = UncertaintySpec()
+
+
+class S3Spec(_Section):
+    endpoint_url: str | None = None  # else AWS_ENDPOINT_URL
+    region: str | None = None  # else AWS_REGION / AWS_DEFAULT_REGION
+    max_attempts: int = Field(10, ge=1, le=100)
+
+
+class StorageSpec(_Section):
+    output: str = Field("./handsoff-runs", description="Local path, file:// or s3:// URI.")
+    run_id: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9_.]{0,61}[a-z0-9])?$")
+    s3: S3Spec = S3Spec()
+
+
+class EvaluationSpec(_Section):
+    enabled: bool = False
+    test_path: str | None = Field(None, description="Labeled-set folder of real test images.")
+    model: Literal["unet", "deeplabv3"] = "unet"  # unet for tiny images; deeplabv3 as in the reference
+    backbone: Literal["resnet50", "resnet101", "mobilenet_v3_large"] = "resnet101"
+    pretrained_backbone: str | None = None  # a local torchvision checkpoint; nothing is downloaded
+    epochs: int = Field(20, ge=1, le=1000)
+    batch_size: int = Field(8, ge=1, le=1024)
+    lr: float = Field(1e-3, gt=0, le=1)
+    pck_alpha: float = Field(0.05, gt=0, le=1)
+    use_uncertainty_filter: bool = True
+
+    @model_validator(mode="after")
+    def _needs_test_path(self) -> "EvaluationSpec":
+        if self.enabled and not self.test_path:
+            raise ValueError("test_path is required when evaluation is enabled")
+        return self
+
+
+class ResourcesSpec(_Section):
+    ray_address: str | None = Field(None, description="None = start or join a local Ray; 'auto' = the cluster.")
+    num_workers: int = Field(1, ge=1, le=4096, description="Ray Train workers for invert and fit.")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1, gt=0, le=256)
+    synthesis_actors: int = Field(1, ge=1, le=4096)
+    gpus_per_actor: float = Field(0, ge=0, le=8)
+    torch_threads: int | None = Field(None, ge=1, le=256)
+
+
+class JobSpec(_Section):
+    name: str = Field("handsoff", pattern=r"^[a-z0-9]([-a-z0-9]{0,45}[a-z0-9])?$")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    generator: GeneratorSpec = GeneratorSpec()
+    data: DataSpec = DataSpec()
+    inversion: InversionSpec = InversionSpec()
+    label_generator: LabelGeneratorSpec = LabelGeneratorSpec()
+    synthesis: SynthesisSpec = SynthesisSpec()
+    storage: StorageSpec = StorageSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+
+    @model_validator(mode="after")
+    def _at_least_one_task(self) -> "JobSpec":
+        if not self.label_generator.tasks.enabled():
+            raise ValueError("label_generator.tasks: enable at least one of segmentation, keypoints, depth")
+        return self
+
+    @property
+    def run_id(self) -> str:
+        return self.storage.run_id or self.name
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{source}: {path}: unknown key (check the spelling; see `handsoff validate --help`)")
+        else:
+            lines.append(f"{source}: {path}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_spec(data: dict[str, Any] | None, *, source: str = "<spec>") -> JobSpec:
+    """Validate a spec dict; raise SpecError naming every bad field by its dotted path."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a job spec must be a YAML mapping, got {type(data).__name__}")
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(_format_errors(err, source)) from None
+
+
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> JobSpec:
+    """Read a YAML spec from disk; `overrides` maps dotted keys to values (CLI `--set a.b=c`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: no such spec file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    return parse_spec(data, source=str(path))
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise SpecError(f"--set {dotted}: {key} is not a section")
+    node[leaf] = value
+
+
+def spec_hash(spec: JobSpec, *, sections: tuple[str, ...] | None = None) -> str:
+    """A short stable hash of what the spec computes (resources and storage location excluded).
+
+    Pass `sections` to hash only what one stage depends on, so that e.g. changing the synthesis sample
+    count does not invalidate finished inversions.
+    """
+    dumped = spec.model_dump(mode="json", exclude={"resources", "storage", "evaluation"})
+    if sections is not None:
+        dumped = {k: v for k, v in dumped.items() if k in sections}
+    blob = json.dumps(dumped, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

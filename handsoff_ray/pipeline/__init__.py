@@ -1,0 +1,1 @@
+"""Stage runners, storage and Ray orchestration."""

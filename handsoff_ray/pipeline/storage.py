@@ -1,0 +1,144 @@
+"""Run storage: one prefix per run, local paths, file:// and s3:// URIs, all through pyarrow.fs.
+
+    store = RunStore.open("s3://bucket/handsoff", run_id="faces-16", spec_hash="ab12...")
+    store.write_bytes("latents/img_0001.safetensors", blob)   # atomic: visible only when complete
+
+Layout (one run = one prefix)::
+
+    <output>/<run_id>/_run.json          spec, spec hash, created-at; guards against mixing specs
+    <output>/<run_id>/latents/           per-image W+ latents and inversion metrics
+    <output>/<run_id>/label_generator/   the fitted ensemble
+    <output>/<run_id>/dataset/           synthetic Parquet shards
+    <output>/<run_id>/eval/              evaluation reports
+
+S3 settings come from the spec (`storage.s3`) or the usual environment (AWS_ENDPOINT_URL,
+AWS_REGION / AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY); retries use pyarrow's
+standard AWS retry strategy so brief object-store outages do not fail a run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+__all__ = ["RunStore", "StorageError", "resolve_filesystem"]
+
+
+class StorageError(RuntimeError):
+    """Storage that cannot be used for this run (wrong spec under a run id, unreachable bucket...)."""
+
+
+def resolve_filesystem(
+    uri: str, *, endpoint_url: str | None = None, region: str | None = None, max_attempts: int = 10
+) -> tuple[pafs.FileSystem, str]:
+    """Map a path or URI to (filesystem, path inside it)."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        path = parsed.path if parsed.scheme == "file" else uri
+        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+    if parsed.scheme == "s3":
+        endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        kwargs: dict = {
+            "region": region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+            "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts),
+        }
+        if endpoint:
+            ep = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
+            kwargs["endpoint_override"] = ep.netloc
+            kwargs["scheme"] = ep.scheme or "http"
+        return pafs.S3FileSystem(**kwargs), f"{parsed.netloc}{parsed.path}".rstrip("/")
+    raise StorageError(f"unsupported storage URI {uri!r}: use a local path, file:// or s3://")
+
+
+@dataclass
+class RunStore:
+    fs: pafs.FileSystem
+    root: str  # <output>/<run_id> inside fs
+    run_id: str
+
+    @classmethod
+    def open(
+        cls,
+        output: str,
+        *,
+        run_id: str,
+        spec_json: dict | None = None,
+        spec_hash: str | None = None,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        max_attempts: int = 10,
+    ) -> "RunStore":
+        """Open (creating if needed) the run prefix; refuse a run id that holds another spec's outputs."""
+        fs, base = resolve_filesystem(output, endpoint_url=endpoint_url, region=region, max_attempts=max_attempts)
+        store = cls(fs=fs, root=posixpath.join(base, run_id), run_id=run_id)
+        if spec_hash is not None:
+            existing = store.read_json("_run.json")
+            if existing is None:
+                store.write_json("_run.json", {"run_id": run_id, "spec_hash": spec_hash, "spec": spec_json})
+            elif existing.get("spec_hash") != spec_hash:
+                raise StorageError(
+                    f"run {run_id!r} under {output} was made by spec {existing.get('spec_hash')}, "
+                    f"this spec is {spec_hash}: pick another storage.run_id or output, or delete the old run"
+                )
+        return store
+
+    def path(self, rel: str) -> str:
+        return posixpath.join(self.root, rel)
+
+    def uri(self, rel: str = "") -> str:
+        """A URI other tools (pyarrow, ray.data, datasets) can open."""
+        full = self.path(rel) if rel else self.root
+        return f"s3://{full}" if isinstance(self.fs, pafs.S3FileSystem) else full
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
+
+    def list(self, rel: str) -> list[str]:
+        """Names (not paths) of the files directly under rel; [] when rel does not exist."""
+        info = self.fs.get_file_info(pafs.FileSelector(self.path(rel), allow_not_found=True))
+        return sorted(posixpath.basename(i.path) for i in info if i.type == pafs.FileType.File)
+
+    def read_bytes(self, rel: str) -> bytes:
+        with self.fs.open_input_stream(self.path(rel)) as f:
+            return f.read()
+
+    def read_json(self, rel: str) -> dict | None:
+        if not self.exists(rel):
+            return None
+        return json.loads(self.read_bytes(rel))
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write so the file appears under its name only when complete.
+
+        Locally: write a hidden temporary file and rename it. On S3 an object becomes visible only when
+        its (multipart) upload completes, so writing the final key directly is already atomic.
+        """
+        final = self.path(rel)
+        self.fs.create_dir(posixpath.dirname(final), recursive=True)
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            tmp = posixpath.join(posixpath.dirname(final), f".{posixpath.basename(final)}.{uuid.uuid4().hex}.tmp")
+            with self.fs.open_output_stream(tmp) as f:
+                f.write(data)
+            self.fs.move(tmp, final)
+        else:
+            with self.fs.open_output_stream(final) as f:
+                f.write(data)
+
+    def write_json(self, rel: str, obj: dict) -> None:
+        self.write_bytes(rel, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+    def local_copy(self, rel: str, dest_dir: str) -> str:
+        """Materialise a file on local disk (e.g. a checkpoint to hand to torch); returns its path."""
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            return self.path(rel)
+        os.makedirs(dest_dir, exist_ok=True)
+        dest = os.path.join(dest_dir, posixpath.basename(rel))
+        with open(dest, "wb") as f:
+            f.write(self.read_bytes(rel))
+        return dest

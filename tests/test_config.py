@@ -1,0 +1,108 @@
+"""The job spec: defaults that run, dotted-path errors, ranges, hashing."""
+
+import pytest
+
+from handsoff_ray.config import JobSpec, SpecError, load_spec, parse_spec, spec_hash
+
+
+class TestParse:
+    def test_empty_spec_gets_laptop_defaults(self):
+        spec = parse_spec({})
+        assert spec.inversion.steps == 500 and spec.inversion.lpips_weight == 10.0
+        assert spec.label_generator.ensemble_size == 10
+        assert spec.label_generator.tasks.segmentation.hidden == (256, 32)
+        assert spec.synthesis.truncation_psi == 0.7
+        assert spec.run_id == "handsoff"
+
+    def test_unknown_key_is_named_by_dotted_path(self):
+        with pytest.raises(SpecError, match=r"inversion\.stepz: unknown key"):
+            parse_spec({"inversion": {"stepz": 3}})
+
+    def test_unknown_nested_key(self):
+        with pytest.raises(SpecError, match=r"label_generator\.tasks\.segmentation\.widths: unknown key"):
+            parse_spec({"label_generator": {"tasks": {"segmentation": {"widths": [1, 2]}}}})
+
+    def test_all_problems_reported_together(self):
+        with pytest.raises(SpecError) as info:
+            parse_spec({"inversion": {"steps": 0}, "synthesis": {"batch_size": -1}, "bogus": 1})
+        lines = str(info.value).splitlines()
+        assert len(lines) == 3
+        assert any("inversion.steps" in line and "greater than or equal to 1" in line for line in lines)
+        assert any(line.startswith("<spec>: bogus: unknown key") for line in lines)
+
+    @pytest.mark.parametrize(
+        "field,value",
+        [
+            (("synthesis", "truncation_psi"), -0.1),
+            (("label_generator", "ensemble_size"), 0),
+            (("label_generator", "val_fraction"), 1.0),
+            (("generator", "device"), "tpu"),
+            (("storage", "run_id"), "Bad Name!"),
+        ],
+    )
+    def test_out_of_range_values_rejected(self, field, value):
+        section, key = field
+        with pytest.raises(SpecError, match=rf"{section}\.{key}"):
+            parse_spec({section: {key: value}})
+
+    def test_no_task_enabled_is_an_error(self):
+        tasks = {t: {"enabled": False} for t in ("segmentation", "keypoints", "depth")}
+        with pytest.raises(SpecError, match="enable at least one"):
+            parse_spec({"label_generator": {"tasks": tasks}})
+
+    def test_evaluation_needs_test_path(self):
+        with pytest.raises(SpecError, match="test_path is required"):
+            parse_spec({"evaluation": {"enabled": True}})
+
+    def test_top_level_must_be_mapping(self):
+        with pytest.raises(SpecError, match="must be a YAML mapping"):
+            parse_spec([1, 2])  # type: ignore[arg-type]
+
+
+class TestLoad:
+    def test_load_yaml_with_overrides(self, tmp_path):
+        p = tmp_path / "s.yaml"
+        p.write_text("name: faces\ninversion:\n  steps: 100\n")
+        spec = load_spec(p, overrides={"inversion.steps": 7, "synthesis.num_samples": 42})
+        assert spec.name == "faces" and spec.inversion.steps == 7 and spec.synthesis.num_samples == 42
+
+    def test_missing_file(self, tmp_path):
+        with pytest.raises(SpecError, match="no such spec file"):
+            load_spec(tmp_path / "nope.yaml")
+
+    def test_invalid_yaml_is_one_line(self, tmp_path):
+        p = tmp_path / "s.yaml"
+        p.write_text("a: [1, 2\n")
+        with pytest.raises(SpecError, match="not valid YAML") as info:
+            load_spec(p)
+        assert "\n" not in str(info.value)
+
+    def test_shipped_example_specs_are_valid(self):
+        from pathlib import Path
+
+        specs = sorted((Path(__file__).parents[1] / "jobs" / "specs").glob("*.yaml"))
+        assert specs, "jobs/specs/ must hold example specs"
+        for p in specs:
+            load_spec(p)
+
+
+class TestHash:
+    def test_resources_do_not_change_the_hash(self):
+        a = parse_spec({})
+        b = parse_spec({"resources": {"num_workers": 8, "use_gpu": True}, "storage": {"output": "s3://b/x"}})
+        assert spec_hash(a) == spec_hash(b)
+
+    def test_what_is_computed_changes_the_hash(self):
+        assert spec_hash(parse_spec({})) != spec_hash(parse_spec({"seed": 1}))
+
+    def test_section_hash_ignores_other_sections(self):
+        a, b = parse_spec({}), parse_spec({"synthesis": {"num_samples": 5}})
+        keys = ("generator", "data", "inversion", "seed")
+        assert spec_hash(a, sections=keys) == spec_hash(b, sections=keys)
+        assert spec_hash(a) != spec_hash(b)
+
+    def test_defaults_model_is_frozen_shape(self):
+        assert set(JobSpec.model_fields) == {
+            "name", "seed", "generator", "data", "inversion", "label_generator",
+            "synthesis", "storage", "evaluation", "resources",
+        }
