@@ -1,0 +1,198 @@
+"""The `handsoff` command. Thin: parse, validate, call the pipeline.
+
+    handsoff validate jobs/specs/toy.yaml          # check a spec, print the resolved plan
+    handsoff run jobs/specs/toy.yaml --dry-run     # what would run, where, with which hashes
+    handsoff invert jobs/specs/toy.yaml            # W+ inversion of the labeled images
+    handsoff fit jobs/specs/toy.yaml               # the label generator ensemble
+    handsoff checkpoint info ffhq.pt               # architecture, resolution, feature spec
+    handsoff checkpoint convert ffhq.pkl ffhq.safetensors
+    handsoff checkpoint sample ffhq.pt --seeds 0-7 --out grid.png
+    handsoff data check ./labeled                  # validate a labeled set, print a summary
+
+Every command validates its inputs before computing anything and exits 2 with a one-line cause on bad
+input (a spec error lists one line per problem).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+import yaml
+
+from handsoff_ray.config import JobSpec, SpecError, load_spec
+
+__all__ = ["main"]
+
+
+def _parse_set(values: tuple[str, ...]) -> dict[str, Any]:
+    out = {}
+    for item in values:
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE, e.g. inversion.steps=100", param_hint="--set")
+        key, raw = item.split("=", 1)
+        out[key] = yaml.safe_load(raw)  # so numbers and booleans keep their types
+    return out
+
+
+def _load(spec_path: str, sets: tuple[str, ...]) -> JobSpec:
+    try:
+        return load_spec(spec_path, _parse_set(sets))
+    except SpecError as err:
+        raise click.ClickException(str(err)) from None
+
+
+def _fail_on_user_error(fn):
+    """Turn the errors users cause (bad files, bad specs) into a clean message and exit code 2."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from handsoff_ray.pipeline.errors import user_errors
+
+        try:
+            return fn(*args, **kwargs)
+        except user_errors() as err:
+            click.echo(f"Error: {err}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+spec_argument = click.argument("spec", type=click.Path(dir_okay=False))
+set_option = click.option(
+    "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a spec field, e.g. --set inversion.steps=50."
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="handsoff-ray")
+def main() -> None:
+    """HandsOff: turn a few labeled images into an unlimited labeled dataset."""
+
+
+@main.command()
+@spec_argument
+@set_option
+def validate(spec: str, sets: tuple[str, ...]) -> None:
+    """Validate SPEC and print the resolved plan (no compute). Exits 1 when an input is missing."""
+    from handsoff_ray.pipeline.plan import make_plan
+
+    plan = make_plan(_load(spec, sets))
+    click.echo(yaml.safe_dump(plan, sort_keys=False))
+    if plan["problems"]:
+        raise click.ClickException(f"{len(plan['problems'])} problem(s): " + "; ".join(plan["problems"]))
+
+
+@main.command()
+@spec_argument
+@set_option
+@click.option("--dry-run", is_flag=True, help="Print the resolved plan and exit.")
+@click.option("--stages", default="invert,fit", show_default=True, metavar="LIST", help="Stages to run, in order.")
+@_fail_on_user_error
+def run(spec: str, sets: tuple[str, ...], dry_run: bool, stages: str) -> None:
+    """Run the stages of SPEC in order (each skips work it already finished)."""
+    from handsoff_ray.pipeline.plan import make_plan
+    from handsoff_ray.pipeline import stages as st
+
+    job = _load(spec, sets)
+    plan = make_plan(job)
+    if dry_run:
+        click.echo(yaml.safe_dump(plan, sort_keys=False))
+        return
+    runners = {"invert": st.run_invert, "fit": st.run_fit}
+    wanted = [s.strip() for s in stages.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in runners]
+    if unknown:
+        raise click.BadParameter(f"unknown stage(s) {unknown}; choose from {list(runners)}", param_hint="--stages")
+    for name in wanted:
+        result = runners[name](job)
+        click.echo(json.dumps({"stage": name, **result}, default=str))
+
+
+@main.command()
+@spec_argument
+@set_option
+@_fail_on_user_error
+def invert(spec: str, sets: tuple[str, ...]) -> None:
+    """Invert the labeled images of SPEC into W+ latents (writes <run>/latents/)."""
+    from handsoff_ray.pipeline.stages import run_invert
+
+    click.echo(json.dumps(run_invert(_load(spec, sets)), default=str, indent=2))
+
+
+@main.command()
+@spec_argument
+@set_option
+@_fail_on_user_error
+def fit(spec: str, sets: tuple[str, ...]) -> None:
+    """Fit the label-generator ensemble on the inverted images (writes <run>/label_generator/)."""
+    from handsoff_ray.pipeline.stages import run_fit
+
+    click.echo(json.dumps(run_fit(_load(spec, sets)), default=str, indent=2))
+
+
+@main.group()
+def checkpoint() -> None:
+    """Inspect, convert and sample StyleGAN2 checkpoints (rosinality .pt, NVlabs .pkl, own .safetensors)."""
+
+
+@checkpoint.command("info")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@_fail_on_user_error
+def checkpoint_info(path: str) -> None:
+    """Print the architecture, resolution and hypercolumn feature spec of PATH."""
+    from handsoff_ray.pipeline.checkpoints import checkpoint_summary
+
+    click.echo(yaml.safe_dump(checkpoint_summary(path), sort_keys=False))
+
+
+@checkpoint.command("convert")
+@click.argument("src", type=click.Path(exists=True, dir_okay=False))
+@click.argument("dst", type=click.Path(dir_okay=False))
+@_fail_on_user_error
+def checkpoint_convert(src: str, dst: str) -> None:
+    """Convert SRC (any supported format) to the project's own .safetensors format at DST."""
+    from handsoff_ray.pipeline.checkpoints import convert_checkpoint
+
+    click.echo(json.dumps(convert_checkpoint(src, dst), indent=2))
+
+
+@checkpoint.command("sample")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--seeds", default="0-7", show_default=True, metavar="RANGES", help="e.g. 0-7 or 1,5,9-12.")
+@click.option("--trunc", "truncation_psi", type=click.FloatRange(0, 2), default=0.7, show_default=True)
+@click.option("--noise-mode", type=click.Choice(["const", "random", "none"]), default="const", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default="grid.png", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@_fail_on_user_error
+def checkpoint_sample(path: str, seeds: str, truncation_psi: float, noise_mode: str, out: str, device: str) -> None:
+    """Render a grid of samples of PATH, one per seed (a seed always gives the same image)."""
+    from handsoff_ray.pipeline.checkpoints import parse_seeds, sample_grid
+
+    try:
+        seed_list = parse_seeds(seeds)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--seeds") from None
+    click.echo(json.dumps(sample_grid(path, seed_list, out, truncation_psi, noise_mode, device)))
+
+
+@main.group()
+def data() -> None:
+    """Labeled-set tools."""
+
+
+@data.command("check")
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@_fail_on_user_error
+def data_check(path: str) -> None:
+    """Validate the labeled set at PATH (sizes, ids, missing pairs, corrupt files); print a summary."""
+    from handsoff_ray.pipeline.labeled import check_labeled_set
+
+    click.echo(yaml.safe_dump(check_labeled_set(path), sort_keys=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Labeled sets as the stages see them: selection by the spec, and labels aligned to the generator frame.
+
+Inversion brings each image into the generator's frame with `core.inversion.prepare_images` (centre
+crop to the generator's aspect, then resize). The labels must follow exactly the same geometry, at the
+hypercolumn resolution: `align_labels` applies the same crop, then nearest-neighbour resizing for class
+ids and depth (no invented in-between classes or depths), and the matching affine map for keypoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from handsoff_ray.config import JobSpec
+from handsoff_ray.pipeline.errors import UserError
+
+__all__ = ["AlignedLabels", "align_labels", "crop_box", "open_spec_labeled_set", "check_labeled_set"]
+
+_REQUIRES = {"segmentation": "segmentation", "keypoints": "keypoints", "depth": "depth"}
+
+
+def open_spec_labeled_set(spec: JobSpec, *, tasks: list[str] | None = None):
+    """Open and validate `spec.data.path`; return (labeled_set, selected ids)."""
+    from handsoff_ray.datasets.labeled_folder import open_labeled_set
+
+    labeled = open_labeled_set(spec.data.path, require=tuple(_REQUIRES[t] for t in (tasks or [])))
+    if spec.data.ids is not None:
+        unknown = [i for i in spec.data.ids if i not in set(labeled.ids)]
+        if unknown:
+            raise UserError(f"data.ids: {len(unknown)} id(s) not in {spec.data.path} (first: {unknown[0]!r})")
+        ids = list(spec.data.ids)
+    else:
+        ids = sorted(labeled.ids)[: spec.data.limit] if spec.data.limit else sorted(labeled.ids)
+    if not ids:
+        raise UserError(f"data.path: {spec.data.path} holds no labeled images")
+    return labeled, ids
+
+
+def check_labeled_set(path: str) -> dict:
+    """`handsoff data check`: validate eagerly (raises with every problem), then summarise."""
+    from handsoff_ray.datasets.labeled_folder import open_labeled_set, summarize
+
+    return summarize(open_labeled_set(path))
+
+
+def crop_box(h: int, w: int, out_h: int, out_w: int) -> tuple[int, int, int, int]:
+    """(top, left, crop_h, crop_w): the largest centred window with the target aspect.
+
+    Must equal the window `core.inversion.prepare_images(fit="crop")` cuts, so that image and labels
+    stay registered.
+    """
+    crop_h, crop_w = min(h, round(w * out_h / out_w)), min(w, round(h * out_w / out_h))
+    return (h - crop_h) // 2, (w - crop_w) // 2, crop_h, crop_w
+
+
+@dataclass
+class AlignedLabels:
+    classes: tuple[str, ...]
+    segmentation: np.ndarray | None  # uint8 [H, W]
+    keypoints: np.ndarray | None  # float32 [J, 3] in output pixels (centres at integers)
+    depth: np.ndarray | None  # float32 [H, W], 0 = invalid
+
+
+def _nearest(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    t = torch.from_numpy(np.ascontiguousarray(x))[None, None].float()
+    return F.interpolate(t, size=size, mode="nearest-exact")[0, 0].numpy()
+
+
+def align_labels(sample, labeled, out_size: tuple[int, int]) -> AlignedLabels:
+    """The labels of `sample` in the generator frame at `out_size` (see module docstring)."""
+    h, w = sample.image.shape[:2]
+    out_h, out_w = out_size
+    top, left, ch, cw = crop_box(h, w, out_h, out_w)
+    seg = depth = kps = None
+    if sample.segmentation is not None:
+        seg = _nearest(sample.segmentation[top : top + ch, left : left + cw], out_size).astype(np.uint8)
+    if sample.depth is not None:
+        d = np.nan_to_num(sample.depth[top : top + ch, left : left + cw].astype(np.float32), nan=0.0)
+        depth = _nearest(d, out_size).astype(np.float32)
+    if sample.keypoints is not None:
+        kps = sample.keypoints.astype(np.float32).copy()
+        # pixel centres sit at integer coordinates: x_out + 0.5 = (x_in - left + 0.5) * out_w / crop_w
+        kps[:, 0] = (kps[:, 0] - left + 0.5) * (out_w / cw) - 0.5
+        kps[:, 1] = (kps[:, 1] - top + 0.5) * (out_h / ch) - 0.5
+        outside = (kps[:, 0] < -0.5) | (kps[:, 0] > out_w - 0.5) | (kps[:, 1] < -0.5) | (kps[:, 1] > out_h - 0.5)
+        kps[outside, 2] = 0  # cropped away: unlabeled
+    return AlignedLabels(tuple(labeled.classes or ()), seg, kps, depth)

@@ -1,0 +1,96 @@
+"""The resolved plan of a job spec: what each stage reads and writes, and the hashes that stamp it.
+
+Pure and cheap: nothing is loaded or computed, so `handsoff validate` and `handsoff run --dry-run`
+answer in a second. The cheap input checks (does the checkpoint file exist, does the data folder
+exist) are reported under `problems`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from importlib import resources
+
+from handsoff_ray.config import JobSpec, spec_hash
+
+__all__ = ["make_plan", "stage_hash", "resolve_checkpoint", "TOY_CHECKPOINT"]
+
+# Which spec sections each stage's output depends on: a stage reruns only when these change.
+_STAGE_SECTIONS = {
+    "invert": ("seed", "generator", "data", "inversion"),
+    "fit": ("seed", "generator", "data", "inversion", "label_generator"),
+    "synthesize": ("seed", "generator", "data", "inversion", "label_generator", "synthesis"),
+}
+
+TOY_CHECKPOINT = "toy_stylegan2.safetensors"
+
+
+def stage_hash(spec: JobSpec, stage: str) -> str:
+    return spec_hash(spec, sections=_STAGE_SECTIONS[stage])
+
+
+def resolve_checkpoint(name: str) -> str:
+    """'toy' -> the generator shipped in handsoff_ray/toy/assets; anything else is a path or URI."""
+    if name == "toy":
+        return str(resources.files("handsoff_ray.toy") / "assets" / TOY_CHECKPOINT)
+    return os.path.expanduser(name)
+
+
+def _device(spec: JobSpec) -> str:
+    if spec.generator.device != "auto":
+        return spec.generator.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def make_plan(spec: JobSpec) -> dict:
+    problems = []
+    ckpt = resolve_checkpoint(spec.generator.checkpoint)
+    if "://" not in ckpt and not os.path.isfile(ckpt):
+        hint = " (the toy generator is not in this install)" if spec.generator.checkpoint == "toy" else ""
+        problems.append(f"generator.checkpoint: no such file {ckpt}{hint}")
+    if not os.path.isdir(spec.data.path):
+        problems.append(f"data.path: no such folder {spec.data.path}")
+    if spec.evaluation.enabled and spec.evaluation.test_path and not os.path.isdir(spec.evaluation.test_path):
+        problems.append(f"evaluation.test_path: no such folder {spec.evaluation.test_path}")
+
+    run_root = f"{spec.storage.output.rstrip('/')}/{spec.run_id}"
+    syn = spec.synthesis
+    n_shards = math.ceil(syn.num_samples / syn.shard_size)
+    return {
+        "run_id": spec.run_id,
+        "spec_hash": spec_hash(spec),
+        "storage": run_root,
+        "device": _device(spec),
+        "generator": ckpt,
+        "stages": {
+            "invert": {
+                "hash": stage_hash(spec, "invert"),
+                "reads": spec.data.path,
+                "images": spec.data.ids or (f"first {spec.data.limit}" if spec.data.limit else "all"),
+                "steps": spec.inversion.steps,
+                "batch_size": spec.inversion.batch_size,
+                "init": "encoder" if spec.inversion.encoder.enabled else "average latent",
+                "writes": f"{run_root}/latents/",
+                "workers": spec.resources.num_workers,
+            },
+            "fit": {
+                "hash": stage_hash(spec, "fit"),
+                "tasks": spec.label_generator.tasks.enabled(),
+                "ensemble_size": spec.label_generator.ensemble_size,
+                "writes": f"{run_root}/label_generator/",
+            },
+            "synthesize": {
+                "hash": stage_hash(spec, "synthesize"),
+                "samples": syn.num_samples,
+                "shards": n_shards,
+                "shard_size": syn.shard_size,
+                "truncation_psi": syn.truncation_psi,
+                "writes": f"{run_root}/dataset/",
+                "actors": spec.resources.synthesis_actors,
+            },
+            "evaluate": {"enabled": spec.evaluation.enabled, "test_path": spec.evaluation.test_path},
+        },
+        "problems": problems,
+    }

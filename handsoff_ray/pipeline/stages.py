@@ -1,0 +1,277 @@
+"""The HandsOff stages on one machine: invert, fit. Each is idempotent and resumable.
+
+    handsoff invert jobs/specs/toy.yaml     # -> <output>/<run_id>/latents/<image id>.safetensors
+    handsoff fit jobs/specs/toy.yaml        # -> <output>/<run_id>/label_generator/
+
+A stage first validates everything it will read (spec, labeled set, checkpoint, LPIPS trunk), then
+claims its output folder with the stage's spec hash: output of another spec under the same run id is
+refused, output of the same spec is reused. Inversion writes one file per image as soon as its batch
+finishes, so an interrupted run redoes at most one batch.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from handsoff_ray.config import JobSpec
+from handsoff_ray.pipeline.errors import UserError
+from handsoff_ray.pipeline.labeled import AlignedLabels, align_labels, open_spec_labeled_set
+from handsoff_ray.pipeline.plan import resolve_checkpoint, stage_hash
+from handsoff_ray.pipeline.storage import RunStore
+
+__all__ = ["run_invert", "run_fit", "open_run", "resolve_device", "LATENTS", "LABEL_GENERATOR"]
+
+LATENTS = "latents"
+LABEL_GENERATOR = "label_generator"
+
+
+def _log(msg: str, **fields) -> None:
+    # Progress goes to stderr as one JSON object per line: readable by people and by log shippers.
+    print(json.dumps({"t": round(time.time(), 1), "msg": msg, **fields}, default=str), file=sys.stderr, flush=True)
+
+
+def resolve_device(spec: JobSpec) -> torch.device:
+    if spec.generator.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.generator.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("generator.device is 'cuda' but no CUDA device is visible; set generator.device: auto")
+    return torch.device(spec.generator.device)
+
+
+def open_run(spec: JobSpec) -> RunStore:
+    s3 = spec.storage.s3
+    return RunStore.open(
+        spec.storage.output, run_id=spec.run_id, endpoint_url=s3.endpoint_url, region=s3.region,
+        max_attempts=s3.max_attempts,
+    )
+
+
+def claim_stage(store: RunStore, stage: str, spec: JobSpec) -> str:
+    """Record which spec owns <run>/<stage>/; refuse to mix two specs' outputs under one run id."""
+    h = stage_hash(spec, stage)
+    folder = {"invert": LATENTS, "fit": LABEL_GENERATOR}.get(stage, stage)
+    marker = f"{folder}/_stage.json"
+    existing = store.read_json(marker)
+    if existing is None:
+        store.write_json(marker, {"stage": stage, "stage_hash": h, "spec": spec.model_dump(mode="json")})
+    elif existing["stage_hash"] != h:
+        raise UserError(
+            f"{store.uri(folder)} holds {stage} output of another spec (hash {existing['stage_hash']}, this spec "
+            f"{h}); set storage.run_id to a new id, or delete that folder to recompute"
+        )
+    return h
+
+
+def load_spec_generator(spec: JobSpec, device: torch.device):
+    from handsoff_ray.core.checkpoint import load_generator
+
+    path = resolve_checkpoint(spec.generator.checkpoint)
+    if "://" in path:
+        # Remote checkpoints are copied to local disk once; torch and safetensors read local files.
+        from handsoff_ray.pipeline.storage import resolve_filesystem
+
+        fs, inner = resolve_filesystem(path, endpoint_url=spec.storage.s3.endpoint_url, region=spec.storage.s3.region)
+        local = tempfile.NamedTemporaryFile(suffix="_" + inner.rsplit("/", 1)[-1], delete=False).name
+        with fs.open_input_stream(inner) as src, open(local, "wb") as dst:
+            dst.write(src.read())
+        path = local
+    G = load_generator(path, device=device)
+    G.eval().requires_grad_(False)
+    return G
+
+
+def feature_size(spec: JobSpec, G) -> tuple[int, int]:
+    """The hypercolumn (label) resolution: the spec's, else min(generator height, 512) like the reference."""
+    h = spec.generator.feature_resolution or min(G.resolution, 512)
+    return h, h // G.cfg.init_aspect
+
+
+# ------------------------------------------------------------------------------------------ invert
+
+
+def _latent_file(image_id: str) -> str:
+    return f"{LATENTS}/{image_id}.safetensors"
+
+
+def run_invert(spec: JobSpec) -> dict:
+    """Invert every selected labeled image not inverted yet; returns a summary."""
+    from handsoff_ray.core.inversion import invert
+    from handsoff_ray.core.lpips_offline import load_lpips
+
+    labeled, ids = open_spec_labeled_set(spec)  # validates the whole set before any compute
+    device = resolve_device(spec)
+    G = load_spec_generator(spec, device)
+    lpips_model = load_lpips(spec.inversion.lpips.net, trunk_path=spec.inversion.lpips.trunk_path, device=device)
+    store = open_run(spec)
+    h = claim_stage(store, "invert", spec)
+
+    done = {name.removesuffix(".safetensors") for name in store.list(LATENTS) if name.endswith(".safetensors")}
+    todo = [i for i in ids if i not in done]
+    _log("invert", run=spec.run_id, images=len(ids), already_done=len(ids) - len(todo), device=str(device))
+    if spec.resources.torch_threads:
+        torch.set_num_threads(spec.resources.torch_threads)
+
+    encoder = _maybe_encoder(spec, G, store) if todo else None
+    inv = spec.inversion
+    t0 = time.time()
+    for start in range(0, len(todo), inv.batch_size):
+        batch_ids = todo[start : start + inv.batch_size]
+        images = np.stack([labeled.load(i).image for i in batch_ids])
+        init_ws = encoder.invert(G, images) if encoder is not None else None
+        res = invert(
+            G, images, lpips_model=lpips_model, steps=inv.steps, lr=inv.lr, lpips_weight=inv.lpips_weight,
+            mse_weight=inv.mse_weight, reg_weight=inv.reg_weight, rampup=inv.rampup, rampdown=inv.rampdown,
+            loss_resolution=inv.loss_resolution, init_ws=init_ws,
+        )
+        for k, image_id in enumerate(batch_ids):
+            meta = {"id": image_id, "psnr": float(res.psnr[k]), "lpips": float(res.lpips[k]),
+                    "final_loss": float(res.final_loss[k]), "best_step": int(res.best_step[k]), "stage_hash": h}
+            blob = st_save({"ws": res.ws[k].contiguous(), "loss_curve": res.loss_curve[k].contiguous()},
+                           metadata={"handsoff_ray.inversion": json.dumps(meta)})
+            store.write_bytes(_latent_file(image_id), blob)
+        _log("inverted batch", done=min(start + inv.batch_size, len(todo)), of=len(todo),
+             mean_psnr=round(float(res.psnr.mean()), 2), mean_lpips=round(float(res.lpips.mean()), 4),
+             seconds=round(time.time() - t0, 1))
+
+    summary = summarize_inversion(store, ids)
+    store.write_json(f"{LATENTS}/_index.json", summary)
+    return {"stage": "invert", "run": store.uri(), "inverted_now": len(todo), **summary}
+
+
+def _maybe_encoder(spec: JobSpec, G, store: RunStore):
+    """Train (or reuse) the ReStyle-style encoder when the spec asks for encoder initialisation."""
+    enc_spec = spec.inversion.encoder
+    if not enc_spec.enabled:
+        return None
+    from handsoff_ray.core.encoder import load_encoder, save_encoder, train_encoder
+
+    rel = f"{LATENTS}/_encoder.safetensors"
+    if store.exists(rel):
+        with tempfile.TemporaryDirectory() as d:
+            return load_encoder(store.local_copy(rel, d), device=G.latent_avg.device)
+    encoder = train_encoder(G, steps=enc_spec.steps, batch_size=enc_spec.batch_size, lr=enc_spec.lr,
+                            n_iters=enc_spec.n_iters, seed=spec.seed)
+    with tempfile.TemporaryDirectory() as d:
+        save_encoder(encoder, f"{d}/enc.safetensors")
+        store.write_bytes(rel, open(f"{d}/enc.safetensors", "rb").read())
+    return encoder
+
+
+def read_latent(store: RunStore, image_id: str) -> tuple[torch.Tensor, dict]:
+    """(ws [L, D], inversion metrics) of one inverted image."""
+    from safetensors import safe_open
+
+    blob = store.read_bytes(_latent_file(image_id))
+    tensors = st_load(blob)
+    with tempfile.NamedTemporaryFile(suffix=".safetensors") as f:  # safe_open reads metadata from a file
+        f.write(blob)
+        f.flush()
+        with safe_open(f.name, framework="pt") as sf:
+            meta = json.loads(sf.metadata()["handsoff_ray.inversion"])
+    return tensors["ws"], meta
+
+
+def summarize_inversion(store: RunStore, ids: list[str]) -> dict:
+    per_image = {i: read_latent(store, i)[1] for i in ids}
+    psnrs = [m["psnr"] for m in per_image.values()]
+    lp = [m["lpips"] for m in per_image.values()]
+    return {
+        "images": len(ids),
+        "mean_psnr": float(np.mean(psnrs)),
+        "mean_lpips": float(np.mean(lp)),
+        "per_image": {i: {k: m[k] for k in ("psnr", "lpips", "final_loss")} for i, m in per_image.items()},
+    }
+
+
+# --------------------------------------------------------------------------------------------- fit
+
+
+@torch.no_grad()
+def hypercolumn_features(G, ws: torch.Tensor, *, store_dtype: torch.dtype = torch.float32) -> list[list[torch.Tensor]]:
+    """Per image, the generator's feature maps for its W+ latent ([C_l, h_l, w_l] each, on the CPU)."""
+    out = []
+    for k in range(ws.shape[0]):
+        _, feats = G.synthesis(ws[k : k + 1].to(G.latent_avg.device), noise_mode="const", return_features=True)
+        out.append([f[0].to("cpu", store_dtype) for f in feats])
+    return out
+
+
+def _targets(spec: JobSpec, aligned: list[AlignedLabels]) -> tuple[dict, dict]:
+    """Label tensors at the feature resolution and the matching TaskSpecs."""
+    from handsoff_ray.core.label_generator import TaskSpec
+
+    t = spec.label_generator.tasks
+    targets, tasks = {}, {}
+    if t.segmentation.enabled:
+        targets["segmentation"] = torch.from_numpy(np.stack([a.segmentation for a in aligned])).long()
+        tasks["segmentation"] = TaskSpec(
+            "segmentation", num_outputs=len(aligned[0].classes), hidden=t.segmentation.hidden,
+            class_weights=t.segmentation.class_weights, min_pixels=t.segmentation.min_pixels,
+        )
+    if t.keypoints.enabled:
+        targets["keypoints"] = torch.from_numpy(np.stack([a.keypoints for a in aligned])).float()
+        tasks["keypoints"] = TaskSpec("keypoints", num_outputs=targets["keypoints"].shape[1],
+                                      hidden=t.keypoints.hidden, sigma=t.keypoints.sigma)
+    if t.depth.enabled:
+        targets["depth"] = torch.from_numpy(np.stack([a.depth for a in aligned])).float()
+        tasks["depth"] = TaskSpec("depth", num_outputs=1, hidden=t.depth.hidden)
+    return targets, tasks
+
+
+def run_fit(spec: JobSpec) -> dict:
+    """Fit the label-generator ensemble on the inverted labeled images; returns a summary."""
+    from handsoff_ray.core.label_generator import fit_label_generator, save_label_generator
+
+    labeled, ids = open_spec_labeled_set(spec, tasks=spec.label_generator.tasks.enabled())
+    store = open_run(spec)
+    missing = [i for i in ids if not store.exists(_latent_file(i))]
+    if missing:
+        raise UserError(f"{len(missing)} of {len(ids)} images are not inverted yet (first: {missing[0]}); "
+                        f"run `handsoff invert SPEC` first")
+    h = claim_stage(store, "fit", spec)
+    rel = f"{LABEL_GENERATOR}/label_generator.safetensors"
+    if store.exists(rel):
+        _log("fit: already done", run=spec.run_id)
+        return {"stage": "fit", "run": store.uri(), "skipped": True, **(store.read_json(f"{LABEL_GENERATOR}/fit.json") or {})}
+
+    device = resolve_device(spec)
+    G = load_spec_generator(spec, device)
+    out_size = feature_size(spec, G)
+    ws = torch.stack([read_latent(store, i)[0] for i in ids])  # [N, L, D]
+    # Full-resolution feature maps of big generators are ~0.5 GB per image in fp32: keep them in fp16.
+    store_dtype = torch.float16 if G.resolution >= 256 else torch.float32
+    features = hypercolumn_features(G, ws, store_dtype=store_dtype)
+    aligned = [align_labels(labeled.load(i), labeled, out_size) for i in ids]
+    targets, tasks = _targets(spec, aligned)
+
+    lg_spec = spec.label_generator
+    t0 = time.time()
+
+    def progress(rec: dict) -> None:
+        if rec["step"] % (10 * 100) == 0:
+            _log("fit", **rec)
+
+    lg, history = fit_label_generator(
+        features, targets, tasks, out_size=out_size, ensemble_size=lg_spec.ensemble_size,
+        max_steps=lg_spec.max_steps, batch_pixels=lg_spec.batch_pixels, lr=lg_spec.lr,
+        class_balanced=lg_spec.class_balanced, val_fraction=lg_spec.val_fraction, patience=lg_spec.patience,
+        seed=spec.seed, callback=progress, device=device,
+    )
+    with tempfile.TemporaryDirectory() as d:
+        save_label_generator(lg, f"{d}/lg.safetensors")
+        blob = open(f"{d}/lg.safetensors", "rb").read()
+    summary = {"images": len(ids), "tasks": list(tasks), "out_size": list(out_size),
+               "ensemble_size": lg_spec.ensemble_size, "seconds": round(time.time() - t0, 1),
+               "stage_hash": h, "members": lg.history_summary}
+    store.write_json(f"{LABEL_GENERATOR}/fit.json", summary)
+    store.write_bytes(rel, blob)  # last: its presence marks the stage done
+    _log("fit done", seconds=summary["seconds"])
+    return {"stage": "fit", "run": store.uri(), **summary}
