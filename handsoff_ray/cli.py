@@ -90,7 +90,7 @@ def validate(spec: str, sets: tuple[str, ...]) -> None:
 @spec_argument
 @set_option
 @click.option("--dry-run", is_flag=True, help="Print the resolved plan and exit.")
-@click.option("--stages", default="invert,fit", show_default=True, metavar="LIST", help="Stages to run, in order.")
+@click.option("--stages", default="invert,fit,synthesize", show_default=True, metavar="LIST", help="Stages to run, in order.")
 @_fail_on_user_error
 def run(spec: str, sets: tuple[str, ...], dry_run: bool, stages: str) -> None:
     """Run the stages of SPEC in order (each skips work it already finished)."""
@@ -102,7 +102,9 @@ def run(spec: str, sets: tuple[str, ...], dry_run: bool, stages: str) -> None:
     if dry_run:
         click.echo(yaml.safe_dump(plan, sort_keys=False))
         return
-    runners = {"invert": st.run_invert, "fit": st.run_fit}
+    from handsoff_ray.pipeline.synthesize import run_synthesize
+
+    runners = {"invert": st.run_invert, "fit": st.run_fit, "synthesize": run_synthesize}
     wanted = [s.strip() for s in stages.split(",") if s.strip()]
     unknown = [s for s in wanted if s not in runners]
     if unknown:

@@ -11,6 +11,7 @@ finishes, so an interrupted run redoes at most one batch.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import tempfile
@@ -57,7 +58,7 @@ def open_run(spec: JobSpec) -> RunStore:
 def claim_stage(store: RunStore, stage: str, spec: JobSpec) -> str:
     """Record which spec owns <run>/<stage>/; refuse to mix two specs' outputs under one run id."""
     h = stage_hash(spec, stage)
-    folder = {"invert": LATENTS, "fit": LABEL_GENERATOR}.get(stage, stage)
+    folder = {"invert": LATENTS, "fit": LABEL_GENERATOR, "synthesize": "dataset"}[stage]
     marker = f"{folder}/_stage.json"
     existing = store.read_json(marker)
     if existing is None:
@@ -104,12 +105,10 @@ def _latent_file(image_id: str) -> str:
 def run_invert(spec: JobSpec) -> dict:
     """Invert every selected labeled image not inverted yet; returns a summary."""
     from handsoff_ray.core.inversion import invert
-    from handsoff_ray.core.lpips_offline import load_lpips
 
     labeled, ids = open_spec_labeled_set(spec)  # validates the whole set before any compute
     device = resolve_device(spec)
     G = load_spec_generator(spec, device)
-    lpips_model = load_lpips(spec.inversion.lpips.net, trunk_path=spec.inversion.lpips.trunk_path, device=device)
     store = open_run(spec)
     h = claim_stage(store, "invert", spec)
 
@@ -119,6 +118,7 @@ def run_invert(spec: JobSpec) -> dict:
     if spec.resources.torch_threads:
         torch.set_num_threads(spec.resources.torch_threads)
 
+    lpips_model = _lpips(spec.inversion.lpips.net, spec.inversion.lpips.trunk_path, str(device)) if todo else None
     encoder = _maybe_encoder(spec, G, store) if todo else None
     inv = spec.inversion
     t0 = time.time()
@@ -144,6 +144,14 @@ def run_invert(spec: JobSpec) -> dict:
     summary = summarize_inversion(store, ids)
     store.write_json(f"{LATENTS}/_index.json", summary)
     return {"stage": "invert", "run": store.uri(), "inverted_now": len(todo), **summary}
+
+
+@functools.lru_cache(maxsize=2)
+def _lpips(net: str, trunk_path: str | None, device: str):
+    # Building LPIPS (VGG16 trunk + verification) takes seconds; reuse it across stages in one process.
+    from handsoff_ray.core.lpips_offline import load_lpips
+
+    return load_lpips(net, trunk_path=trunk_path, device=device)
 
 
 def _maybe_encoder(spec: JobSpec, G, store: RunStore):

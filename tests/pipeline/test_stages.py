@@ -1,21 +1,26 @@
-"""invert and fit on one machine: outputs, idempotence, spec guards, bad input before compute."""
+"""invert -> fit -> synthesize on one machine: outputs, resume, spec guards, bad input before compute.
+
+One module-scoped run does the expensive work once; tests that change outputs work on copies of it.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
 
+import pyarrow.parquet as pq
 import pytest
-import torch
 
 from handsoff_ray.config import parse_spec
 from handsoff_ray.core.label_generator import load_label_generator
 from handsoff_ray.datasets.labeled_folder import LabeledSetError
 from handsoff_ray.pipeline.errors import UserError
-from handsoff_ray.pipeline.stages import read_latent, run_fit, run_invert, open_run
+from handsoff_ray.pipeline.schema import decode_row, schema_meta
+from handsoff_ray.pipeline.stages import open_run, read_latent, run_fit, run_invert
+from handsoff_ray.pipeline.synthesize import run_synthesize
 
 
-def _spec(tmp_path, generator, labeled, **sections):
+def _spec(output, generator, labeled, **sections):
     base = {
         "name": "t",
         "generator": {"checkpoint": generator},
@@ -26,72 +31,105 @@ def _spec(tmp_path, generator, labeled, **sections):
             "tasks": {"segmentation": {"hidden": [16, 8], "min_pixels": 0},
                       "keypoints": {"hidden": [16, 8]}, "depth": {"hidden": [16, 8]}},
         },
-        "storage": {"output": str(tmp_path / "runs")},
+        "synthesis": {"num_samples": 10, "shard_size": 4, "batch_size": 3},
+        "storage": {"output": str(output)},
     }
     for k, v in sections.items():
         base[k] = {**base.get(k, {}), **v}
     return parse_spec(base)
 
 
-@pytest.fixture
-def spec(tmp_path, tiny_generator_path, toy_labeled_path):
-    return _spec(tmp_path, tiny_generator_path, toy_labeled_path)
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_generator_path, toy_labeled_path):
+    """(spec, results) of one full invert -> fit -> synthesize run."""
+    spec = _spec(tmp_path_factory.mktemp("run") / "runs", tiny_generator_path, toy_labeled_path)
+    results = {"invert": run_invert(spec), "fit": run_fit(spec), "synthesize": run_synthesize(spec)}
+    return spec, results
+
+
+def _copy_of(finished, tmp_path, **sections):
+    spec, _ = finished
+    shutil.copytree(spec.storage.output, tmp_path / "runs")
+    return _spec(tmp_path / "runs", spec.generator.checkpoint, spec.data.path, **sections)
 
 
 class TestInvert:
-    def test_writes_one_latent_per_image_and_an_index(self, spec):
-        out = run_invert(spec)
-        assert out["images"] == 4 and out["inverted_now"] == 4
+    def test_writes_one_latent_per_image_and_an_index(self, finished):
+        spec, results = finished
+        assert results["invert"]["images"] == 4 and results["invert"]["inverted_now"] == 4
         store = open_run(spec)
-        names = store.list("latents")
-        assert sorted(n for n in names if not n.startswith("_")) == [f"{i:06d}.safetensors" for i in range(4)]
+        names = [n for n in store.list("latents") if not n.startswith("_")]
+        assert names == [f"{i:06d}.safetensors" for i in range(4)]
         ws, meta = read_latent(store, "000002")
         assert ws.shape == (6, 32)  # n_latent of a 16x16 generator, style_dim 32
         assert set(meta) >= {"psnr", "lpips", "final_loss", "stage_hash"}
         assert store.read_json("latents/_index.json")["images"] == 4
 
-    def test_rerun_skips_finished_images(self, spec):
-        run_invert(spec)
+    def test_rerun_redoes_only_missing_images(self, finished, tmp_path):
+        spec = _copy_of(finished, tmp_path)
         store = open_run(spec)
-        os.remove(store.path("latents/000001.safetensors"))  # as if the run died before it
+        os.remove(store.path("latents/000001.safetensors"))  # as if the run died before writing it
         before = store.read_bytes("latents/000000.safetensors")
-        out = run_invert(spec)
-        assert out["inverted_now"] == 1
+        assert run_invert(spec)["inverted_now"] == 1
         assert store.read_bytes("latents/000000.safetensors") == before
 
-    def test_other_spec_under_same_run_id_is_refused(self, spec, tmp_path, tiny_generator_path, toy_labeled_path):
-        run_invert(spec)
-        other = _spec(tmp_path, tiny_generator_path, toy_labeled_path, inversion={"steps": 5})
+    def test_other_spec_under_same_run_id_is_refused(self, finished, tmp_path):
+        spec = _copy_of(finished, tmp_path, inversion={"steps": 5})
         with pytest.raises(UserError, match="holds invert output of another spec"):
-            run_invert(other)
+            run_invert(spec)
 
     def test_bad_labeled_set_fails_before_anything_is_written(self, tmp_path, tiny_generator_path, toy_labeled_path):
         bad = tmp_path / "bad"
         shutil.copytree(toy_labeled_path, bad)
         os.remove(bad / "masks" / "000001.png")
-        spec = _spec(tmp_path, tiny_generator_path, str(bad))
         with pytest.raises(LabeledSetError, match="000001"):
-            run_invert(spec)
+            run_invert(_spec(tmp_path / "runs", tiny_generator_path, str(bad)))
         assert not (tmp_path / "runs").exists()
 
     def test_unknown_image_id(self, tmp_path, tiny_generator_path, toy_labeled_path):
-        spec = _spec(tmp_path, tiny_generator_path, toy_labeled_path, data={"ids": ["000000", "nope"]})
+        spec = _spec(tmp_path / "runs", tiny_generator_path, toy_labeled_path, data={"ids": ["000000", "nope"]})
         with pytest.raises(UserError, match="not in"):
             run_invert(spec)
+        assert not (tmp_path / "runs").exists()
 
 
 class TestFit:
-    def test_fit_needs_inversion_first(self, spec):
+    def test_fit_needs_inversion_first(self, tmp_path, tiny_generator_path, toy_labeled_path):
         with pytest.raises(UserError, match="run `handsoff invert SPEC` first"):
-            run_fit(spec)
+            run_fit(_spec(tmp_path / "runs", tiny_generator_path, toy_labeled_path))
 
-    def test_fit_writes_a_loadable_label_generator(self, spec):
-        run_invert(spec)
-        out = run_fit(spec)
-        assert out["tasks"] == ["segmentation", "keypoints", "depth"]
-        store = open_run(spec)
-        lg = load_label_generator(store.path("label_generator/label_generator.safetensors"))
+    def test_fit_writes_a_loadable_label_generator(self, finished):
+        spec, results = finished
+        assert results["fit"]["tasks"] == ["segmentation", "keypoints", "depth"]
+        lg = load_label_generator(open_run(spec).path("label_generator/label_generator.safetensors"))
         assert lg.out_size == (16, 16) and lg.ensemble_size == 2
         assert lg.tasks["segmentation"].num_outputs == 8
-        again = run_fit(spec)
-        assert again["skipped"] is True
+
+    def test_rerun_is_skipped(self, finished):
+        assert run_fit(finished[0])["skipped"] is True
+
+
+class TestSynthesize:
+    def test_shards_manifest_and_card(self, finished):
+        spec, results = finished
+        assert results["synthesize"]["shards"] == 3 and results["synthesize"]["shards_written_now"] == 3
+        store = open_run(spec)
+        assert store.list("dataset/data") == ["part-000000.parquet", "part-000001.parquet", "part-000002.parquet"]
+        table = pq.read_table(store.path("dataset/data"))
+        assert sorted(table.column("sample_id").to_pylist()) == list(range(10))
+        row = decode_row(table.slice(0, 1).to_pylist()[0], schema_meta(table.schema))
+        assert row["image"].shape == (16, 16, 3) and row["segmentation"].shape == (16, 16)
+        assert row["keypoints"].shape == (5, 3) and row["depth"].dtype == "float32"
+        assert store.exists("dataset/_SUCCESS")
+        card = store.read_bytes("dataset/README.md").decode()
+        assert "Uncertainty" in card and "Class frequencies" in card
+        manifest = store.read_json("dataset/_manifest.json")
+        assert sum(s["rows"] for s in manifest["shards"].values()) == 10
+
+    def test_rerun_writes_only_missing_shards_with_identical_bytes(self, finished, tmp_path):
+        spec = _copy_of(finished, tmp_path)
+        store = open_run(spec)
+        first = store.read_bytes("dataset/data/part-000001.parquet")
+        os.remove(store.path("dataset/data/part-000001.parquet"))
+        assert run_synthesize(spec)["shards_written_now"] == 1
+        assert store.read_bytes("dataset/data/part-000001.parquet") == first  # per-sample seeds

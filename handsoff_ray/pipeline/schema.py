@@ -1,0 +1,108 @@
+"""The synthetic dataset's Parquet schema: one row per image + label pair.
+
+| column                       | type            | meaning                                                  |
+|------------------------------|-----------------|----------------------------------------------------------|
+| sample_id                    | int64           | position in the run's sample sequence (0, 1, 2, ...)     |
+| seed                         | int64           | the sample's own seed = hash(run seed, sample_id)       |
+| image                        | binary          | PNG, RGB, at the label resolution                        |
+| segmentation                 | binary (null)   | PNG, 8-bit class ids (classes in the schema metadata)    |
+| keypoints                    | list<float32>   | J*3 values: x, y (pixels, centres at integers), v 0|2    |
+| depth                        | binary (null)   | PNG, 16-bit, depth = value / depth_scale; 0 = invalid    |
+| uncertainty_<task>           | float32         | image score: mean of the top 10 % pixel disagreements    |
+| latent                       | binary (null)   | float16 w (style_dim values), when synthesis.store_latent|
+| spec_hash                    | string          | the synthesis stage hash of the spec that wrote the row  |
+
+Schema metadata (`handsoff_ray` key, JSON): classes, keypoint names, depth_scale, image size. Filtering
+by uncertainty is a policy readers apply to the `uncertainty_*` columns (see dataset.py); rows are
+never dropped at write time, so a different policy never needs a regeneration.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+__all__ = [
+    "TASK_COLUMNS", "dataset_schema", "schema_meta", "pairs_to_table", "encode_png", "decode_png", "decode_row",
+]
+
+TASK_COLUMNS = ("segmentation", "keypoints", "depth")
+_META_KEY = b"handsoff_ray"
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """uint8 [H, W, 3] -> RGB PNG; uint8 [H, W] -> 8-bit PNG; uint16 [H, W] -> 16-bit PNG."""
+    img = Image.fromarray(np.ascontiguousarray(array))  # uint16 [H, W] becomes mode "I;16"
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)  # fast: synthesis throughput matters more than bytes
+    return buf.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    img = Image.open(io.BytesIO(data))
+    arr = np.asarray(img)
+    return arr.astype(np.uint16) if img.mode.startswith("I") else arr
+
+
+def dataset_schema(tasks: list[str], meta: dict) -> pa.Schema:
+    fields = [pa.field("sample_id", pa.int64()), pa.field("seed", pa.int64()), pa.field("image", pa.binary())]
+    fields += [
+        pa.field("segmentation", pa.binary(), nullable=True),
+        pa.field("keypoints", pa.list_(pa.float32()), nullable=True),
+        pa.field("depth", pa.binary(), nullable=True),
+    ]
+    fields += [pa.field(f"uncertainty_{t}", pa.float32(), nullable=True) for t in TASK_COLUMNS]
+    fields += [pa.field("latent", pa.binary(), nullable=True), pa.field("spec_hash", pa.string())]
+    return pa.schema(fields, metadata={_META_KEY: json.dumps({"tasks": tasks, **meta}).encode()})
+
+
+def schema_meta(schema: pa.Schema) -> dict:
+    return json.loads(schema.metadata[_META_KEY])
+
+
+def pairs_to_table(pairs, *, spec_hash: str, meta: dict) -> pa.Table:
+    """SyntheticPairs (core.synthesis) -> one Arrow table in the schema above."""
+    n = len(pairs.sample_ids)
+    tasks = list(pairs.labels)
+    cols: dict[str, list] = {
+        "sample_id": pairs.sample_ids.tolist(),
+        "seed": pairs.seeds.tolist(),
+        "image": [encode_png(im) for im in pairs.images],
+        "segmentation": [None] * n,
+        "keypoints": [None] * n,
+        "depth": [None] * n,
+    }
+    if "segmentation" in pairs.labels:
+        cols["segmentation"] = [encode_png(m) for m in pairs.labels["segmentation"]]
+    if "keypoints" in pairs.labels:
+        cols["keypoints"] = [k.reshape(-1).astype(np.float32).tolist() for k in pairs.labels["keypoints"]]
+    if "depth" in pairs.labels:
+        scale = float(meta.get("depth_scale") or 1000.0)
+        # 16-bit fixed point: 1/scale units up to 65535/scale; out-of-range depths saturate.
+        cols["depth"] = [encode_png(np.clip(np.round(d * scale), 0, 65535).astype(np.uint16))
+                         for d in pairs.labels["depth"]]
+    for t in TASK_COLUMNS:
+        cols[f"uncertainty_{t}"] = pairs.uncertainty[t].tolist() if t in pairs.uncertainty else [None] * n
+    cols["latent"] = ([w.astype(np.float16).tobytes() for w in pairs.latents] if pairs.latents is not None
+                      else [None] * n)
+    cols["spec_hash"] = [spec_hash] * n
+    return pa.Table.from_pydict(cols, schema=dataset_schema(tasks, meta))
+
+
+def decode_row(row: dict, meta: dict) -> dict:
+    """One Parquet row (as a dict) -> numpy arrays: image, segmentation, keypoints [J, 3], depth."""
+    out = {"sample_id": row["sample_id"], "image": decode_png(row["image"])}
+    if row.get("segmentation") is not None:
+        out["segmentation"] = decode_png(row["segmentation"])
+    if row.get("keypoints") is not None:
+        out["keypoints"] = np.asarray(row["keypoints"], dtype=np.float32).reshape(-1, 3)
+    if row.get("depth") is not None:
+        out["depth"] = decode_png(row["depth"]).astype(np.float32) / float(meta.get("depth_scale") or 1000.0)
+    for t in TASK_COLUMNS:
+        if row.get(f"uncertainty_{t}") is not None:
+            out[f"uncertainty_{t}"] = row[f"uncertainty_{t}"]
+    return out
