@@ -43,7 +43,7 @@ def check_labeled_set(path: str) -> dict:
     """`handsoff data check`: validate eagerly (raises with every problem), then summarise."""
     from handsoff_ray.datasets.labeled_folder import open_labeled_set, summarize
 
-    return summarize(open_labeled_set(path))
+    return summarize(open_labeled_set(path, require=()))
 
 
 def crop_box(h: int, w: int, out_h: int, out_w: int) -> tuple[int, int, int, int]:

@@ -1,0 +1,20 @@
+"""The procedural labeled face world (exact segmentation, keypoints, depth); see world.py.
+
+    python -m handsoff_ray.toy.world --grid grid.png --n 16
+
+Names are resolved lazily so that `python -m handsoff_ray.toy.world` does not import world.py twice
+and importing the package (e.g. for its assets/) stays free.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = ["CLASSES", "KEYPOINT_NAMES", "ToyBatch", "ToySample", "render_batch", "render_face", "write_toy_labeled_set"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        return getattr(importlib.import_module("handsoff_ray.toy.world"), name)
+    raise AttributeError(f"module 'handsoff_ray.toy' has no attribute {name!r}")
