@@ -8,6 +8,10 @@ import torch
 from handsoff_ray.core.checkpoint import save_generator
 from handsoff_ray.core.stylegan2 import Generator, GeneratorConfig
 
+# One intra-op thread per test process: on 2 shared cores, OpenMP oversubscription made tests up to
+# 30x slower, and single-threaded kernels also keep float results identical run to run.
+torch.set_num_threads(1)
+
 TINY = GeneratorConfig(resolution=16, style_dim=32, n_mlp=2, channel_base=256, channel_max=32)
 
 

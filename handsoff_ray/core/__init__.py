@@ -8,15 +8,24 @@ No Ray and no storage URIs here; `handsoff_ray.pipeline` orchestrates these piec
 """
 
 from handsoff_ray.core.checkpoint import CheckpointError, load_generator, save_generator
+from handsoff_ray.core.encoder import Encoder, train_encoder
+from handsoff_ray.core.inversion import InversionResult, invert, prepare_images
+from handsoff_ray.core.lpips_offline import load_lpips
 from handsoff_ray.core.stylegan2 import FeatureSpec, Generator, GeneratorConfig, feature_spec, z_from_seeds
 
 __all__ = [
     "CheckpointError",
+    "Encoder",
     "FeatureSpec",
     "Generator",
     "GeneratorConfig",
+    "InversionResult",
     "feature_spec",
+    "invert",
     "load_generator",
+    "load_lpips",
+    "prepare_images",
     "save_generator",
+    "train_encoder",
     "z_from_seeds",
 ]

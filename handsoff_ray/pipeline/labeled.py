@@ -65,7 +65,7 @@ class AlignedLabels:
 
 
 def _nearest(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    t = torch.from_numpy(np.ascontiguousarray(x))[None, None].float()
+    t = torch.from_numpy(np.array(x, dtype=np.float32))[None, None]  # a writable copy
     return F.interpolate(t, size=size, mode="nearest-exact")[0, 0].numpy()
 
 

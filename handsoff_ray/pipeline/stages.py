@@ -159,16 +159,17 @@ def _maybe_encoder(spec: JobSpec, G, store: RunStore):
     enc_spec = spec.inversion.encoder
     if not enc_spec.enabled:
         return None
-    from handsoff_ray.core.encoder import load_encoder, save_encoder, train_encoder
+    from handsoff_ray.core.encoder import Encoder, train_encoder
 
     rel = f"{LATENTS}/_encoder.safetensors"
     if store.exists(rel):
         with tempfile.TemporaryDirectory() as d:
-            return load_encoder(store.local_copy(rel, d), device=G.latent_avg.device)
+            return Encoder.load(store.local_copy(rel, d), device=G.latent_avg.device)
+    _log("training the encoder", steps=enc_spec.steps)
     encoder = train_encoder(G, steps=enc_spec.steps, batch_size=enc_spec.batch_size, lr=enc_spec.lr,
                             n_iters=enc_spec.n_iters, seed=spec.seed)
     with tempfile.TemporaryDirectory() as d:
-        save_encoder(encoder, f"{d}/enc.safetensors")
+        encoder.save(f"{d}/enc.safetensors")
         store.write_bytes(rel, open(f"{d}/enc.safetensors", "rb").read())
     return encoder
 

@@ -133,3 +133,15 @@ class TestSynthesize:
         os.remove(store.path("dataset/data/part-000001.parquet"))
         assert run_synthesize(spec)["shards_written_now"] == 1
         assert store.read_bytes("dataset/data/part-000001.parquet") == first  # per-sample seeds
+
+
+def test_encoder_initialisation_is_trained_once_and_reused(tmp_path, tiny_generator_path, toy_labeled_path):
+    spec = _spec(tmp_path / "runs", tiny_generator_path, toy_labeled_path, data={"limit": 2},
+                 inversion={"steps": 2, "encoder": {"enabled": True, "steps": 3, "batch_size": 2, "n_iters": 1}})
+    run_invert(spec)
+    store = open_run(spec)
+    assert store.exists("latents/_encoder.safetensors")
+    os.remove(store.path("latents/000000.safetensors"))
+    encoder_bytes = store.read_bytes("latents/_encoder.safetensors")
+    run_invert(spec)
+    assert store.read_bytes("latents/_encoder.safetensors") == encoder_bytes
