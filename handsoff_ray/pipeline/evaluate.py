@@ -1,0 +1,110 @@
+"""The evaluate stage: train a downstream network on the synthetic pairs, test it on real labeled images.
+
+    handsoff evaluate jobs/specs/toy.yaml            # -> <output>/<run_id>/eval/report.json
+
+This is the paper's measure of a generated dataset. Readers apply the uncertainty filter here (the
+reference drops `filter_portion` of the pairs: the `drop_most_certain` most certain and the rest from
+the most uncertain end), so one dataset serves any filtering policy. Real test images of another size
+are brought to the synthetic resolution with the inversion's geometry (centre crop, then resize).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from handsoff_ray.config import JobSpec
+from handsoff_ray.pipeline.errors import UserError
+
+__all__ = ["load_synthetic", "load_real", "train_and_score", "run_evaluate"]
+
+
+def load_synthetic(store, spec: JobSpec, *, apply_filter: bool) -> tuple[object, dict]:
+    """All synthetic pairs of the run as DownstreamData (optionally uncertainty-filtered), and the schema meta."""
+    from handsoff_ray.core.downstream import DownstreamData
+    from handsoff_ray.core.uncertainty import filter_indices
+    from handsoff_ray.pipeline.schema import decode_row, schema_meta
+
+    if not store.exists("dataset/_SUCCESS"):
+        raise UserError("no finished synthetic dataset in this run; run `handsoff run SPEC` (synthesize) first")
+    table = pq.read_table(store.path("dataset/data"), filesystem=store.fs).sort_by("sample_id")
+    meta = schema_meta(table.schema)
+    rows = [decode_row(r, meta) for r in table.to_pylist()]
+    tasks = meta["tasks"]
+    keep = np.arange(len(rows))
+    if apply_filter:
+        u = spec.synthesis.uncertainty
+        key = "segmentation" if "segmentation" in tasks else tasks[0]
+        scores = torch.tensor([r[f"uncertainty_{key}"] for r in rows], dtype=torch.float64)
+        keep = filter_indices(scores, portion=u.filter_portion, drop_most_certain=u.drop_most_certain).numpy()
+    pick = [rows[i] for i in keep]
+    data = DownstreamData(
+        images=np.stack([r["image"] for r in pick]),
+        segmentation=np.stack([r["segmentation"] for r in pick]) if "segmentation" in tasks else None,
+        keypoints=np.stack([r["keypoints"] for r in pick]) if "keypoints" in tasks else None,
+        depth=np.stack([r["depth"] for r in pick]) if "depth" in tasks else None,
+    )
+    return data, meta
+
+
+def load_real(path: str, size: tuple[int, int], tasks: list[str], *, ids: list[str] | None = None):
+    """A labeled folder as DownstreamData at `size` (same geometry as inversion: centre crop + resize)."""
+    from handsoff_ray.core.downstream import DownstreamData
+    from handsoff_ray.core.inversion import prepare_images
+    from handsoff_ray.datasets.labeled_folder import open_labeled_set
+    from handsoff_ray.pipeline.labeled import align_labels
+
+    labeled = open_labeled_set(path, require=tuple(tasks))
+    samples = [labeled.load(i) for i in (ids or labeled.ids)]
+    images = np.stack([s.image for s in samples])
+    if tuple(images.shape[1:3]) != tuple(size):
+        images = (prepare_images(images, size).add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+                  .permute(0, 2, 3, 1).numpy())
+    aligned = [align_labels(s, labeled, size) for s in samples]
+    return DownstreamData(
+        images=images,
+        segmentation=np.stack([a.segmentation for a in aligned]) if "segmentation" in tasks else None,
+        keypoints=np.stack([a.keypoints for a in aligned]) if "keypoints" in tasks else None,
+        depth=np.stack([a.depth for a in aligned]) if "depth" in tasks else None,
+    )
+
+
+def train_and_score(train, test, spec: JobSpec, *, num_classes: int, num_keypoints: int, depth: bool,
+                    max_steps: int | None = None, device: str = "cpu", log=None) -> dict:
+    """Fit one downstream network on `train` and score it on `test`."""
+    from handsoff_ray.core.downstream import build_downstream, evaluate_downstream, train_downstream
+
+    ev = spec.evaluation
+    model = build_downstream(ev.model, num_classes=num_classes, num_keypoints=num_keypoints, depth=depth,
+                             backbone=ev.backbone, pretrained_backbone=ev.pretrained_backbone,
+                             base_width=32 if max(train.image_size) >= 64 else 16, seed=spec.seed)
+    t0 = time.time()
+    summary = train_downstream(model, train, epochs=ev.epochs, batch_size=ev.batch_size, lr=ev.lr, seed=spec.seed,
+                               max_steps=max_steps, device=device,
+                               sigma=spec.label_generator.tasks.keypoints.sigma)
+    scores = evaluate_downstream(model, test, pck_alpha=ev.pck_alpha, device=device)
+    return {**scores, "train_images": len(train), "train_seconds": round(time.time() - t0, 1),
+            "steps": getattr(summary, "steps", None)}
+
+
+def run_evaluate(spec: JobSpec) -> dict:
+    """Train on the run's synthetic pairs, test on `evaluation.test_path`; writes eval/report.json."""
+    from handsoff_ray.pipeline.stages import open_run, resolve_device
+
+    if not spec.evaluation.test_path:
+        raise UserError("evaluation.test_path is not set; point it at a labeled folder of real test images")
+    store = open_run(spec)
+    train, meta = load_synthetic(store, spec, apply_filter=spec.evaluation.use_uncertainty_filter)
+    tasks = meta["tasks"]
+    test = load_real(spec.evaluation.test_path, train.image_size, tasks)
+    scores = train_and_score(
+        train, test, spec, num_classes=len(meta["classes"]) if "segmentation" in tasks else 0,
+        num_keypoints=len(meta["keypoint_names"]) if "keypoints" in tasks else 0, depth="depth" in tasks,
+        device=str(resolve_device(spec)),
+    )
+    report = {"run": spec.run_id, "synthetic": scores, "classes": meta["classes"]}
+    store.write_json("eval/report.json", report)
+    return {"stage": "evaluate", **report}
