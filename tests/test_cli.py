@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from handsoff_ray.cli import main
 
 COMMANDS = [
-    [], ["validate"], ["run"], ["invert"], ["fit"], ["checkpoint"], ["checkpoint", "info"],
+    [], ["validate"], ["run"], ["invert"], ["fit"], ["evaluate"], ["demo"], ["checkpoint"], ["checkpoint", "info"],
     ["checkpoint", "convert"], ["checkpoint", "sample"], ["data"], ["data", "check"],
 ]
 

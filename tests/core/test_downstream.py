@@ -27,13 +27,6 @@ from handsoff_ray.toy.world import render_batch
 TOY_FLIP_PAIRS = [(0, 1), (3, 4)]  # left/right eye, mouth corners
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: on shared, busy cores one thread is several times faster than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,6 @@ from tests.core.test_inversion import STYLE_DIM, generated_targets, tiny_generat
 HELD_OUT = list(range(200, 232))  # never drawn by training: it samples z from its own torch.Generator
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

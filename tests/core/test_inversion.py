@@ -21,13 +21,6 @@ from handsoff_ray.core.stylegan2 import Generator, GeneratorConfig, z_from_seeds
 STYLE_DIM = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny convolutions: a second intra-op thread only adds contention (10x slower on a busy 2-core box).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_generator(resolution: int = 16, init_aspect: int = 1) -> Generator:

@@ -35,13 +35,6 @@ def vgg(tmp_path_factory):
         return load_lpips("vgg")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Small convolutions: a second intra-op thread only adds contention on a busy 2-core box.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
