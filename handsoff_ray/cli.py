@@ -90,7 +90,7 @@ def validate(spec: str, sets: tuple[str, ...]) -> None:
 @spec_argument
 @set_option
 @click.option("--dry-run", is_flag=True, help="Print the resolved plan and exit.")
-@click.option("--stages", default="invert,fit,synthesize", show_default=True, metavar="LIST", help="Stages to run, in order.")
+@click.option("--stages", default="invert,fit,synthesize,evaluate", show_default=True, metavar="LIST", help="Stages to run, in order.")
 @_fail_on_user_error
 def run(spec: str, sets: tuple[str, ...], dry_run: bool, stages: str) -> None:
     """Run the stages of SPEC in order (each skips work it already finished)."""
@@ -104,8 +104,12 @@ def run(spec: str, sets: tuple[str, ...], dry_run: bool, stages: str) -> None:
         return
     from handsoff_ray.pipeline.synthesize import run_synthesize
 
-    runners = {"invert": st.run_invert, "fit": st.run_fit, "synthesize": run_synthesize}
+    from handsoff_ray.pipeline.evaluate import run_evaluate
+
+    runners = {"invert": st.run_invert, "fit": st.run_fit, "synthesize": run_synthesize, "evaluate": run_evaluate}
     wanted = [s.strip() for s in stages.split(",") if s.strip()]
+    if "evaluate" in wanted and not job.evaluation.enabled:
+        wanted.remove("evaluate")  # evaluation runs when the spec enables it
     unknown = [s for s in wanted if s not in runners]
     if unknown:
         raise click.BadParameter(f"unknown stage(s) {unknown}; choose from {list(runners)}", param_hint="--stages")
@@ -134,6 +138,52 @@ def fit(spec: str, sets: tuple[str, ...]) -> None:
     from handsoff_ray.pipeline.stages import run_fit
 
     click.echo(json.dumps(run_fit(_load(spec, sets)), default=str, indent=2))
+
+
+@main.command()
+@spec_argument
+@set_option
+@_fail_on_user_error
+def evaluate(spec: str, sets: tuple[str, ...]) -> None:
+    """Train a downstream network on the run's synthetic pairs and test it on evaluation.test_path."""
+    from handsoff_ray.pipeline.evaluate import run_evaluate
+
+    click.echo(json.dumps(run_evaluate(_load(spec, sets)), default=str, indent=2))
+
+
+@main.command()
+@click.option("--quick", is_flag=True, help="A smaller run of the same pipeline (about 3 minutes on 2 cores).")
+@click.option("--out", default="handsoff-demo", show_default=True, type=click.Path(file_okay=False),
+              help="Where the toy data, the run and the preview go.")
+@click.option("--report", type=click.Path(dir_okay=False), default=None, help="Write the JSON report here.")
+@click.option("--generator", default="toy", show_default=True, metavar="PATH",
+              help="Generator checkpoint; 'toy' is the one shipped with the package.")
+@_fail_on_user_error
+def demo(quick: bool, out: str, report: str | None, generator: str) -> None:
+    """16 labeled toy faces -> invert -> fit -> synthesise -> HandsOff vs baseline vs oracle."""
+    from handsoff_ray.toy.demo import run_demo
+
+    try:
+        run_demo(out, quick=quick, report=report, generator=generator, log=lambda m: click.echo(m, err=True))
+    except FileNotFoundError as err:
+        raise click.ClickException(str(err)) from None
+
+
+# Options are train_gan's own (argparse): `--help` is passed through so it lists them.
+@main.command("train-gan", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                             "help_option_names": []})
+@click.pass_context
+def train_gan(ctx: click.Context) -> None:
+    """Train (or resume, or --export) the toy StyleGAN2 on the procedural face world.
+
+    \b
+    handsoff train-gan --out runs/toy-gan --resolution 64 --kimg 300 --threads 1
+    handsoff train-gan --out runs/toy-gan --export toy_stylegan2.safetensors --grid samples.png
+    Run `handsoff train-gan --help` for the options.
+    """
+    from handsoff_ray.toy.train_gan import main as train_main
+
+    train_main(list(ctx.args))
 
 
 @main.group()

@@ -1,0 +1,168 @@
+"""The embedded demo: 16 labeled toy faces -> an unlimited labeled dataset, measured the paper's way.
+
+    make demo                                   # = handsoff demo --report handsoff-demo/report.json
+    handsoff demo --quick                       # a smaller run of the same pipeline (~3 min)
+
+Steps: write the toy labeled sets (16 for HandsOff and the baseline, 2,000 for the oracle, 500 held-out
+test faces; disjoint seed ranges, none seen by the toy GAN) -> invert the 16 into the shipped toy
+StyleGAN2 -> fit the label generator (segmentation, keypoints, depth) -> synthesise pairs to Parquet ->
+train the same downstream network three times (HandsOff pairs, the 16 real images, 2,000 real images)
+for the same number of steps -> test all three on the 500 test faces. Prints a table, writes a preview
+grid (image | label overlay | uncertainty) and a JSON report whose keys are fixed:
+`miou`, `pck`, `depth_rmse` (each {handsoff, baseline, oracle}), `n_labeled`, `n_synthetic`, `n_test`,
+`seconds`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["DemoSize", "demo_spec", "run_demo"]
+
+# Seed ranges of the toy world's "real" images; the toy GAN trains on seeds >= 10,000,000.
+LABELED_SEEDS, TEST_SEED0, ORACLE_SEED0 = range(16), 1_000_000, 2_000_000
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    n_test: int
+    n_oracle: int
+    n_synthetic: int
+    invert_steps: int
+    fit_steps: int
+    ensemble: int
+    downstream_steps: int
+
+
+FULL = DemoSize(n_test=500, n_oracle=2000, n_synthetic=2000, invert_steps=200, fit_steps=1500, ensemble=10,
+                downstream_steps=1500)
+QUICK = DemoSize(n_test=100, n_oracle=300, n_synthetic=200, invert_steps=60, fit_steps=300, ensemble=4,
+                 downstream_steps=200)
+
+
+def demo_spec(out: str, size: DemoSize, generator: str = "toy") -> dict:
+    """The demo's job spec: jobs/specs/toy.yaml with the demo's paths and sizes."""
+    return {
+        "name": "toy-demo",
+        "seed": 0,
+        "generator": {"checkpoint": generator},
+        "data": {"path": f"{out}/labeled", "limit": len(LABELED_SEEDS)},
+        "inversion": {"steps": size.invert_steps, "batch_size": 16},
+        "label_generator": {
+            "ensemble_size": size.ensemble, "max_steps": size.fit_steps,
+            "tasks": {"segmentation": {"hidden": [256, 32]}, "keypoints": {"hidden": [128, 32], "sigma": 1.5},
+                      "depth": {"hidden": [128, 32]}},
+        },
+        "synthesis": {"num_samples": size.n_synthetic, "shard_size": 500, "batch_size": 32},
+        "storage": {"output": f"{out}/runs"},
+        "evaluation": {"enabled": True, "test_path": f"{out}/test", "model": "unet", "batch_size": 16},
+    }
+
+
+def _toy_set(root: Path, seeds, size: int, log) -> str:
+    """Write a toy labeled set once; reuse it when it is already complete."""
+    from handsoff_ray.toy.world import write_toy_labeled_set
+
+    seeds = list(seeds)
+    images = root / "images"
+    if images.is_dir() and len(list(images.glob("*.png"))) == len(seeds) and (root / "keypoints.json").exists():
+        return str(root)
+    shutil.rmtree(root, ignore_errors=True)
+    t0 = time.time()
+    write_toy_labeled_set(root, seeds, size=size)
+    log(f"wrote {len(seeds)} toy faces to {root} ({time.time() - t0:.1f} s)")
+    return str(root)
+
+
+def _table(rows: dict[str, dict[str, float]]) -> str:
+    head = f"{'':12s}{'HandsOff':>10s}{'baseline':>10s}{'oracle':>10s}"
+    lines = [head, "-" * len(head)]
+    for name, vals in rows.items():
+        lines.append(f"{name:12s}" + "".join(f"{vals[k]:10.4f}" for k in ("handsoff", "baseline", "oracle")))
+    return "\n".join(lines)
+
+
+def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | None = None,
+             generator: str = "toy", log=print) -> dict:
+    """Run the whole demo; returns the report dict (also written to `report` when given)."""
+    from PIL import Image
+
+    from handsoff_ray.config import parse_spec
+    from handsoff_ray.core.synthesis import synthesize
+    from handsoff_ray.pipeline.evaluate import load_real, load_synthetic, train_and_score
+    from handsoff_ray.pipeline.plan import resolve_checkpoint
+    from handsoff_ray.pipeline.preview import preview_grid
+    from handsoff_ray.pipeline.stages import load_spec_generator, open_run, resolve_device, run_fit, run_invert
+    from handsoff_ray.pipeline.synthesize import run_synthesize
+
+    t_start = time.time()
+    size = QUICK if quick else FULL
+    out_dir = Path(out)
+    spec = parse_spec(demo_spec(str(out_dir), size, generator), source="demo")
+    ckpt = resolve_checkpoint(spec.generator.checkpoint)
+    if not os.path.isfile(ckpt):
+        raise FileNotFoundError(f"toy generator {ckpt} is missing; train one with `handsoff train-gan` "
+                                f"and pass it with --generator PATH")
+    device = resolve_device(spec)
+    G = load_spec_generator(spec, device)
+    res = G.resolution
+    log(f"[1/6] toy world at {res}x{res}: labeled {len(LABELED_SEEDS)}, oracle {size.n_oracle}, test {size.n_test}")
+    _toy_set(out_dir / "labeled", LABELED_SEEDS, res, log)
+    _toy_set(out_dir / "test", range(TEST_SEED0, TEST_SEED0 + size.n_test), res, log)
+    _toy_set(out_dir / "oracle", range(ORACLE_SEED0, ORACLE_SEED0 + size.n_oracle), res, log)
+
+    log(f"[2/6] invert {len(LABELED_SEEDS)} images into the toy StyleGAN2 ({size.invert_steps} steps)")
+    inv = run_invert(spec)
+    log(f"      mean PSNR {inv['mean_psnr']:.2f} dB, mean LPIPS {inv['mean_lpips']:.4f}")
+    log(f"[3/6] fit the label generator ({size.ensemble} members x 3 tasks)")
+    run_fit(spec)
+    log(f"[4/6] synthesise {size.n_synthetic} pairs to Parquet")
+    syn = run_synthesize(spec, progress=lambda i, n, e: log(f"      shard {e['shard']} ({i}/{n}) {e['seconds']} s"))
+
+    store = open_run(spec)
+    from handsoff_ray.core.label_generator import load_label_generator
+
+    lg = load_label_generator(store.path("label_generator/label_generator.safetensors"), device=device)
+    pairs = synthesize(G, lg, sample_ids=range(8), run_seed=spec.seed, return_maps=True)
+    grid = preview_grid(pairs.images, segmentation=pairs.labels.get("segmentation"),
+                        keypoints=pairs.labels.get("keypoints"), uncertainty=pairs.uncertainty_maps["segmentation"])
+    preview = out_dir / "preview.png"
+    Image.fromarray(grid).save(preview)
+
+    log(f"[5/6] train the downstream network three times ({size.downstream_steps} steps each)")
+    synthetic, meta = load_synthetic(store, spec, apply_filter=spec.evaluation.use_uncertainty_filter)
+    tasks = meta["tasks"]
+    hw = synthetic.image_size
+    kw = dict(num_classes=len(meta["classes"]), num_keypoints=len(meta["keypoint_names"]), depth=True,
+              max_steps=size.downstream_steps, device=str(device))
+    test = load_real(str(out_dir / "test"), hw, tasks)
+    scores = {}
+    for name, train in (("handsoff", synthetic), ("baseline", load_real(str(out_dir / "labeled"), hw, tasks)),
+                        ("oracle", load_real(str(out_dir / "oracle"), hw, tasks))):
+        scores[name] = train_and_score(train, test, spec, **kw)
+        log(f"      {name:9s} trained on {len(train):5d} images: mIoU {scores[name]['miou']:.4f}, "
+            f"PCK {scores[name]['pck']:.4f}, depth RMSE {scores[name]['depth_rmse']:.4f}")
+
+    log("[6/6] results on real held-out toy faces")
+    pick = lambda key: {k: float(scores[k][key]) for k in ("handsoff", "baseline", "oracle")}  # noqa: E731
+    result = {
+        "miou": pick("miou"), "pck": pick("pck"), "depth_rmse": pick("depth_rmse"),
+        "n_labeled": len(LABELED_SEEDS), "n_synthetic": int(syn["samples"]), "n_test": size.n_test,
+        "n_synthetic_after_filter": len(synthetic), "seconds": round(time.time() - t_start, 1),
+        "quick": quick, "inversion": {"mean_psnr": inv["mean_psnr"], "mean_lpips": inv["mean_lpips"]},
+        "generator": {"path": ckpt, **{k: v for k, v in G.metadata.items() if k in ("model", "images_seen", "quality")}},
+        "downstream": {k: {kk: v for kk, v in s.items() if kk != "iou"} | {"iou": s.get("iou")} for k, s in scores.items()},
+        "preview": str(preview), "run": store.uri(),
+    }
+    log(_table({"mIoU": result["miou"], "PCK@0.05": result["pck"], "depth RMSE": result["depth_rmse"]}))
+    log(f"preview grid: {preview}; {result['seconds']} s in all")
+    if report:
+        Path(report).parent.mkdir(parents=True, exist_ok=True)
+        Path(report).write_text(json.dumps(result, indent=2, default=float))
+        log(f"report: {report}")
+    return result
