@@ -52,7 +52,9 @@ def demo_spec(out: str, size: DemoSize, generator: str = "toy") -> dict:
         "seed": 0,
         "generator": {"checkpoint": generator},
         "data": {"path": f"{out}/labeled", "limit": len(LABELED_SEEDS)},
-        "inversion": {"steps": size.invert_steps, "batch_size": 16},
+        # Losses at half the generator's resolution, the reference's ratio (512 for its 1024 generator):
+        # VGG-LPIPS at 32 px costs a quarter of 64 px, and inversion dominates the demo's CPU time.
+        "inversion": {"steps": size.invert_steps, "batch_size": 16, "loss_resolution": 32},
         "label_generator": {
             "ensemble_size": size.ensemble, "max_steps": size.fit_steps,
             "tasks": {"segmentation": {"hidden": [256, 32]}, "keypoints": {"hidden": [128, 32], "sigma": 1.5},
