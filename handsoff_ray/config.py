@@ -173,6 +173,8 @@ class EvaluationSpec(_Section):
     model: Literal["unet", "deeplabv3"] = "unet"  # unet for tiny images; deeplabv3 as in the reference
     backbone: Literal["resnet50", "resnet101", "mobilenet_v3_large"] = "resnet101"
     pretrained_backbone: str | None = None  # a local torchvision checkpoint; nothing is downloaded
+    unet_width: int = Field(32, ge=4, le=256, description="Base width of the small UNet (16 is enough at 64 px).")
+    max_steps: int | None = Field(None, ge=1, description="Cap on optimiser steps (same for every compared network).")
     epochs: int = Field(20, ge=1, le=1000)
     batch_size: int = Field(8, ge=1, le=1024)
     lr: float = Field(1e-3, gt=0, le=1)

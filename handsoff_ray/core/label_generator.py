@@ -592,7 +592,7 @@ def _stack_features(features_per_image: Sequence[Sequence[torch.Tensor]],
             if tuple(f.shape[-3:]) != shape or f.dim() - 3 not in (0, 1) or (f.dim() == 4 and f.shape[0] != 1):
                 raise ValueError(f"image {i} layer {layer} has shape {tuple(f.shape)}, expected {shape} "
                                  f"or {(1, *shape)} like image 0")
-            out[i] = f.reshape(shape)
+            out[i] = f.detach().reshape(shape)  # features are inputs here, never trained through
         stacked.append(out)
     return stacked
 

@@ -35,7 +35,7 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -346,6 +346,24 @@ def _check_pairs(part_dir: str, part_ids: set[str], image_ids: set[str], what: s
         problems.append(f"{part_dir}/{sid}.png has no image: expected images/{sid}.png")
 
 
+def _scan_part(root: Path, part: str, what: str, modes: Collection[str], mode_hint: str, image_ids: set[str],
+               problems: list[str]) -> Iterator[tuple[str, str, np.ndarray]]:
+    """(rel path, id, pixels) of each decodable `part/` PNG that pairs with an image and has a valid mode;
+    every other case becomes a problem line."""
+    ids = _list_pngs(root / part, part, problems)
+    _check_pairs(part, ids, image_ids, what, problems)
+    for sid in sorted(ids & image_ids):
+        rel = f"{part}/{sid}.png"
+        got = _decode(root / rel, rel, problems)
+        if got is None:
+            continue
+        mode, px = got
+        if mode not in modes:
+            problems.append(f"{rel}: mode {mode}, expected {mode_hint}")
+            continue
+        yield rel, sid, px
+
+
 def open_labeled_set(root: str | Path, *, require: Sequence[str] = ("segmentation",)) -> LabeledSet:
     """Validate the labeled-set folder at root and return it; nothing is written.
 
@@ -399,17 +417,9 @@ def open_labeled_set(root: str | Path, *, require: Sequence[str] = ("segmentatio
     classes = None
     if present["segmentation"]:
         classes = _read_classes(root, problems)
-        mask_ids = _list_pngs(root / "masks", "masks", problems)
-        _check_pairs("masks", mask_ids, image_ids, "mask", problems)
-        for sid in sorted(mask_ids & image_ids):
-            rel = f"masks/{sid}.png"
-            got = _decode(root / rel, rel, problems)
-            if got is None:
-                continue
-            mode, px = got
-            if mode not in _MASK_MODES:
-                problems.append(f"{rel}: mode {mode}, expected single-channel class ids (mode L or P)")
-                continue
+        masks = _scan_part(root, "masks", "mask", _MASK_MODES, "single-channel class ids (mode L or P)",
+                           image_ids, problems)
+        for rel, sid, px in masks:
             if check_part_size(rel, sid, px) and classes is not None:
                 ids = np.unique(px)
                 bad = ids[ids >= len(classes)]
@@ -425,17 +435,8 @@ def open_labeled_set(root: str | Path, *, require: Sequence[str] = ("segmentatio
     scale = None
     if present["depth"]:
         scale = _read_depth_scale(root, problems)
-        depth_ids = _list_pngs(root / "depth", "depth", problems)
-        _check_pairs("depth", depth_ids, image_ids, "depth map", problems)
-        for sid in sorted(depth_ids & image_ids):
-            rel = f"depth/{sid}.png"
-            got = _decode(root / rel, rel, problems)
-            if got is None:
-                continue
-            mode, px = got
-            if mode not in _DEPTH_MODES:
-                problems.append(f"{rel}: mode {mode}, expected 16-bit grayscale (stored value = depth * scale)")
-                continue
+        for rel, sid, px in _scan_part(root, "depth", "depth map", _DEPTH_MODES,
+                                       "16-bit grayscale (stored value = depth * scale)", image_ids, problems):
             check_part_size(rel, sid, px)
 
     if problems:

@@ -73,17 +73,17 @@ def load_real(path: str, size: tuple[int, int], tasks: list[str], *, ids: list[s
 
 
 def train_and_score(train, test, spec: JobSpec, *, num_classes: int, num_keypoints: int, depth: bool,
-                    max_steps: int | None = None, device: str = "cpu", log=None) -> dict:
+                    device: str = "cpu") -> dict:
     """Fit one downstream network on `train` and score it on `test`."""
     from handsoff_ray.core.downstream import build_downstream, evaluate_downstream, train_downstream
 
     ev = spec.evaluation
     model = build_downstream(ev.model, num_classes=num_classes, num_keypoints=num_keypoints, depth=depth,
                              backbone=ev.backbone, pretrained_backbone=ev.pretrained_backbone,
-                             base_width=32 if max(train.image_size) >= 64 else 16, seed=spec.seed)
+                             base_width=ev.unet_width, seed=spec.seed)
     t0 = time.time()
     summary = train_downstream(model, train, epochs=ev.epochs, batch_size=ev.batch_size, lr=ev.lr, seed=spec.seed,
-                               max_steps=max_steps, device=device,
+                               max_steps=ev.max_steps, device=device,
                                sigma=spec.label_generator.tasks.keypoints.sigma)
     scores = evaluate_downstream(model, test, pck_alpha=ev.pck_alpha, device=device)
     return {**scores, "train_images": len(train), "train_seconds": round(time.time() - t0, 1),

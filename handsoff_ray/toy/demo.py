@@ -39,10 +39,11 @@ class DemoSize:
     downstream_steps: int
 
 
-FULL = DemoSize(n_test=500, n_oracle=2000, n_synthetic=2000, invert_steps=200, fit_steps=1500, ensemble=10,
-                downstream_steps=1500)
-QUICK = DemoSize(n_test=100, n_oracle=300, n_synthetic=200, invert_steps=60, fit_steps=300, ensemble=4,
-                 downstream_steps=200)
+# Sized for 2 CPU cores: FULL about 15 minutes, QUICK about 3 (see the closing notes for measurements).
+FULL = DemoSize(n_test=500, n_oracle=2000, n_synthetic=2000, invert_steps=150, fit_steps=300, ensemble=10,
+                downstream_steps=600)
+QUICK = DemoSize(n_test=100, n_oracle=300, n_synthetic=200, invert_steps=40, fit_steps=100, ensemble=4,
+                 downstream_steps=150)
 
 
 def demo_spec(out: str, size: DemoSize, generator: str = "toy") -> dict:
@@ -56,13 +57,14 @@ def demo_spec(out: str, size: DemoSize, generator: str = "toy") -> dict:
         # VGG-LPIPS at 32 px costs a quarter of 64 px, and inversion dominates the demo's CPU time.
         "inversion": {"steps": size.invert_steps, "batch_size": 16, "loss_resolution": 32},
         "label_generator": {
-            "ensemble_size": size.ensemble, "max_steps": size.fit_steps,
+            "ensemble_size": size.ensemble, "max_steps": size.fit_steps, "batch_pixels": 512,
             "tasks": {"segmentation": {"hidden": [256, 32]}, "keypoints": {"hidden": [128, 32], "sigma": 1.5},
                       "depth": {"hidden": [128, 32]}},
         },
         "synthesis": {"num_samples": size.n_synthetic, "shard_size": 500, "batch_size": 32},
         "storage": {"output": f"{out}/runs"},
-        "evaluation": {"enabled": True, "test_path": f"{out}/test", "model": "unet", "batch_size": 16},
+        "evaluation": {"enabled": True, "test_path": f"{out}/test", "model": "unet", "unet_width": 16,
+                       "batch_size": 16, "max_steps": size.downstream_steps},
     }
 
 
@@ -141,7 +143,7 @@ def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | N
     tasks = meta["tasks"]
     hw = synthetic.image_size
     kw = dict(num_classes=len(meta["classes"]), num_keypoints=len(meta["keypoint_names"]), depth=True,
-              max_steps=size.downstream_steps, device=str(device))
+              device=str(device))
     test = load_real(str(out_dir / "test"), hw, tasks)
     scores = {}
     for name, train in (("handsoff", synthetic), ("baseline", load_real(str(out_dir / "labeled"), hw, tasks)),
