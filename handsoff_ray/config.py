@@ -189,7 +189,10 @@ class EvaluationSpec(_Section):
 
 
 class ResourcesSpec(_Section):
-    ray_address: str | None = Field(None, description="None = start or join a local Ray; 'auto' = the cluster.")
+    engine: Literal["ray", "local"] = Field(
+        "ray", description="ray: synthesis fans out to Ray Data actors (a local Ray when no address); "
+        "local: everything in this process (same outputs, byte for byte).")
+    ray_address: str | None = Field(None, description="None = start a local Ray; 'auto' = the cluster.")
     num_workers: int = Field(1, ge=1, le=4096, description="Ray Train workers for invert and fit.")
     use_gpu: bool = False
     cpus_per_worker: float = Field(1, gt=0, le=256)

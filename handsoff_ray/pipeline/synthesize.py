@@ -8,7 +8,8 @@ then is recorded in `dataset/_manifest.json`. Because every sample's seed comes 
 sample id), a shard's bytes do not depend on who writes it or in which order: rerunning writes only
 the shards that are missing. The run ends with `_SUCCESS` and a `README.md` dataset card.
 
-`write_shard` is the unit of work; this module runs shards one after another in-process.
+`write_shard` is the unit of work; `run_synthesize` runs shards one after another in this process,
+`ray_synthesize.run_synthesize_ray` fans them out to Ray Data actors. Both give the same bytes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import tempfile
 import time
 
 import numpy as np
@@ -24,7 +26,10 @@ import pyarrow.parquet as pq
 from handsoff_ray.config import JobSpec
 from handsoff_ray.pipeline.plan import stage_hash
 
-__all__ = ["shard_ranges", "shard_name", "write_shard", "run_synthesize", "DATASET"]
+__all__ = [
+    "DATASET", "shard_ranges", "shard_name", "write_shard", "prepare_synthesis", "finish_dataset", "run_synthesize",
+    "synthesize_stage",
+]
 
 DATASET = "dataset"
 _ROW_GROUP = 256  # rows per row group: a few MB at 512 px, small enough for streaming readers
@@ -81,46 +86,64 @@ def write_shard(store, k: int, start: int, stop: int, G, lg, spec: JobSpec, meta
             "uncertainty": {t: _histogram(v) for t, v in scores.items()}, "class_pixels": class_pixels.tolist()}
 
 
-def run_synthesize(spec: JobSpec, *, progress=None) -> dict:
-    """Write every missing shard of the spec's dataset, then the manifest, _SUCCESS and the card."""
-    from handsoff_ray.core.label_generator import load_label_generator
-    from handsoff_ray.pipeline.stages import (
-        LABEL_GENERATOR, claim_stage, load_spec_generator, open_run, open_spec_labeled_set, resolve_device,
-    )
+def prepare_synthesis(spec: JobSpec) -> tuple:
+    """Validate inputs and claim the dataset folder: (store, schema meta, manifest so far, shard ranges)."""
+    from handsoff_ray.pipeline.errors import UserError
+    from handsoff_ray.pipeline.stages import LABEL_GENERATOR, claim_stage, open_run, open_spec_labeled_set
 
     labeled, _ = open_spec_labeled_set(spec)
     store = open_run(spec)
-    rel = f"{LABEL_GENERATOR}/label_generator.safetensors"
-    if not store.exists(rel):
-        from handsoff_ray.pipeline.errors import UserError
-
+    if not store.exists(f"{LABEL_GENERATOR}/label_generator.safetensors"):
         raise UserError("no fitted label generator in this run; run `handsoff fit SPEC` first")
     h = claim_stage(store, "synthesize", spec)
-    device = resolve_device(spec)
-    G = load_spec_generator(spec, device)
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as d:
-        lg = load_label_generator(store.local_copy(rel, d), device=device)
+    fit = store.read_json(f"{LABEL_GENERATOR}/fit.json") or {}
     meta = {"classes": list(labeled.classes or []), "keypoint_names": list(labeled.keypoint_names or []),
-            "depth_scale": float(labeled.depth_scale or 1000.0), "image_size": list(lg.out_size)}
-
+            "depth_scale": float(labeled.depth_scale or 1000.0), "image_size": fit.get("out_size")}
     manifest = store.read_json(f"{DATASET}/_manifest.json") or {"stage_hash": h, "shards": {}}
-    ranges = shard_ranges(spec.synthesis.num_samples, spec.synthesis.shard_size)
-    todo = [k for k in range(len(ranges)) if not store.exists(shard_name(k))]
-    t0 = time.time()
-    for n_done, k in enumerate(todo, 1):
-        entry = write_shard(store, k, *ranges[k], G, lg, spec, meta)
-        manifest["shards"][str(k)] = entry
-        store.write_json(f"{DATASET}/_manifest.json", manifest)
-        if progress:
-            progress(n_done, len(todo), entry)
-    manifest["stage_hash"], manifest["num_samples"], manifest["meta"] = h, spec.synthesis.num_samples, meta
+    manifest["stage_hash"] = h
+    return store, meta, manifest, shard_ranges(spec.synthesis.num_samples, spec.synthesis.shard_size)
+
+
+def finish_dataset(store, spec: JobSpec, manifest: dict, meta: dict) -> None:
+    """Final manifest, the README.md card, then _SUCCESS (last, so it marks a complete dataset)."""
+    manifest["num_samples"], manifest["meta"] = spec.synthesis.num_samples, meta
     store.write_json(f"{DATASET}/_manifest.json", manifest)
     store.write_bytes(f"{DATASET}/README.md", dataset_card(spec, manifest).encode())
     store.write_bytes(f"{DATASET}/_SUCCESS", b"")
+
+
+def run_synthesize(spec: JobSpec, *, progress=None) -> dict:
+    """Write every missing shard in this process (Ray Data: `ray_synthesize.run_synthesize_ray`)."""
+    from handsoff_ray.core.label_generator import load_label_generator
+    from handsoff_ray.pipeline.stages import LABEL_GENERATOR, load_spec_generator, resolve_device
+
+    store, meta, manifest, ranges = prepare_synthesis(spec)
+    todo = [k for k in range(len(ranges)) if not store.exists(shard_name(k))]
+    t0 = time.time()
+    if todo:
+        device = resolve_device(spec)
+        G = load_spec_generator(spec, device)
+        with tempfile.TemporaryDirectory() as d:
+            lg = load_label_generator(store.local_copy(f"{LABEL_GENERATOR}/label_generator.safetensors", d),
+                                      device=device)
+        for n_done, k in enumerate(todo, 1):
+            entry = write_shard(store, k, *ranges[k], G, lg, spec, meta)
+            manifest["shards"][str(k)] = entry
+            store.write_json(f"{DATASET}/_manifest.json", manifest)
+            if progress:
+                progress(n_done, len(todo), entry)
+    finish_dataset(store, spec, manifest, meta)
     return {"stage": "synthesize", "run": store.uri(DATASET), "shards_written_now": len(todo),
             "shards": len(ranges), "samples": spec.synthesis.num_samples, "seconds": round(time.time() - t0, 1)}
+
+
+def synthesize_stage(spec: JobSpec, *, progress=None) -> dict:
+    """The synthesize stage on the engine the spec asks for (resources.engine)."""
+    if spec.resources.engine == "ray":
+        from handsoff_ray.pipeline.ray_synthesize import run_synthesize_ray
+
+        return run_synthesize_ray(spec, progress=progress)
+    return run_synthesize(spec, progress=progress)
 
 
 def dataset_card(spec: JobSpec, manifest: dict) -> str:

@@ -63,6 +63,7 @@ def demo_spec(out: str, size: DemoSize, generator: str = "toy") -> dict:
         },
         "synthesis": {"num_samples": size.n_synthetic, "shard_size": 500, "batch_size": 32},
         "storage": {"output": f"{out}/runs"},
+        "resources": {"synthesis_actors": 2, "torch_threads": 1},  # two single-threaded actors on 2 cores
         "evaluation": {"enabled": True, "test_path": f"{out}/test", "model": "unet", "unet_width": 16,
                        "batch_size": 16, "max_steps": size.downstream_steps},
     }
@@ -102,7 +103,7 @@ def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | N
     from handsoff_ray.pipeline.plan import resolve_checkpoint
     from handsoff_ray.pipeline.preview import preview_grid
     from handsoff_ray.pipeline.stages import load_spec_generator, open_run, resolve_device, run_fit, run_invert
-    from handsoff_ray.pipeline.synthesize import run_synthesize
+    from handsoff_ray.pipeline.synthesize import synthesize_stage
 
     t_start = time.time()
     size = QUICK if quick else FULL
@@ -126,7 +127,7 @@ def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | N
     log(f"[3/6] fit the label generator ({size.ensemble} members x 3 tasks)")
     run_fit(spec)
     log(f"[4/6] synthesise {size.n_synthetic} pairs to Parquet")
-    syn = run_synthesize(spec, progress=lambda i, n, e: log(f"      shard {e['shard']} ({i}/{n}) {e['seconds']} s"))
+    syn = synthesize_stage(spec, progress=lambda i, n, e: log(f"      shard {e['shard']} ({i}/{n}) {e['seconds']} s"))
 
     store = open_run(spec)
     from handsoff_ray.core.label_generator import load_label_generator
