@@ -106,7 +106,7 @@ def run(spec: str, sets: tuple[str, ...], dry_run: bool, stages: str) -> None:
 
     from handsoff_ray.pipeline.evaluate import run_evaluate
 
-    runners = {"invert": st.run_invert, "fit": st.run_fit, "synthesize": run_synthesize, "evaluate": run_evaluate}
+    runners = {"invert": st.invert_stage, "fit": st.fit_stage, "synthesize": run_synthesize, "evaluate": run_evaluate}
     wanted = [s.strip() for s in stages.split(",") if s.strip()]
     if "evaluate" in wanted and not job.evaluation.enabled:
         wanted.remove("evaluate")  # evaluation runs when the spec enables it
@@ -124,9 +124,9 @@ def run(spec: str, sets: tuple[str, ...], dry_run: bool, stages: str) -> None:
 @_fail_on_user_error
 def invert(spec: str, sets: tuple[str, ...]) -> None:
     """Invert the labeled images of SPEC into W+ latents (writes <run>/latents/)."""
-    from handsoff_ray.pipeline.stages import run_invert
+    from handsoff_ray.pipeline.stages import invert_stage
 
-    click.echo(json.dumps(run_invert(_load(spec, sets)), default=str, indent=2))
+    click.echo(json.dumps(invert_stage(_load(spec, sets)), default=str, indent=2))
 
 
 @main.command()
@@ -135,9 +135,9 @@ def invert(spec: str, sets: tuple[str, ...]) -> None:
 @_fail_on_user_error
 def fit(spec: str, sets: tuple[str, ...]) -> None:
     """Fit the label-generator ensemble on the inverted images (writes <run>/label_generator/)."""
-    from handsoff_ray.pipeline.stages import run_fit
+    from handsoff_ray.pipeline.stages import fit_stage
 
-    click.echo(json.dumps(run_fit(_load(spec, sets)), default=str, indent=2))
+    click.echo(json.dumps(fit_stage(_load(spec, sets)), default=str, indent=2))
 
 
 @main.command()

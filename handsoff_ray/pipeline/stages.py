@@ -28,7 +28,10 @@ from handsoff_ray.pipeline.labeled import AlignedLabels, align_labels, open_spec
 from handsoff_ray.pipeline.plan import resolve_checkpoint, stage_hash
 from handsoff_ray.pipeline.storage import RunStore
 
-__all__ = ["run_invert", "run_fit", "open_run", "resolve_device", "LATENTS", "LABEL_GENERATOR"]
+__all__ = [
+    "LATENTS", "LABEL_GENERATOR", "open_run", "resolve_device", "prepare_invert", "invert_images", "finish_invert",
+    "run_invert", "run_fit", "fit_members", "invert_stage", "fit_stage",
+]
 
 LATENTS = "latents"
 LABEL_GENERATOR = "label_generator"
@@ -102,24 +105,36 @@ def _latent_file(image_id: str) -> str:
     return f"{LATENTS}/{image_id}.safetensors"
 
 
-def run_invert(spec: JobSpec) -> dict:
-    """Invert every selected labeled image not inverted yet; returns a summary."""
+def prepare_invert(spec: JobSpec) -> tuple[list[str], RunStore]:
+    """Validate every input, then claim latents/ for this spec: (selected ids, store)."""
+    _, ids = open_spec_labeled_set(spec)  # decodes and checks the whole set before any compute
+    load_spec_generator(spec, torch.device("cpu"))  # a bad checkpoint fails here, before anything is written
+    store = open_run(spec)
+    claim_stage(store, "invert", spec)
+    return ids, store
+
+
+def invert_images(spec: JobSpec, ids: list[str]) -> int:
+    """Invert those of `ids` without a latent file yet, writing each batch as it finishes; returns how many.
+
+    The unit of work of both engines: the local runner calls it once, each Ray Train worker calls it on
+    its own disjoint slice of ids. Retried or restarted workers skip what is already written.
+    """
     from handsoff_ray.core.inversion import invert
 
-    labeled, ids = open_spec_labeled_set(spec)  # validates the whole set before any compute
-    device = resolve_device(spec)
-    G = load_spec_generator(spec, device)
+    labeled, _ = open_spec_labeled_set(spec)
     store = open_run(spec)
-    h = claim_stage(store, "invert", spec)
-
+    h = stage_hash(spec, "invert")
     done = {name.removesuffix(".safetensors") for name in store.list(LATENTS) if name.endswith(".safetensors")}
     todo = [i for i in ids if i not in done]
-    _log("invert", run=spec.run_id, images=len(ids), already_done=len(ids) - len(todo), device=str(device))
+    if not todo:
+        return 0
     if spec.resources.torch_threads:
         torch.set_num_threads(spec.resources.torch_threads)
-
-    lpips_model = _lpips(spec.inversion.lpips.net, spec.inversion.lpips.trunk_path, str(device)) if todo else None
-    encoder = _maybe_encoder(spec, G, store) if todo else None
+    device = resolve_device(spec)
+    G = load_spec_generator(spec, device)
+    lpips_model = _lpips(spec.inversion.lpips.net, spec.inversion.lpips.trunk_path, str(device))
+    encoder = _maybe_encoder(spec, G, store)
     inv = spec.inversion
     t0 = time.time()
     for start in range(0, len(todo), inv.batch_size):
@@ -140,10 +155,20 @@ def run_invert(spec: JobSpec) -> dict:
         _log("inverted batch", done=min(start + inv.batch_size, len(todo)), of=len(todo),
              mean_psnr=round(float(res.psnr.mean()), 2), mean_lpips=round(float(res.lpips.mean()), 4),
              seconds=round(time.time() - t0, 1))
+    return len(todo)
 
+
+def finish_invert(store: RunStore, ids: list[str], inverted_now: int) -> dict:
     summary = summarize_inversion(store, ids)
     store.write_json(f"{LATENTS}/_index.json", summary)
-    return {"stage": "invert", "run": store.uri(), "inverted_now": len(todo), **summary}
+    return {"stage": "invert", "run": store.uri(), "inverted_now": inverted_now, **summary}
+
+
+def run_invert(spec: JobSpec) -> dict:
+    """Invert every selected labeled image not inverted yet, in this process; returns a summary."""
+    ids, store = prepare_invert(spec)
+    _log("invert", run=spec.run_id, images=len(ids))
+    return finish_invert(store, ids, invert_images(spec, ids))
 
 
 @functools.lru_cache(maxsize=2)
@@ -235,22 +260,40 @@ def _targets(spec: JobSpec, aligned: list[AlignedLabels]) -> tuple[dict, dict]:
     return targets, tasks
 
 
-def run_fit(spec: JobSpec) -> dict:
-    """Fit the label-generator ensemble on the inverted labeled images; returns a summary."""
-    from handsoff_ray.core.label_generator import fit_label_generator, save_label_generator
+def _member_file(m: int) -> str:
+    return f"{LABEL_GENERATOR}/members/member-{m:03d}.safetensors"
 
-    labeled, ids = open_spec_labeled_set(spec, tasks=spec.label_generator.tasks.enabled())
+
+def prepare_fit(spec: JobSpec) -> tuple[list[str], RunStore, dict | None]:
+    """Validate, claim label_generator/: (ids, store, the finished result when the stage is already done)."""
+    _, ids = open_spec_labeled_set(spec, tasks=spec.label_generator.tasks.enabled())
     store = open_run(spec)
     missing = [i for i in ids if not store.exists(_latent_file(i))]
     if missing:
         raise UserError(f"{len(missing)} of {len(ids)} images are not inverted yet (first: {missing[0]}); "
                         f"run `handsoff invert SPEC` first")
-    h = claim_stage(store, "fit", spec)
-    rel = f"{LABEL_GENERATOR}/label_generator.safetensors"
-    if store.exists(rel):
-        _log("fit: already done", run=spec.run_id)
-        return {"stage": "fit", "run": store.uri(), "skipped": True, **(store.read_json(f"{LABEL_GENERATOR}/fit.json") or {})}
+    claim_stage(store, "fit", spec)
+    if store.exists(f"{LABEL_GENERATOR}/label_generator.safetensors"):
+        done = store.read_json(f"{LABEL_GENERATOR}/fit.json") or {}
+        return ids, store, {"stage": "fit", "run": store.uri(), "skipped": True, **done}
+    return ids, store, None
 
+
+def fit_members(spec: JobSpec, ids: list[str], members: list[int]) -> int:
+    """Fit those ensemble `members` not saved yet, each saved as soon as it is done; returns how many.
+
+    Every member has its own seed, so members fitted by different Ray Train workers merge into exactly
+    the label generator one process would fit. A restarted worker skips saved members.
+    """
+    from handsoff_ray.core.label_generator import fit_label_generator, save_label_generator
+
+    store = open_run(spec)
+    todo = [m for m in members if not store.exists(_member_file(m))]
+    if not todo:
+        return 0
+    if spec.resources.torch_threads:
+        torch.set_num_threads(spec.resources.torch_threads)
+    labeled, _ = open_spec_labeled_set(spec, tasks=spec.label_generator.tasks.enabled())
     device = resolve_device(spec)
     G = load_spec_generator(spec, device)
     out_size = feature_size(spec, G)
@@ -260,27 +303,63 @@ def run_fit(spec: JobSpec) -> dict:
     features = hypercolumn_features(G, ws, store_dtype=store_dtype)
     aligned = [align_labels(labeled.load(i), labeled, out_size) for i in ids]
     targets, tasks = _targets(spec, aligned)
-
     lg_spec = spec.label_generator
-    t0 = time.time()
+    for m in todo:
+        t0 = time.time()
+        lg, _ = fit_label_generator(
+            features, targets, tasks, out_size=out_size, ensemble_size=lg_spec.ensemble_size, members=[m],
+            max_steps=lg_spec.max_steps, batch_pixels=lg_spec.batch_pixels, lr=lg_spec.lr,
+            class_balanced=lg_spec.class_balanced, val_fraction=lg_spec.val_fraction, patience=lg_spec.patience,
+            seed=spec.seed, device=device,
+        )
+        with tempfile.TemporaryDirectory() as d:
+            save_label_generator(lg, f"{d}/m.safetensors")
+            store.write_bytes(_member_file(m), open(f"{d}/m.safetensors", "rb").read())
+        _log("fitted member", member=m, seconds=round(time.time() - t0, 1))
+    return len(todo)
 
-    def progress(rec: dict) -> None:
-        if rec["step"] % (10 * 100) == 0:
-            _log("fit", **rec)
 
-    lg, history = fit_label_generator(
-        features, targets, tasks, out_size=out_size, ensemble_size=lg_spec.ensemble_size,
-        max_steps=lg_spec.max_steps, batch_pixels=lg_spec.batch_pixels, lr=lg_spec.lr,
-        class_balanced=lg_spec.class_balanced, val_fraction=lg_spec.val_fraction, patience=lg_spec.patience,
-        seed=spec.seed, callback=progress, device=device,
-    )
+def finish_fit(spec: JobSpec, store: RunStore, ids: list[str], seconds: float) -> dict:
+    """Merge the saved members into label_generator.safetensors (written last: it marks the stage done)."""
+    from handsoff_ray.core.label_generator import load_label_generator, merge_label_generators, save_label_generator
+
     with tempfile.TemporaryDirectory() as d:
+        parts = [load_label_generator(store.local_copy(_member_file(m), d))
+                 for m in range(spec.label_generator.ensemble_size)]
+        lg = merge_label_generators(parts)
         save_label_generator(lg, f"{d}/lg.safetensors")
         blob = open(f"{d}/lg.safetensors", "rb").read()
-    summary = {"images": len(ids), "tasks": list(tasks), "out_size": list(out_size),
-               "ensemble_size": lg_spec.ensemble_size, "seconds": round(time.time() - t0, 1),
-               "stage_hash": h, "members": lg.history_summary}
+    summary = {"images": len(ids), "tasks": list(lg.tasks), "out_size": list(lg.out_size),
+               "ensemble_size": lg.ensemble_size, "seconds": round(seconds, 1),
+               "stage_hash": stage_hash(spec, "fit"), "members": lg.history_summary}
     store.write_json(f"{LABEL_GENERATOR}/fit.json", summary)
-    store.write_bytes(rel, blob)  # last: its presence marks the stage done
-    _log("fit done", seconds=summary["seconds"])
+    store.write_bytes(f"{LABEL_GENERATOR}/label_generator.safetensors", blob)
     return {"stage": "fit", "run": store.uri(), **summary}
+
+
+def run_fit(spec: JobSpec) -> dict:
+    """Fit the label-generator ensemble in this process; returns a summary."""
+    ids, store, done = prepare_fit(spec)
+    if done is not None:
+        return done
+    t0 = time.time()
+    fit_members(spec, ids, list(range(spec.label_generator.ensemble_size)))
+    return finish_fit(spec, store, ids, time.time() - t0)
+
+
+def invert_stage(spec: JobSpec) -> dict:
+    """invert on the engine the spec asks for: Ray Train workers (resources.engine: ray) or this process."""
+    if spec.resources.engine == "ray":
+        from handsoff_ray.pipeline.ray_train import run_invert_ray
+
+        return run_invert_ray(spec)
+    return run_invert(spec)
+
+
+def fit_stage(spec: JobSpec) -> dict:
+    """fit on the engine the spec asks for: Ray Train workers (resources.engine: ray) or this process."""
+    if spec.resources.engine == "ray":
+        from handsoff_ray.pipeline.ray_train import run_fit_ray
+
+        return run_fit_ray(spec)
+    return run_fit(spec)

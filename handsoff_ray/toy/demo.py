@@ -63,7 +63,8 @@ def demo_spec(out: str, size: DemoSize, generator: str = "toy") -> dict:
         },
         "synthesis": {"num_samples": size.n_synthetic, "shard_size": 500, "batch_size": 32},
         "storage": {"output": f"{out}/runs"},
-        "resources": {"synthesis_actors": 2, "torch_threads": 1},  # two single-threaded actors on 2 cores
+        # two single-threaded Ray Train workers / Ray Data actors on 2 cores
+        "resources": {"num_workers": 2, "synthesis_actors": 2, "torch_threads": 1},
         "evaluation": {"enabled": True, "test_path": f"{out}/test", "model": "unet", "unet_width": 16,
                        "batch_size": 16, "max_steps": size.downstream_steps},
     }
@@ -102,7 +103,7 @@ def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | N
     from handsoff_ray.pipeline.evaluate import load_real, load_synthetic, train_and_score
     from handsoff_ray.pipeline.plan import resolve_checkpoint
     from handsoff_ray.pipeline.preview import preview_grid
-    from handsoff_ray.pipeline.stages import load_spec_generator, open_run, resolve_device, run_fit, run_invert
+    from handsoff_ray.pipeline.stages import fit_stage, invert_stage, load_spec_generator, open_run, resolve_device
     from handsoff_ray.pipeline.synthesize import synthesize_stage
 
     t_start = time.time()
@@ -122,10 +123,10 @@ def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | N
     _toy_set(out_dir / "oracle", range(ORACLE_SEED0, ORACLE_SEED0 + size.n_oracle), res, log)
 
     log(f"[2/6] invert {len(LABELED_SEEDS)} images into the toy StyleGAN2 ({size.invert_steps} steps)")
-    inv = run_invert(spec)
+    inv = invert_stage(spec)
     log(f"      mean PSNR {inv['mean_psnr']:.2f} dB, mean LPIPS {inv['mean_lpips']:.4f}")
     log(f"[3/6] fit the label generator ({size.ensemble} members x 3 tasks)")
-    run_fit(spec)
+    fit_stage(spec)
     log(f"[4/6] synthesise {size.n_synthetic} pairs to Parquet")
     syn = synthesize_stage(spec, progress=lambda i, n, e: log(f"      shard {e['shard']} ({i}/{n}) {e['seconds']} s"))
 

@@ -168,3 +168,28 @@ def test_ray_data_actors_write_the_same_bytes(finished, tmp_path):
     assert out["shards_written_now"] == 3
     assert {n: store.read_bytes(f"dataset/data/{n}") for n in store.list("dataset/data")} == before
     assert set(store.read_json("dataset/_manifest.json")["shards"]) == {"0", "1", "2"}
+
+
+@pytest.mark.ray
+def test_ray_train_workers_match_the_local_run(finished, tmp_path):
+    """Two Ray Train workers redo deleted latents and members; the merged label generator is bit-identical."""
+    import ray
+
+    from handsoff_ray.pipeline.ray_train import run_fit_ray, run_invert_ray
+
+    spec = _copy_of(finished, tmp_path, resources={"engine": "ray", "num_workers": 2, "torch_threads": 1})
+    store = open_run(spec)
+    latent = store.read_bytes("latents/000003.safetensors")
+    lg_before = store.read_bytes("label_generator/label_generator.safetensors")
+    os.remove(store.path("latents/000003.safetensors"))
+    for name in ["label_generator.safetensors", "fit.json", "members/member-001.safetensors"]:
+        os.remove(store.path(f"label_generator/{name}"))
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20)
+    try:
+        assert run_invert_ray(spec)["inverted_now"] == 1
+        fit = run_fit_ray(spec)
+    finally:
+        ray.shutdown()
+    assert store.read_bytes("latents/000003.safetensors") == latent
+    assert fit["ensemble_size"] == 2
+    assert store.read_bytes("label_generator/label_generator.safetensors") == lg_before

@@ -1,0 +1,95 @@
+"""invert and fit on Ray Train: N workers (GPU or CPU), each on a disjoint slice of the work.
+
+    spec.resources.num_workers = 4; spec.resources.use_gpu = True
+    run_invert_ray(spec)     # worker r inverts images ids[r::N], writing each batch as it finishes
+    run_fit_ray(spec)        # worker r fits ensemble members r, r+N, ... and saves each one
+
+Work is split by item, not by data parallelism: an inversion batch and an ensemble member are
+independent, so N workers finish N times as much with no gradient traffic (members are small MLPs
+whose all-reduce would cost more than their compute). The driver validates and claims the output
+before any worker starts, and merges after they end. `FailureConfig` retries failed workers; because
+each worker skips the latents and members already in storage, a retry or a restarted driver (the
+Ray Train run is named after the run id) redoes only unfinished work.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+from handsoff_ray.config import JobSpec
+
+__all__ = ["run_invert_ray", "run_fit_ray"]
+
+
+def _trainer(spec: JobSpec, stage: str, loop, config: dict):
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    res = spec.resources
+    return TorchTrainer(
+        loop,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
+                                     resources_per_worker={"CPU": res.cpus_per_worker}),
+        run_config=RunConfig(
+            name=f"{spec.run_id}-{stage}",
+            # Ray Train keeps only its own bookkeeping here; the stage's outputs go to the run store.
+            storage_path=os.path.join(tempfile.gettempdir(), "handsoff_ray_train"),
+            failure_config=FailureConfig(max_failures=2),
+        ),
+    )
+
+
+def _invert_loop(config: dict) -> None:
+    import ray.train
+
+    from handsoff_ray.config import parse_spec
+    from handsoff_ray.pipeline.stages import invert_images
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    invert_images(parse_spec(config["spec"]), config["ids"][rank::world])
+
+
+def _fit_loop(config: dict) -> None:
+    import ray.train
+
+    from handsoff_ray.config import parse_spec
+    from handsoff_ray.pipeline.stages import fit_members
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    fit_members(parse_spec(config["spec"]), config["ids"], config["members"][rank::world])
+
+
+def run_invert_ray(spec: JobSpec) -> dict:
+    from handsoff_ray.pipeline.ray_synthesize import ensure_ray
+    from handsoff_ray.pipeline.stages import _maybe_encoder, finish_invert, load_spec_generator, prepare_invert
+
+    ids, store = prepare_invert(spec)
+    before = sum(1 for n in store.list("latents") if not n.startswith("_"))
+    if spec.inversion.encoder.enabled:
+        # Trained once here, before the workers start, so that they all load the same encoder.
+        import torch
+
+        _maybe_encoder(spec, load_spec_generator(spec, torch.device("cpu")), store)
+    ensure_ray(spec)
+    _trainer(spec, "invert", _invert_loop, {"spec": spec.model_dump(mode="json"), "ids": ids}).fit()
+    after = sum(1 for n in store.list("latents") if not n.startswith("_"))
+    return finish_invert(store, ids, after - before) | {"workers": spec.resources.num_workers}
+
+
+def run_fit_ray(spec: JobSpec) -> dict:
+    from handsoff_ray.pipeline.ray_synthesize import ensure_ray
+    from handsoff_ray.pipeline.stages import finish_fit, prepare_fit
+
+    ids, store, done = prepare_fit(spec)
+    if done is not None:
+        return done
+    t0 = time.time()
+    ensure_ray(spec)
+    members = list(range(spec.label_generator.ensemble_size))
+    _trainer(spec, "fit", _fit_loop, {"spec": spec.model_dump(mode="json"), "ids": ids, "members": members}).fit()
+    return finish_fit(spec, store, ids, time.time() - t0) | {"workers": spec.resources.num_workers}
