@@ -1,7 +1,7 @@
 """invert and fit on Ray Train: N workers (GPU or CPU), each on a disjoint slice of the work.
 
     spec.resources.num_workers = 4; spec.resources.use_gpu = True
-    run_invert_ray(spec)     # worker r inverts images ids[r::N], writing each batch as it finishes
+    run_invert_ray(spec)     # worker r inverts batches r, r+N, ... of the ids, writing each as it finishes
     run_fit_ray(spec)        # worker r fits ensemble members r, r+N, ... and saves each one
 
 Work is split by item, not by data parallelism: an inversion batch and an ensemble member are
@@ -50,7 +50,12 @@ def _invert_loop(config: dict) -> None:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    invert_images(parse_spec(config["spec"]), config["ids"][rank::world])
+    spec = parse_spec(config["spec"])
+    # Deal out whole batches, not single images: a batch then holds the same images as in a one-process
+    # run, and since float results depend on the batch's shape, latents do not depend on the worker count.
+    bs, ids = spec.inversion.batch_size, config["ids"]
+    batches = [ids[i : i + bs] for i in range(0, len(ids), bs)]
+    invert_images(spec, [i for batch in batches[rank::world] for i in batch])
 
 
 def _fit_loop(config: dict) -> None:
