@@ -44,6 +44,18 @@ def _load(spec_path: str, sets: tuple[str, ...]) -> JobSpec:
         raise click.ClickException(str(err)) from None
 
 
+def _checkpoint_path(ctx, param, value: str) -> str:
+    """'toy' names the generator shipped with the package; anything else must be an existing file."""
+    import os
+
+    from handsoff_ray.pipeline.plan import resolve_checkpoint
+
+    path = resolve_checkpoint(value)
+    if not os.path.isfile(path):
+        raise click.BadParameter(f"no such file: {path}")
+    return path
+
+
 def _fail_on_user_error(fn):
     """Turn the errors users cause (bad files, bad specs) into a clean message and exit code 2."""
     import functools
@@ -191,8 +203,11 @@ def checkpoint() -> None:
     """Inspect, convert and sample StyleGAN2 checkpoints (rosinality .pt, NVlabs .pkl, own .safetensors)."""
 
 
+checkpoint_argument = click.argument("path", callback=_checkpoint_path, metavar="PATH|toy")
+
+
 @checkpoint.command("info")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@checkpoint_argument
 @_fail_on_user_error
 def checkpoint_info(path: str) -> None:
     """Print the architecture, resolution and hypercolumn feature spec of PATH."""
@@ -202,7 +217,7 @@ def checkpoint_info(path: str) -> None:
 
 
 @checkpoint.command("convert")
-@click.argument("src", type=click.Path(exists=True, dir_okay=False))
+@click.argument("src", callback=_checkpoint_path, metavar="SRC|toy")
 @click.argument("dst", type=click.Path(dir_okay=False))
 @_fail_on_user_error
 def checkpoint_convert(src: str, dst: str) -> None:
@@ -213,7 +228,7 @@ def checkpoint_convert(src: str, dst: str) -> None:
 
 
 @checkpoint.command("sample")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@checkpoint_argument
 @click.option("--seeds", default="0-7", show_default=True, metavar="RANGES", help="e.g. 0-7 or 1,5,9-12.")
 @click.option("--trunc", "truncation_psi", type=click.FloatRange(0, 2), default=0.7, show_default=True)
 @click.option("--noise-mode", type=click.Choice(["const", "random", "none"]), default="const", show_default=True)
