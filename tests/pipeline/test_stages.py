@@ -163,6 +163,8 @@ def test_ray_data_actors_write_the_same_bytes(finished, tmp_path):
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20)
     try:
         out = run_synthesize_ray(spec)
+        # Ray Data reads the output directly.
+        assert ray.data.read_parquet(store.path("dataset/data")).count() == 10
     finally:
         ray.shutdown()
     assert out["shards_written_now"] == 3
@@ -193,3 +195,29 @@ def test_ray_train_workers_match_the_local_run(finished, tmp_path):
     assert store.read_bytes("latents/000003.safetensors") == latent
     assert fit["ensemble_size"] == 2
     assert store.read_bytes("label_generator/label_generator.safetensors") == lg_before
+
+
+class TestReaders:
+    def test_synthetic_dataset_splits_workers_and_filters(self, finished):
+        from torch.utils.data import DataLoader
+
+        from handsoff_ray.dataset import SyntheticDataset
+
+        spec, _ = finished
+        root = open_run(spec).path("dataset")
+        everything = SyntheticDataset(root, uncertainty_filter=None)
+        assert len(everything) == 10
+        seen = [int(b["sample_id"]) for b in DataLoader(everything, batch_size=None, num_workers=2)]
+        assert sorted(seen) == list(range(10))  # each row once across workers
+        first = next(iter(everything))
+        assert first["image"].shape == (16, 16, 3) and first["keypoints"].shape == (5, 3)
+        filtered = SyntheticDataset(root, uncertainty_filter="reference")
+        assert len(filtered) == 9  # int(0.1 * 10) = 1 pair dropped
+        assert len(list(filtered)) == 9
+
+    def test_hugging_face_datasets_reads_the_shards(self, finished):
+        datasets = pytest.importorskip("datasets")
+        spec, _ = finished
+        data = open_run(spec).path("dataset/data")
+        ds = datasets.load_dataset("parquet", data_files=f"{data}/*.parquet", split="train")
+        assert sorted(ds["sample_id"]) == list(range(10))
