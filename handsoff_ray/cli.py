@@ -246,6 +246,30 @@ def checkpoint_sample(path: str, seeds: str, truncation_psi: float, noise_mode: 
     click.echo(json.dumps(sample_grid(path, seed_list, out, truncation_psi, noise_mode, device)))
 
 
+@main.command()
+@click.argument("uri", metavar="DATASET")
+@click.option("--endpoint-url", default=None, metavar="URL", help="S3 endpoint (else AWS_ENDPOINT_URL).")
+@_fail_on_user_error
+def inspect(uri: str, endpoint_url: str | None) -> None:
+    """Counts, schema and histograms of a synthetic DATASET folder (local or s3://)."""
+    from handsoff_ray.pipeline.inspect import inspect_dataset
+
+    click.echo(yaml.safe_dump(inspect_dataset(uri, endpoint_url=endpoint_url), sort_keys=False))
+
+
+@main.command()
+@click.argument("uri", metavar="DATASET")
+@click.option("--out", type=click.Path(dir_okay=False), default="preview.png", show_default=True)
+@click.option("-n", "count", type=click.IntRange(1, 256), default=8, show_default=True, help="Pairs to show.")
+@click.option("--endpoint-url", default=None, metavar="URL", help="S3 endpoint (else AWS_ENDPOINT_URL).")
+@_fail_on_user_error
+def preview(uri: str, out: str, count: int, endpoint_url: str | None) -> None:
+    """A grid of the first pairs of DATASET: image | label overlay (with keypoints)."""
+    from handsoff_ray.pipeline.inspect import preview_dataset
+
+    click.echo(json.dumps(preview_dataset(uri, out, count, endpoint_url=endpoint_url)))
+
+
 @main.group()
 def data() -> None:
     """Labeled-set tools."""

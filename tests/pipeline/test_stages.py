@@ -221,3 +221,20 @@ class TestReaders:
         data = open_run(spec).path("dataset/data")
         ds = datasets.load_dataset("parquet", data_files=f"{data}/*.parquet", split="train")
         assert sorted(ds["sample_id"]) == list(range(10))
+
+
+def test_inspect_and_preview_commands(finished, tmp_path):
+    import yaml
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from handsoff_ray.cli import main
+
+    root = open_run(finished[0]).path("dataset")
+    res = CliRunner().invoke(main, ["inspect", root])
+    assert res.exit_code == 0, res.output
+    info = yaml.safe_load(res.output)
+    assert info["rows"] == 10 and info["shards"] == 3 and "uncertainty_segmentation" in info["uncertainty"]
+    res = CliRunner().invoke(main, ["preview", root, "--out", str(tmp_path / "g.png"), "-n", "4"])
+    assert res.exit_code == 0, res.output
+    assert Image.open(tmp_path / "g.png").size[1] == 4 * 18 * 2  # 4 rows of 16 px + border, zoom 2
