@@ -85,6 +85,12 @@ def _toy_set(root: Path, seeds, size: int, log) -> str:
     return str(root)
 
 
+def _card_summary(card: dict) -> dict:
+    """What the report says about the generator: how long it trained and how good it is."""
+    keys = ("images_seen", "wall_time_s", "cpu_time_s", "machine")
+    return {k: card[k] for k in keys if k in card} | {"kid": (card.get("quality") or {}).get("kid")}
+
+
 def _table(rows: dict[str, dict[str, float]]) -> str:
     head = f"{'':12s}{'HandsOff':>10s}{'baseline':>10s}{'oracle':>10s}"
     lines = [head, "-" * len(head)]
@@ -161,7 +167,7 @@ def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | N
         "n_labeled": len(LABELED_SEEDS), "n_synthetic": int(syn["samples"]), "n_test": size.n_test,
         "n_synthetic_after_filter": len(synthetic), "seconds": round(time.time() - t_start, 1),
         "quick": quick, "inversion": {"mean_psnr": inv["mean_psnr"], "mean_lpips": inv["mean_lpips"]},
-        "generator": {"path": ckpt, **{k: v for k, v in G.metadata.items() if k in ("model", "images_seen", "quality")}},
+        "generator": {"path": ckpt, **_card_summary(G.metadata.get("model_card") or {})},
         "downstream": {k: {kk: v for kk, v in s.items() if kk != "iou"} | {"iou": s.get("iou")} for k, s in scores.items()},
         "preview": str(preview), "run": store.uri(),
     }
