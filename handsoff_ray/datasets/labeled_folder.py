@@ -245,15 +245,23 @@ def _read_yaml(path: Path, rel: str, problems: list[str]) -> Any:
         return _UNREADABLE
 
 
-def _read_classes(root: Path, problems: list[str]) -> tuple[str, ...] | None:
-    path = root / "masks" / "classes.yaml"
+def _required_yaml(root: Path, rel: str, hint: str, problems: list[str]) -> dict | None:
+    """The mapping in root/rel, or None after recording why not (missing: `hint` says what to write)."""
+    path = root / rel
     if not path.is_file():
-        problems.append("masks/classes.yaml: missing; write `classes: [background, ...]` (class id = list index)")
+        problems.append(f"{rel}: missing; write {hint}")
         return None
-    doc = _read_yaml(path, "masks/classes.yaml", problems)
+    doc = _read_yaml(path, rel, problems)
     if doc is _UNREADABLE:
         return None
-    classes = doc.get("classes") if isinstance(doc, dict) else None
+    return doc if isinstance(doc, dict) else {}
+
+
+def _read_classes(root: Path, problems: list[str]) -> tuple[str, ...] | None:
+    doc = _required_yaml(root, "masks/classes.yaml", "`classes: [background, ...]` (class id = list index)", problems)
+    if doc is None:
+        return None
+    classes = doc.get("classes")
     if not (isinstance(classes, list) and classes and all(isinstance(c, str) and c for c in classes)):
         problems.append("masks/classes.yaml: expected `classes: [name, ...]` with at least one non-empty name")
         return None
@@ -268,14 +276,10 @@ def _read_classes(root: Path, problems: list[str]) -> tuple[str, ...] | None:
 
 
 def _read_depth_scale(root: Path, problems: list[str]) -> float | None:
-    path = root / "depth" / "depth.yaml"
-    if not path.is_file():
-        problems.append("depth/depth.yaml: missing; write `scale: 1000.0` (depth = stored value / scale)")
+    doc = _required_yaml(root, "depth/depth.yaml", "`scale: 1000.0` (depth = stored value / scale)", problems)
+    if doc is None:
         return None
-    doc = _read_yaml(path, "depth/depth.yaml", problems)
-    if doc is _UNREADABLE:
-        return None
-    scale = doc.get("scale") if isinstance(doc, dict) else None
+    scale = doc.get("scale")
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
         problems.append(f"depth/depth.yaml: scale must be a positive number, got {scale!r}")
         return None
