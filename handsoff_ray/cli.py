@@ -105,7 +105,11 @@ def validate(spec: str, sets: tuple[str, ...]) -> None:
 @click.option("--stages", default="invert,fit,synthesize,evaluate", show_default=True, metavar="LIST", help="Stages to run, in order.")
 @_fail_on_user_error
 def run(spec: str, sets: tuple[str, ...], dry_run: bool, stages: str) -> None:
-    """Run the stages of SPEC in order (each skips work it already finished)."""
+    """Run the stages of SPEC in order (each skips work it already finished).
+
+    Metrics go to Ray's metrics port inside Ray workers and, at the end, to the Pushgateway named by
+    HANDSOFF_PUSHGATEWAY (host:port) when it is set.
+    """
     from handsoff_ray.pipeline.plan import make_plan
     from handsoff_ray.pipeline import stages as st
 
@@ -125,9 +129,20 @@ def run(spec: str, sets: tuple[str, ...], dry_run: bool, stages: str) -> None:
     unknown = [s for s in wanted if s not in runners]
     if unknown:
         raise click.BadParameter(f"unknown stage(s) {unknown}; choose from {list(runners)}", param_hint="--stages")
-    for name in wanted:
-        result = runners[name](job)
-        click.echo(json.dumps({"stage": name, **result}, default=str))
+    import time
+
+    from handsoff_ray.pipeline.metrics import metrics, push_to_gateway
+
+    metrics().set("run_info", 1, run_id=job.run_id, spec_hash=plan["spec_hash"])
+    try:
+        for name in wanted:
+            t0 = time.time()
+            result = runners[name](job)
+            metrics().set("stage_seconds", time.time() - t0, run_id=job.run_id, stage=name)
+            click.echo(json.dumps({"stage": name, **result}, default=str))
+    finally:
+        # A batch run ends here: leave its numbers on the Pushgateway when one is configured.
+        push_to_gateway(job=f"handsoff-{job.run_id}")
 
 
 @main.command()

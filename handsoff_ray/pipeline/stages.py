@@ -25,6 +25,7 @@ from safetensors.torch import save as st_save
 from handsoff_ray.config import JobSpec
 from handsoff_ray.pipeline.errors import UserError
 from handsoff_ray.pipeline.labeled import AlignedLabels, align_labels, open_spec_labeled_set
+from handsoff_ray.pipeline.metrics import metrics
 from handsoff_ray.pipeline.plan import resolve_checkpoint, stage_hash
 from handsoff_ray.pipeline.storage import RunStore
 
@@ -152,6 +153,9 @@ def invert_images(spec: JobSpec, ids: list[str]) -> int:
             blob = st_save({"ws": res.ws[k].contiguous(), "loss_curve": res.loss_curve[k].contiguous()},
                            metadata={"handsoff_ray.inversion": json.dumps(meta)})
             store.write_bytes(_latent_file(image_id), blob)
+        m = metrics()
+        m.inc("images_inverted", len(batch_ids), run_id=spec.run_id)
+        m.set("inversion_loss", float(res.final_loss.mean()), run_id=spec.run_id)
         _log("inverted batch", done=min(start + inv.batch_size, len(todo)), of=len(todo),
              mean_psnr=round(float(res.psnr.mean()), 2), mean_lpips=round(float(res.lpips.mean()), 4),
              seconds=round(time.time() - t0, 1))
@@ -315,6 +319,11 @@ def fit_members(spec: JobSpec, ids: list[str], members: list[int]) -> int:
         with tempfile.TemporaryDirectory() as d:
             save_label_generator(lg, f"{d}/m.safetensors")
             store.write_bytes(_member_file(m), open(f"{d}/m.safetensors", "rb").read())
+        metrics().inc("members_fitted", 1, run_id=spec.run_id)
+        for task, per_member in lg.history_summary.items():
+            best = per_member.get(str(m), {}).get("best_val_loss")
+            if best is not None:
+                metrics().set("fit_loss", best, run_id=spec.run_id, task=task)
         _log("fitted member", member=m, seconds=round(time.time() - t0, 1))
     return len(todo)
 

@@ -81,9 +81,22 @@ def write_shard(store, k: int, start: int, stop: int, G, lg, spec: JobSpec, meta
     writer.close()
     blob = buf.getvalue()
     store.write_bytes(shard_name(k), blob)
+    _record_shard(spec.run_id, stop - start, time.time() - t0, scores)
     return {"shard": k, "file": shard_name(k).split("/", 1)[1], "start": start, "stop": stop, "rows": stop - start,
             "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest(), "seconds": round(time.time() - t0, 2),
             "uncertainty": {t: _histogram(v) for t, v in scores.items()}, "class_pixels": class_pixels.tolist()}
+
+
+def _record_shard(run_id: str, rows: int, seconds: float, scores: dict[str, list[float]]) -> None:
+    from handsoff_ray.pipeline.metrics import metrics
+
+    m = metrics()
+    m.inc("samples_written", rows, run_id=run_id)
+    m.inc("shards_committed", 1, run_id=run_id)
+    m.observe("shard_commit_seconds", seconds, run_id=run_id)
+    for task, values in scores.items():
+        for v in values:
+            m.observe("sample_uncertainty", v, run_id=run_id, task=task)
 
 
 def prepare_synthesis(spec: JobSpec) -> tuple:
@@ -101,7 +114,11 @@ def prepare_synthesis(spec: JobSpec) -> tuple:
             "depth_scale": float(labeled.depth_scale or 1000.0), "image_size": fit.get("out_size")}
     manifest = store.read_json(f"{DATASET}/_manifest.json") or {"stage_hash": h, "shards": {}}
     manifest["stage_hash"] = h
-    return store, meta, manifest, shard_ranges(spec.synthesis.num_samples, spec.synthesis.shard_size)
+    ranges = shard_ranges(spec.synthesis.num_samples, spec.synthesis.shard_size)
+    from handsoff_ray.pipeline.metrics import metrics
+
+    metrics().set("shards_planned", len(ranges), run_id=spec.run_id)
+    return store, meta, manifest, ranges
 
 
 def finish_dataset(store, spec: JobSpec, manifest: dict, meta: dict) -> None:

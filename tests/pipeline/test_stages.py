@@ -238,3 +238,30 @@ def test_inspect_and_preview_commands(finished, tmp_path):
     res = CliRunner().invoke(main, ["preview", root, "--out", str(tmp_path / "g.png"), "-n", "4"])
     assert res.exit_code == 0, res.output
     assert Image.open(tmp_path / "g.png").size[1] == 4 * 18 * 2  # 4 rows of 16 px + border, zoom 2
+
+
+def test_stages_record_their_metrics(finished):
+    from prometheus_client import generate_latest
+
+    from handsoff_ray.pipeline.metrics import metrics
+
+    m = metrics()
+    assert m.backend == "prometheus"  # no Ray worker here
+    value = lambda name, **labels: m.registry.get_sample_value(name, {"run_id": "t", **labels})  # noqa: E731
+    assert value("handsoff_samples_written_total") >= 10
+    assert value("handsoff_shards_committed_total") >= 3
+    assert value("handsoff_shards_planned") == 3
+    assert value("handsoff_images_inverted_total") >= 4
+    assert value("handsoff_members_fitted_total") >= 2
+    assert value("handsoff_sample_uncertainty_count", task="segmentation") >= 10
+    text = generate_latest(m.registry).decode()
+    assert "handsoff_shard_commit_seconds_bucket" in text and "handsoff_fit_loss" in text
+
+
+def test_metric_labels_are_checked(monkeypatch):
+    from handsoff_ray.pipeline.metrics import metrics, push_to_gateway
+
+    monkeypatch.delenv("HANDSOFF_PUSHGATEWAY", raising=False)
+    with pytest.raises(ValueError, match="needs labels"):
+        metrics().inc("samples_written", 1)
+    assert push_to_gateway("job") is False  # no HANDSOFF_PUSHGATEWAY configured
