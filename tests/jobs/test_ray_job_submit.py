@@ -1,0 +1,74 @@
+"""`ray job submit ... -- python -m handsoff_ray run SPEC` against a real head from `ray start --head`.
+
+This is what a KubeRay RayJob does: the submitter uploads the working directory and runs the entrypoint
+on the head, where the driver joins the cluster (resources.ray_address: auto).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).parents[2]
+RAY = Path(sys.executable).with_name("ray")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    if not RAY.exists():
+        pytest.skip("the ray CLI is not installed next to this Python")
+    # The head runs entrypoints with the `python` on its PATH: make that this environment's, as the
+    # runtime image's Python is in a real cluster.
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
+           "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{RAY.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    gcs, dash = _free_port(), _free_port()
+    # Ray's unix socket paths must stay short: pytest's tmp_path is too deep for them.
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    subprocess.run([str(RAY), "start", "--head", f"--port={gcs}", "--num-cpus=2", "--include-dashboard=true",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats",
+                    f"--temp-dir={temp}"], check=True, env=env, capture_output=True, timeout=120)
+    try:
+        yield f"http://127.0.0.1:{dash}", env
+    finally:
+        subprocess.run([str(RAY), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.ray
+def test_job_submit_runs_the_pipeline_entrypoint(ray_head, tmp_path, tiny_generator_path, toy_labeled_path):
+    address, env = ray_head
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "submitted", "generator": {"checkpoint": tiny_generator_path},
+        "data": {"path": toy_labeled_path, "limit": 2}, "inversion": {"steps": 2},
+        "label_generator": {"ensemble_size": 2, "max_steps": 4, "batch_pixels": 32,
+                            "tasks": {"segmentation": {"hidden": [8, 4], "min_pixels": 0},
+                                      "keypoints": {"enabled": False}, "depth": {"enabled": False}}},
+        "synthesis": {"num_samples": 4, "shard_size": 2, "batch_size": 2},
+        "storage": {"output": str(tmp_path / "runs")},
+        "resources": {"ray_address": "auto", "num_workers": 1, "synthesis_actors": 1, "torch_threads": 1},
+    }))
+    workdir = tmp_path / "workdir"  # only the package: what a runtime_env working_dir would hold
+    shutil.copytree(REPO / "handsoff_ray", workdir / "handsoff_ray", ignore=shutil.ignore_patterns("__pycache__"))
+    res = subprocess.run(
+        [str(RAY), "job", "submit", "--address", address, "--working-dir", str(workdir), "--",
+         "python", "-m", "handsoff_ray", "run", str(spec)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "succeeded" in res.stdout
+    assert (tmp_path / "runs" / "submitted" / "dataset" / "_SUCCESS").exists()
