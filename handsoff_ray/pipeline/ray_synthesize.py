@@ -21,7 +21,7 @@ import numpy as np
 
 from handsoff_ray.config import JobSpec
 
-__all__ = ["ensure_ray", "run_synthesize_ray"]
+__all__ = ["ensure_ray", "enter_driver_cwd", "run_synthesize_ray"]
 
 
 def ensure_ray(spec: JobSpec) -> None:
@@ -37,12 +37,24 @@ def ensure_ray(spec: JobSpec) -> None:
                  object_store_memory=512 * 2**20)
 
 
+def enter_driver_cwd(cwd: str) -> None:
+    """Resolve the spec's relative paths like the driver did.
+
+    Ray runs workers in directories of its own (Ray Train in the run's trial dir), so a relative
+    `data.path` would point elsewhere; on the driver's machine we step into the driver's directory.
+    Elsewhere in a cluster it does not exist, and specs there use absolute paths or URIs anyway.
+    """
+    if os.path.isdir(cwd):
+        os.chdir(cwd)
+
+
 class _ShardWriter:
     """Ray Data actor: load the models once, then write every shard it is handed."""
 
-    def __init__(self, spec_json: dict, meta: dict, torch_threads: int | None):
+    def __init__(self, spec_json: dict, meta: dict, torch_threads: int | None, cwd: str):
         import torch
 
+        enter_driver_cwd(cwd)
         from handsoff_ray.config import parse_spec
         from handsoff_ray.core.label_generator import load_label_generator
         from handsoff_ray.pipeline.stages import LABEL_GENERATOR, load_spec_generator, open_run, resolve_device
@@ -84,7 +96,7 @@ def run_synthesize_ray(spec: JobSpec, *, progress=None) -> dict:
         ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             _ShardWriter,
             fn_constructor_kwargs={"spec_json": spec.model_dump(mode="json"), "meta": meta,
-                                   "torch_threads": res.torch_threads},
+                                   "torch_threads": res.torch_threads, "cwd": os.getcwd()},
             batch_size=1,
             concurrency=min(res.synthesis_actors, len(items)),
             num_cpus=res.cpus_per_worker,

@@ -46,8 +46,10 @@ def _invert_loop(config: dict) -> None:
     import ray.train
 
     from handsoff_ray.config import parse_spec
+    from handsoff_ray.pipeline.ray_synthesize import enter_driver_cwd
     from handsoff_ray.pipeline.stages import invert_images
 
+    enter_driver_cwd(config["cwd"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     spec = parse_spec(config["spec"])
@@ -62,8 +64,10 @@ def _fit_loop(config: dict) -> None:
     import ray.train
 
     from handsoff_ray.config import parse_spec
+    from handsoff_ray.pipeline.ray_synthesize import enter_driver_cwd
     from handsoff_ray.pipeline.stages import fit_members
 
+    enter_driver_cwd(config["cwd"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     fit_members(parse_spec(config["spec"]), config["ids"], config["members"][rank::world])
@@ -81,7 +85,8 @@ def run_invert_ray(spec: JobSpec) -> dict:
 
         _maybe_encoder(spec, load_spec_generator(spec, torch.device("cpu")), store)
     ensure_ray(spec)
-    _trainer(spec, "invert", _invert_loop, {"spec": spec.model_dump(mode="json"), "ids": ids}).fit()
+    _trainer(spec, "invert", _invert_loop, {"spec": spec.model_dump(mode="json"), "ids": ids,
+                                                     "cwd": os.getcwd()}).fit()
     after = sum(1 for n in store.list("latents") if not n.startswith("_"))
     return finish_invert(store, ids, after - before) | {"workers": spec.resources.num_workers}
 
@@ -96,5 +101,6 @@ def run_fit_ray(spec: JobSpec) -> dict:
     t0 = time.time()
     ensure_ray(spec)
     members = list(range(spec.label_generator.ensemble_size))
-    _trainer(spec, "fit", _fit_loop, {"spec": spec.model_dump(mode="json"), "ids": ids, "members": members}).fit()
+    _trainer(spec, "fit", _fit_loop, {"spec": spec.model_dump(mode="json"), "ids": ids, "members": members,
+                                               "cwd": os.getcwd()}).fit()
     return finish_fit(spec, store, ids, time.time() - t0) | {"workers": spec.resources.num_workers}

@@ -173,13 +173,19 @@ def test_ray_data_actors_write_the_same_bytes(finished, tmp_path):
 
 
 @pytest.mark.ray
-def test_ray_train_workers_match_the_local_run(finished, tmp_path):
-    """Two Ray Train workers redo deleted latents and members; the merged label generator is bit-identical."""
+def test_ray_train_workers_match_the_local_run(finished, tmp_path, monkeypatch):
+    """Two Ray Train workers redo deleted latents and members; the merged label generator is bit-identical.
+
+    The run folder is given relative to the driver's directory: workers must resolve it the same way.
+    """
     import ray
 
     from handsoff_ray.pipeline.ray_train import run_fit_ray, run_invert_ray
 
-    spec = _copy_of(finished, tmp_path, resources={"engine": "ray", "num_workers": 2, "torch_threads": 1})
+    _copy_of(finished, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    spec = _spec("runs", finished[0].generator.checkpoint, finished[0].data.path,
+                 resources={"engine": "ray", "num_workers": 2, "torch_threads": 1})
     store = open_run(spec)
     latent = store.read_bytes("latents/000003.safetensors")
     lg_before = store.read_bytes("label_generator/label_generator.safetensors")
