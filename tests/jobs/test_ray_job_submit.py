@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _dashboard_up(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/api/version", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 @pytest.fixture
 def ray_head(tmp_path):
     if not RAY.exists():
@@ -38,13 +50,27 @@ def ray_head(tmp_path):
     gcs, dash = _free_port(), _free_port()
     # Ray's unix socket paths must stay short: pytest's tmp_path is too deep for them.
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    subprocess.run([str(RAY), "start", "--head", f"--port={gcs}", "--num-cpus=2", "--include-dashboard=true",
-                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats",
-                    f"--temp-dir={temp}"], check=True, env=env, capture_output=True, timeout=120)
+    # `--block` keeps the head's processes in our process group, so teardown stops this head only;
+    # `ray stop` would stop every Ray on the machine, other users' included.
+    head = subprocess.Popen(
+        [str(RAY), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2", "--include-dashboard=true",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats", f"--temp-dir={temp}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{dash}"
     try:
-        yield f"http://127.0.0.1:{dash}", env
+        deadline = time.time() + 120
+        while not _dashboard_up(url):
+            if head.poll() is not None or time.time() > deadline:
+                pytest.fail(f"ray start --head did not come up (exit {head.poll()})")
+            time.sleep(1)
+        yield url, env
     finally:
-        subprocess.run([str(RAY), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
         shutil.rmtree(temp, ignore_errors=True)
 
 
@@ -64,11 +90,15 @@ def test_job_submit_runs_the_pipeline_entrypoint(ray_head, tmp_path, tiny_genera
     }))
     workdir = tmp_path / "workdir"  # only the package: what a runtime_env working_dir would hold
     shutil.copytree(REPO / "handsoff_ray", workdir / "handsoff_ray", ignore=shutil.ignore_patterns("__pycache__"))
-    res = subprocess.run(
-        [str(RAY), "job", "submit", "--address", address, "--working-dir", str(workdir), "--",
-         "python", "-m", "handsoff_ray", "run", str(spec)],
-        env=env, capture_output=True, text=True, timeout=600,
-    )
+    for _ in range(12):  # the head's job agent comes up a few seconds after its dashboard
+        res = subprocess.run(
+            [str(RAY), "job", "submit", "--address", address, "--working-dir", str(workdir), "--",
+             "python", "-m", "handsoff_ray", "run", str(spec)],
+            env=env, capture_output=True, text=True, timeout=600,
+        )
+        if "No available agent" not in res.stdout + res.stderr:
+            break
+        time.sleep(5)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "succeeded" in res.stdout
     assert (tmp_path / "runs" / "submitted" / "dataset" / "_SUCCESS").exists()
