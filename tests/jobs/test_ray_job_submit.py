@@ -48,13 +48,18 @@ def ray_head(tmp_path):
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
            "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{RAY.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     gcs, dash = _free_port(), _free_port()
+    # Every port a head binds by default gets a free one: a second Ray on the machine (a demo running beside
+    # the tests) holds the defaults, and a job agent that cannot bind never comes up.
+    ports = [f"--{opt}={_free_port()}" for opt in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
+        "node-manager-port", "object-manager-port")]
     # Ray's unix socket paths must stay short: pytest's tmp_path is too deep for them.
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     # `--block` keeps the head's processes in our process group, so teardown stops this head only;
     # `ray stop` would stop every Ray on the machine, other users' included.
     head = subprocess.Popen(
         [str(RAY), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2", "--include-dashboard=true",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats", f"--temp-dir={temp}"],
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats", f"--temp-dir={temp}", *ports],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     url = f"http://127.0.0.1:{dash}"
