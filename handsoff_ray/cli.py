@@ -285,6 +285,59 @@ def preview(uri: str, out: str, count: int, endpoint_url: str | None) -> None:
     click.echo(json.dumps(preview_dataset(uri, out, count, endpoint_url=endpoint_url)))
 
 
+def _policy(policy: str, keep: float | None):
+    """--policy reference|none and --keep Q -> SyntheticDataset's uncertainty_filter."""
+    if keep is not None:
+        return keep
+    return None if policy == "none" else "reference"
+
+
+_POLICY_OPTIONS = [
+    click.option("--policy", type=click.Choice(["reference", "none"]), default="reference", show_default=True,
+                 help="reference: drop what the dataset's spec names (as the HandsOff code does); none: keep all."),
+    click.option("--keep", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None, metavar="Q",
+                 help="Instead: keep the quantile Q of the least uncertain pairs."),
+    click.option("--task", type=click.Choice(["segmentation", "keypoints", "depth"]), default=None,
+                 help="Whose uncertainty filters (default: segmentation when present)."),
+    click.option("--endpoint-url", default=None, metavar="URL", help="S3 endpoint (else AWS_ENDPOINT_URL)."),
+]
+
+
+def _policy_options(fn):
+    for opt in reversed(_POLICY_OPTIONS):
+        fn = opt(fn)
+    return fn
+
+
+@main.command()
+@click.argument("uri", metavar="DATASET")
+@click.option("--format", "fmt", type=click.Choice(["png-folder", "coco"]), required=True)
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="A new (or empty) local folder.")
+@click.option("--limit", type=click.IntRange(1), default=None, metavar="N", help="Export the first N kept pairs.")
+@_policy_options
+@_fail_on_user_error
+def export(uri: str, fmt: str, out: str, limit: int | None, policy: str, keep: float | None, task: str | None,
+           endpoint_url: str | None) -> None:
+    """Write DATASET as a labeled-set PNG folder or as COCO (RLE masks, keypoints)."""
+    from handsoff_ray.pipeline.export import export_dataset
+
+    click.echo(json.dumps(export_dataset(uri, out, fmt, uncertainty_filter=_policy(policy, keep), filter_task=task,
+                                         limit=limit, endpoint_url=endpoint_url)))
+
+
+@main.command("filter")
+@click.argument("uri", metavar="DATASET")
+@click.option("--out", required=True, metavar="URI", help="Where the filtered dataset goes (path or s3://).")
+@_policy_options
+@_fail_on_user_error
+def filter_cmd(uri: str, out: str, policy: str, keep: float | None, task: str | None, endpoint_url: str | None) -> None:
+    """Write the pairs of DATASET that an uncertainty policy keeps as a new dataset."""
+    from handsoff_ray.pipeline.export import filter_dataset
+
+    click.echo(json.dumps(filter_dataset(uri, out, uncertainty_filter=_policy(policy, keep), filter_task=task,
+                                         endpoint_url=endpoint_url)))
+
+
 @main.group()
 def data() -> None:
     """Labeled-set tools."""

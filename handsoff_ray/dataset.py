@@ -19,6 +19,7 @@ on the same files directly.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 
 import numpy as np
@@ -33,9 +34,10 @@ __all__ = ["SyntheticDataset"]
 
 
 class SyntheticDataset(IterableDataset):
-    def __init__(self, uri: str, *, uncertainty_filter: str | float | None = "reference",
+    def __init__(self, uri: str | os.PathLike, *, uncertainty_filter: str | float | None = "reference",
                  filter_task: str | None = None, endpoint_url: str | None = None, batch_rows: int = 64):
         """uri: the dataset folder (holding data/ and _manifest.json), local or s3://."""
+        uri = os.fspath(uri)
         self.fs, root = resolve_filesystem(uri, endpoint_url=endpoint_url)
         self.root = root.rstrip("/")
         info = self.fs.get_file_info(pq_selector(self.root))

@@ -44,7 +44,7 @@ def encode_png(array: np.ndarray) -> bytes:
 
 def decode_png(data: bytes) -> np.ndarray:
     img = Image.open(io.BytesIO(data))
-    arr = np.asarray(img)
+    arr = np.array(img)  # writable: readers hand it to torch.from_numpy
     return arr.astype(np.uint16) if img.mode.startswith("I") else arr
 
 

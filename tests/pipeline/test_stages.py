@@ -271,3 +271,86 @@ def test_metric_labels_are_checked(monkeypatch):
     with pytest.raises(ValueError, match="needs labels"):
         metrics().inc("samples_written", 1)
     assert push_to_gateway("job") is False  # no HANDSOFF_PUSHGATEWAY configured
+
+
+class TestExport:
+    """`handsoff export` / `handsoff filter` on the finished run's dataset."""
+
+    @staticmethod
+    def _source(finished):
+        from handsoff_ray.dataset import SyntheticDataset
+
+        root = open_run(finished[0]).path("dataset")
+        rows = {int(r["sample_id"]): {k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in r.items()}
+                for r in SyntheticDataset(root, uncertainty_filter=None)}
+        return root, rows
+
+    @staticmethod
+    def _cli(*args):
+        from click.testing import CliRunner
+
+        from handsoff_ray.cli import main
+
+        return CliRunner().invoke(main, [str(a) for a in args])
+
+    def test_png_folder_is_a_labeled_set_the_pipeline_reads(self, finished, tmp_path):
+        import numpy as np
+
+        from handsoff_ray.datasets.labeled_folder import open_labeled_set
+
+        root, rows = self._source(finished)
+        res = self._cli("export", root, "--format", "png-folder", "--out", tmp_path / "x", "--policy", "none")
+        assert res.exit_code == 0, res.output
+        ls = open_labeled_set(tmp_path / "x", require=("segmentation", "keypoints", "depth"))
+        meta = schema_meta(pq.read_schema(os.path.join(root, "data", "part-000000.parquet")))
+        assert len(ls) == 10 and list(ls.classes) == meta["classes"]
+        s = ls.load("00000007")
+        np.testing.assert_array_equal(s.image, rows[7]["image"])
+        np.testing.assert_array_equal(s.segmentation, rows[7]["segmentation"])
+        np.testing.assert_allclose(s.keypoints[:, :2], rows[7]["keypoints"][:, :2])
+        valid = rows[7]["depth"] > 0
+        np.testing.assert_allclose(s.depth[valid], rows[7]["depth"][valid], atol=1e-3)
+        assert (tmp_path / "x" / "uncertainty.csv").read_text().count("\n") == 11
+
+    def test_coco_masks_and_keypoints_round_trip(self, finished, tmp_path):
+        import numpy as np
+        from pycocotools.coco import COCO
+
+        root, rows = self._source(finished)
+        res = self._cli("export", root, "--format", "coco", "--out", tmp_path / "c", "--policy", "none", "--limit", 4)
+        assert res.exit_code == 0, res.output
+        coco = COCO(str(tmp_path / "c" / "annotations.json"))
+        assert sorted(coco.getImgIds()) == [0, 1, 2, 3]
+        kp_cat = [c for c in coco.loadCats(coco.getCatIds()) if "keypoints" in c][0]
+        assert len(kp_cat["keypoints"]) == 5
+        for image_id in coco.getImgIds():
+            seg = np.zeros_like(rows[image_id]["segmentation"])
+            for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image_id])):
+                if "keypoints" in ann:
+                    kp = np.asarray(ann["keypoints"]).reshape(-1, 3)
+                    np.testing.assert_allclose(kp[:, :2], rows[image_id]["keypoints"][:, :2])
+                else:
+                    seg[coco.annToMask(ann) > 0] = ann["category_id"]
+            np.testing.assert_array_equal(seg, rows[image_id]["segmentation"])
+
+    def test_export_refuses_a_non_empty_folder_and_keeps_it(self, finished, tmp_path):
+        root, _ = self._source(finished)
+        (tmp_path / "x").mkdir()
+        (tmp_path / "x" / "mine.txt").write_text("keep me")
+        res = self._cli("export", root, "--format", "coco", "--out", tmp_path / "x")
+        assert res.exit_code == 2 and "not empty" in res.output
+        assert [p.name for p in (tmp_path / "x").iterdir()] == ["mine.txt"]
+
+    def test_filter_writes_a_dataset_of_the_kept_rows(self, finished, tmp_path):
+        from handsoff_ray.dataset import SyntheticDataset
+
+        root, rows = self._source(finished)
+        res = self._cli("filter", root, "--out", tmp_path / "f", "--keep", 0.5, "--task", "depth")
+        assert res.exit_code == 0, res.output
+        expected = SyntheticDataset(root, uncertainty_filter=0.5, filter_task="depth").keep
+        got = sorted(int(r["sample_id"]) for r in SyntheticDataset(tmp_path / "f", uncertainty_filter=None))
+        assert got == sorted(expected) and 0 < len(got) < 10
+        scores = {i: rows[i]["uncertainty_depth"] for i in rows}
+        assert max(scores[i] for i in got) <= min(scores[i] for i in rows if i not in got)
+        again = self._cli("filter", root, "--out", tmp_path / "f", "--keep", 0.5)
+        assert again.exit_code == 2 and "already holds" in again.output
