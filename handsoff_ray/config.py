@@ -68,11 +68,25 @@ class GeneratorSpec(_Section):
         None, description="Content rows [start, stop) of the generator canvas, e.g. [64, 448] for LSUN-car 512."
     )
 
+    @model_validator(mode="after")
+    def _crop_rows_ordered(self) -> "GeneratorSpec":
+        if self.crop_rows is not None and not 0 <= self.crop_rows[0] < self.crop_rows[1]:
+            raise ValueError(f"crop_rows must be [start, stop) with 0 <= start < stop, got {list(self.crop_rows)}")
+        return self
+
 
 class DataSpec(_Section):
     path: str = Field("./data/labeled", description="Labeled-set folder (images/, masks/, keypoints.json, depth/).")
     limit: int | None = Field(16, ge=1, le=10_000, description="Use the first N images (sorted ids); None = all.")
     ids: list[str] | None = Field(None, description="Explicit image ids; overrides limit.")
+    # The paper's datasets are read in their public layouts (handsoff_ray/datasets/); 'auto' detects it.
+    format: Literal["folder", "auto", "celebamask", "car_parts", "deepfashion"] = "folder"
+    classes: str | None = Field(
+        None, description="Class map of a public format: celebamask 19|8|9-hat|9-glasses|10 (default 19), "
+        "car_parts 10|11-back-bumper|19 (default 10), deepfashion 24.")
+    split: Literal["trainingset", "testset"] | None = Field(None, description="Car-Parts split (default trainingset).")
+    resize: tuple[int, int] | None = Field(
+        None, description="(H, W) every sample is brought to before use; car_parts defaults to (384, 512).")
 
 
 class LPIPSSpec(_Section):

@@ -17,16 +17,32 @@ import torch.nn.functional as F
 from handsoff_ray.config import JobSpec
 from handsoff_ray.pipeline.errors import UserError
 
-__all__ = ["AlignedLabels", "align_labels", "crop_box", "open_spec_labeled_set", "check_labeled_set"]
+__all__ = ["AlignedLabels", "align_labels", "align_labels_in_content", "crop_box", "open_spec_labeled_set",
+           "check_labeled_set"]
 
 _REQUIRES = {"segmentation": "segmentation", "keypoints": "keypoints", "depth": "depth"}
 
 
 def open_spec_labeled_set(spec: JobSpec, *, tasks: list[str] | None = None):
-    """Open and validate `spec.data.path`; return (labeled_set, selected ids)."""
+    """Open and validate `spec.data.path`; return (labeled_set, selected ids).
+
+    Public layouts (data.format celebamask, car_parts, deepfashion, or auto) are read by their readers
+    in handsoff_ray/datasets/, which select before decoding: only the chosen images are checked.
+    """
     from handsoff_ray.datasets.labeled_folder import open_labeled_set
 
-    labeled = open_labeled_set(spec.data.path, require=tuple(_REQUIRES[t] for t in (tasks or [])))
+    require = tuple(_REQUIRES[t] for t in (tasks or []))
+    d = spec.data
+    if d.format != "folder":
+        from handsoff_ray.datasets.public import open_public_set
+
+        labeled = open_public_set(d.path, d.format, classes=d.classes, ids=d.ids, limit=d.limit, split=d.split,
+                                  resize=d.resize, require=require)
+        return labeled, list(labeled.ids)
+    if d.classes is not None or d.resize is not None or d.split is not None:
+        raise UserError("data.classes, data.split and data.resize apply to the public formats; set data.format "
+                        "(celebamask, car_parts, deepfashion or auto), or leave them out for a labeled-set folder")
+    labeled = open_labeled_set(spec.data.path, require=require)
     if spec.data.ids is not None:
         unknown = [i for i in spec.data.ids if i not in set(labeled.ids)]
         if unknown:
@@ -39,11 +55,18 @@ def open_spec_labeled_set(spec: JobSpec, *, tasks: list[str] | None = None):
     return labeled, ids
 
 
-def check_labeled_set(path: str) -> dict:
-    """`handsoff data check`: validate eagerly (raises with every problem), then summarise."""
-    from handsoff_ray.datasets.labeled_folder import open_labeled_set, summarize
+def check_labeled_set(path: str, *, format: str = "auto", limit: int | None = None, split: str | None = None) -> dict:
+    """`handsoff data check`: validate eagerly (raises with every problem), then summarise.
 
-    return summarize(open_labeled_set(path, require=()))
+    format 'auto' recognises a labeled-set folder and the public CelebAMask-HQ, Car-Parts-Segmentation
+    and DeepFashion-MultiModal layouts; limit checks only the first N images of a big public set.
+    """
+    from handsoff_ray.datasets.labeled_folder import summarize
+    from handsoff_ray.datasets.public import detect_format, open_public_set
+
+    fmt = detect_format(path) if format == "auto" else format
+    labeled = open_public_set(path, fmt, limit=limit, split=split)
+    return {"format": fmt, **summarize(labeled)}
 
 
 def crop_box(h: int, w: int, out_h: int, out_w: int) -> tuple[int, int, int, int]:
@@ -88,3 +111,25 @@ def align_labels(sample, labeled, out_size: tuple[int, int]) -> AlignedLabels:
         outside = (kps[:, 0] < -0.5) | (kps[:, 0] > out_w - 0.5) | (kps[:, 1] < -0.5) | (kps[:, 1] > out_h - 0.5)
         kps[outside, 2] = 0  # cropped away: unlabeled
     return AlignedLabels(tuple(labeled.classes or ()), seg, kps, depth)
+
+
+def align_labels_in_content(sample, labeled, out_size: tuple[int, int], rows: slice) -> AlignedLabels:
+    """Labels on the full out_size label canvas when only `rows` hold content (generator.crop_rows).
+
+    The sample is aligned to the content frame (rows.stop - rows.start, W); the padding rows get the
+    values the label generator never trains on: class 255 (ignore_index), depth 0 (invalid), and
+    keypoints move down by rows.start.
+    """
+    h, w = out_size
+    a = align_labels(sample, labeled, (rows.stop - rows.start, w))
+    seg = depth = kps = None
+    if a.segmentation is not None:
+        seg = np.full((h, w), 255, np.uint8)
+        seg[rows] = a.segmentation
+    if a.depth is not None:
+        depth = np.zeros((h, w), np.float32)
+        depth[rows] = a.depth
+    if a.keypoints is not None:
+        kps = a.keypoints.copy()
+        kps[:, 1] += rows.start
+    return AlignedLabels(a.classes, seg, kps, depth)
