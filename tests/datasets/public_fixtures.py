@@ -122,7 +122,7 @@ def write_car_parts(root, split: str = "trainingset", *, sizes=((30, 40), (48, 6
         for part, poly in shapes:
             anns.append({"id": len(anns) + 1, "image_id": iid, "category_id": cid[part], "segmentation": [poly],
                          "area": 0, "bbox": [0, 0, 0, 0], "iscrowd": False, "isbbox": False, "metadata": {}})
-    doc = {"images": images, "categories": CAR_CATEGORIES, "annotations": anns}
+    doc = {"images": images, "categories": [dict(c) for c in CAR_CATEGORIES], "annotations": anns}
     (folder / "annotations.json").write_text(json.dumps(doc, indent=4))
     return doc
 
