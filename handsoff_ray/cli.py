@@ -355,3 +355,5 @@ def data_check(path: str) -> None:
 
 if __name__ == "__main__":
     main()
+from handsoff_ray.k8s import k8s  # noqa: E402
+main.add_command(k8s)
