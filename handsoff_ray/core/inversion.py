@@ -208,6 +208,7 @@ def invert(
     init_ws: torch.Tensor | None = None,
     batch_size: int | None = None,
     fit: Literal["crop", "pad"] = "crop",
+    crop_rows: tuple[int, int] | None = None,
     callback: Callable[[InversionStep], None] | None = None,
 ) -> InversionResult:
     """Invert `images` into G's W+ space; see the module docstring for the objective and conventions.
@@ -216,6 +217,9 @@ def invert(
     loss_resolution: height at which the losses are computed (default: the generator's).
     init_ws: [N, L, D] starting latents (e.g. from an encoder); default G.latent_avg at every layer.
     batch_size: images optimised together (default all); only memory and speed depend on it.
+    crop_rows: (start, stop) content rows of the generator canvas (LSUN-car 512: (64, 448)). The images
+    are fitted to the content frame (stop - start rows by the generator's width) and only those rows of
+    G's output enter the losses and the PSNR; the padding rows above and below are free.
     Deterministic: nothing here draws random numbers.
     """
     if steps < 0:
@@ -227,10 +231,15 @@ def invert(
     device = G.latent_avg.device
     cfg = G.cfg
     gen_size = (cfg.resolution, cfg.width)  # (H, W); W = H / 2 for init_aspect=2 generators
+    if crop_rows is not None:
+        if not 0 <= crop_rows[0] < crop_rows[1] <= cfg.resolution:
+            raise ValueError(f"crop_rows must satisfy 0 <= start < stop <= {cfg.resolution}, got {tuple(crop_rows)}")
+        gen_size = (crop_rows[1] - crop_rows[0], cfg.width)  # the content frame the images are compared in
     if loss_resolution is None:
         loss_size = gen_size
     elif 1 <= loss_resolution <= cfg.resolution:
-        loss_size = (loss_resolution, loss_resolution // cfg.init_aspect)
+        # Same scale as the full canvas: the content rows shrink by loss_resolution / resolution too.
+        loss_size = (round(gen_size[0] * loss_resolution / cfg.resolution), loss_resolution // cfg.init_aspect)
     else:
         raise ValueError(f"loss_resolution must be in 1..{cfg.resolution} (the generator's), got {loss_resolution}")
 
@@ -257,7 +266,8 @@ def invert(
                 _invert_batch(
                     G, targets[index], init_ws[index], index,
                     lpips_model=lpips_model, weights=weights, steps=steps, lr=lr, rampup=rampup,
-                    rampdown=rampdown, gen_size=gen_size, loss_size=loss_size, callback=callback,
+                    rampdown=rampdown, gen_size=gen_size, loss_size=loss_size, crop_rows=crop_rows,
+                    callback=callback,
                 )
             )
     finally:
@@ -281,6 +291,7 @@ def _invert_batch(
     rampdown: float,
     gen_size: tuple[int, int],
     loss_size: tuple[int, int],
+    crop_rows: tuple[int, int] | None = None,
     callback: Callable[[InversionStep], None] | None,
 ) -> InversionResult:
     lpips_weight, mse_weight, reg_weight = weights
@@ -293,6 +304,8 @@ def _invert_batch(
     def objective(ws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per image: (objective [n], reconstruction loss [n], LPIPS [n]), and the generated images."""
         image = G.synthesis(ws, noise_mode="const")
+        if crop_rows is not None:
+            image = image[:, :, crop_rows[0] : crop_rows[1]]  # [n, 3, H, W] -> [n, 3, content rows, W]
         lp, mse = reconstruction_losses(
             image, targets_small, lpips_model=lpips_model, loss_size=loss_size, target_features=target_features
         )

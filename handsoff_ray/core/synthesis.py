@@ -25,7 +25,19 @@ import torch.nn.functional as F
 from handsoff_ray.core.stylegan2 import Generator, z_from_seeds
 from handsoff_ray.core.uncertainty import image_scores, pixel_uncertainty
 
-__all__ = ["SyntheticPairs", "sample_seed", "synthesize"]
+__all__ = ["SyntheticPairs", "content_rows", "sample_seed", "synthesize"]
+
+
+def content_rows(crop_rows: tuple[int, int], canvas_height: int, out_height: int) -> slice:
+    """The rows of an out_height-row label map that crop_rows (canvas rows) cover; they must land on
+    whole rows, e.g. (64, 448) of 512 -> 32..224 at 256, but not at 100 rows."""
+    r0, r1 = crop_rows
+    if not 0 <= r0 < r1 <= canvas_height:
+        raise ValueError(f"crop_rows must satisfy 0 <= start < stop <= {canvas_height}, got {tuple(crop_rows)}")
+    if (r0 * out_height) % canvas_height or (r1 * out_height) % canvas_height:
+        raise ValueError(f"crop_rows {tuple(crop_rows)} of a {canvas_height}-row canvas do not fall on whole rows "
+                         f"of the {out_height}-row label map; choose a feature_resolution that divides them")
+    return slice(r0 * out_height // canvas_height, r1 * out_height // canvas_height)
 
 
 def sample_seed(run_seed: int, sample_id: int) -> int:
@@ -56,8 +68,14 @@ def synthesize(
     top_fraction: float = 0.1,
     return_maps: bool = False,
     return_latents: bool = False,
+    crop_rows: tuple[int, int] | None = None,
 ) -> SyntheticPairs:
-    """Generate one batch of pairs; the batch size is len(sample_ids)."""
+    """Generate one batch of pairs; the batch size is len(sample_ids).
+
+    crop_rows: (start, stop) content rows of the generator canvas (LSUN-car 512: (64, 448)); images,
+    labels and uncertainty then cover only those rows (at the label generator's scale), so the pairs
+    are the content frame, e.g. 384x512, and padding rows never count towards an image's score.
+    """
     ids = np.asarray(list(sample_ids), dtype=np.int64)
     seeds = np.array([sample_seed(run_seed, int(i)) for i in ids], dtype=np.int64)
     device = G.latent_avg.device
@@ -65,11 +83,18 @@ def synthesize(
     ws = G.mapping(z, truncation_psi=truncation_psi)  # [N, L, D], the same w at every layer
     img, feats = G.synthesis(ws, noise_mode="const", return_features=True)
     out_h, out_w = label_generator.out_size
-    if tuple(img.shape[-2:]) != (out_h, out_w):
-        img = F.interpolate(img, size=(out_h, out_w), mode="bilinear", align_corners=False, antialias=True)
+    rows = slice(0, out_h)
+    if crop_rows is not None:
+        rows = content_rows(crop_rows, img.shape[-2], out_h)
+        img = img[:, :, crop_rows[0] : crop_rows[1]]
+    size = (rows.stop - rows.start, out_w)
+    if tuple(img.shape[-2:]) != size:
+        img = F.interpolate(img, size=size, mode="bilinear", align_corners=False, antialias=True)
     images = img.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
     outputs = label_generator.predict(feats)  # {task: [E, N, K, H, W]}
+    if crop_rows is not None:
+        outputs = {task: out[..., rows, :] for task, out in outputs.items()}  # -> [E, N, K, content rows, W]
     labels, scores, maps = {}, {}, {}
     for task, out in outputs.items():
         kind = label_generator.tasks[task].kind

@@ -24,7 +24,7 @@ from safetensors.torch import save as st_save
 
 from handsoff_ray.config import JobSpec
 from handsoff_ray.pipeline.errors import UserError
-from handsoff_ray.pipeline.labeled import AlignedLabels, align_labels, open_spec_labeled_set
+from handsoff_ray.pipeline.labeled import AlignedLabels, align_labels, align_labels_in_content, open_spec_labeled_set
 from handsoff_ray.pipeline.metrics import metrics
 from handsoff_ray.pipeline.plan import resolve_checkpoint, stage_hash
 from handsoff_ray.pipeline.storage import RunStore
@@ -134,7 +134,9 @@ def invert_images(spec: JobSpec, ids: list[str]) -> int:
         torch.set_num_threads(spec.resources.torch_threads)
     device = resolve_device(spec)
     G = load_spec_generator(spec, device)
-    lpips_model = _lpips(spec.inversion.lpips.net, spec.inversion.lpips.trunk_path, str(device))
+    # lpips_weight 0 (pure MSE) needs no VGG trunk, which also cannot run below ~16 px on a side.
+    lpips_model = (_lpips(spec.inversion.lpips.net, spec.inversion.lpips.trunk_path, str(device))
+                   if spec.inversion.lpips_weight > 0 else None)
     encoder = _maybe_encoder(spec, G, store)
     inv = spec.inversion
     t0 = time.time()
@@ -145,7 +147,7 @@ def invert_images(spec: JobSpec, ids: list[str]) -> int:
         res = invert(
             G, images, lpips_model=lpips_model, steps=inv.steps, lr=inv.lr, lpips_weight=inv.lpips_weight,
             mse_weight=inv.mse_weight, reg_weight=inv.reg_weight, rampup=inv.rampup, rampdown=inv.rampdown,
-            loss_resolution=inv.loss_resolution, init_ws=init_ws,
+            loss_resolution=inv.loss_resolution, init_ws=init_ws, crop_rows=spec.generator.crop_rows,
         )
         for k, image_id in enumerate(batch_ids):
             meta = {"id": image_id, "psnr": float(res.psnr[k]), "lpips": float(res.lpips[k]),
@@ -305,7 +307,14 @@ def fit_members(spec: JobSpec, ids: list[str], members: list[int]) -> int:
     # Full-resolution feature maps of big generators are ~0.5 GB per image in fp32: keep them in fp16.
     store_dtype = torch.float16 if G.resolution >= 256 else torch.float32
     features = hypercolumn_features(G, ws, store_dtype=store_dtype)
-    aligned = [align_labels(labeled.load(i), labeled, out_size) for i in ids]
+    if spec.generator.crop_rows is not None:
+        # Hypercolumns cover the whole canvas; only the content rows carry labels (padding is ignored).
+        from handsoff_ray.core.synthesis import content_rows
+
+        rows = content_rows(spec.generator.crop_rows, G.resolution, out_size[0])
+        aligned = [align_labels_in_content(labeled.load(i), labeled, out_size, rows) for i in ids]
+    else:
+        aligned = [align_labels(labeled.load(i), labeled, out_size) for i in ids]
     targets, tasks = _targets(spec, aligned)
     lg_spec = spec.label_generator
     for m in todo:

@@ -143,3 +143,12 @@ class TestReader:
         (tmp_path / "trainingset" / "annotations.json").write_text("{\n  'images': ")
         with pytest.raises(LabeledSetError, match=r"trainingset/annotations.json: not valid JSON \(line 2"):
             open_car_parts(tmp_path)
+
+
+def test_rle_decode_matches_pycocotools():
+    mask_api = pytest.importorskip("pycocotools.mask")
+    rng = np.random.default_rng(3)
+    m = (rng.random((23, 17)) > 0.6).astype(np.uint8)
+    rle = mask_api.encode(np.asfortranarray(m))
+    counts = rle["counts"].decode() if isinstance(rle["counts"], bytes) else rle["counts"]
+    np.testing.assert_array_equal(rle_decode({"counts": counts, "size": rle["size"]}, 23, 17), m)
