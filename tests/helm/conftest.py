@@ -1,0 +1,65 @@
+"""Fixtures for the chart and monitoring tests: rendered ci/ scenarios, CRD schemas, Prometheus binaries.
+
+Tools that come from apt (promtool, prometheus, prometheus-pushgateway) skip their tests with a reason when
+absent, except under CI=true, where a missing tool fails: CI must prove them (.ci/run installs them).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "handsoff-ray"
+SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
+SCHEMAS = ROOT.parent / "shared" / "schemas"
+K8S_VERSION = "1.33.0"  # the Kubernetes version built-in kinds are validated against (kubernetes-validate)
+
+
+def need_binary(name: str) -> str:
+    path = shutil.which(name)
+    if path:
+        return path
+    message = f"{name} not found: apt-get install -y prometheus prometheus-pushgateway"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message} (CI=true: these tests must run in CI)")
+    pytest.skip(message)
+
+
+def render(values: dict | None = None, *, name: str = "demo", namespace: str = "batch") -> list[dict]:
+    """Every object the chart renders for `values`, in template order."""
+    import helm_python as helm
+
+    with helm.Chart.load(str(CHART)) as chart:
+        out = chart.render(values or {}, name=name, namespace=namespace)
+    return [doc for text in out.values() for doc in yaml.safe_load_all(text) if doc]
+
+
+def load_scenario(path: Path) -> dict:
+    return yaml.safe_load(path.read_text()) or {}
+
+
+@pytest.fixture(scope="session", params=SCENARIOS, ids=[p.name.removesuffix("-values.yaml") for p in SCENARIOS])
+def scenario(request) -> tuple[str, dict, list[dict]]:
+    values = load_scenario(request.param)
+    return request.param.name, values, render(values)
+
+
+@pytest.fixture(scope="session")
+def crd_schemas() -> dict[str, dict]:
+    """kind -> openAPIV3Schema of its v1 version, from ../shared/schemas."""
+    if not SCHEMAS.is_dir():
+        pytest.skip(f"{SCHEMAS} is absent (the shared CRD schemas live beside the checkout)")
+    schemas = {}
+    for path in SCHEMAS.rglob("*.yaml"):
+        crd = yaml.safe_load(path.read_text())
+        if crd.get("kind") != "CustomResourceDefinition":
+            continue
+        for version in crd["spec"]["versions"]:
+            if version["name"] == "v1":
+                schemas[crd["spec"]["names"]["kind"]] = version["schema"]["openAPIV3Schema"]
+    return schemas
