@@ -194,6 +194,13 @@ class EvaluationSpec(_Section):
     lr: float = Field(1e-3, gt=0, le=1)
     pck_alpha: float = Field(0.05, gt=0, le=1)
     use_uncertainty_filter: bool = True
+    # The real test set may be a public layout too (see DataSpec); the paper scores merged classes.
+    test_format: Literal["folder", "auto", "celebamask", "car_parts", "deepfashion"] = "folder"
+    test_split: Literal["trainingset", "testset"] | None = Field(None, description="Car-Parts: testset.")
+    test_ids: list[str] | None = Field(None, description="Test image ids (public formats); None = all.")
+    classes: str | None = Field(
+        None, description="Class map both the synthetic and the test labels are merged to before training "
+        "and scoring, e.g. '8' for CelebAMask-HQ (the synthetic labels must use data.format's full label set).")
 
     @model_validator(mode="after")
     def _needs_test_path(self) -> "EvaluationSpec":

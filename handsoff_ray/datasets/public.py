@@ -23,7 +23,7 @@ from PIL import Image
 
 from handsoff_ray.datasets.labeled_folder import LabeledSample, LabeledSet, LabeledSetError
 
-__all__ = ["FORMATS", "ReaderSet", "detect_format", "open_public_set", "apply_merge", "select_ids"]
+__all__ = ["FORMATS", "ReaderSet", "detect_format", "open_public_set", "apply_merge", "merge_table", "select_ids"]
 
 FORMATS = ("folder", "celebamask", "car_parts", "deepfashion")
 
@@ -187,3 +187,35 @@ def scale_keypoints(kps: np.ndarray, from_hw: tuple[int, int], to_hw: tuple[int,
     out[:, 0] = (out[:, 0] + 0.5) * (to_hw[1] / from_hw[1]) - 0.5
     out[:, 1] = (out[:, 1] + 0.5) * (to_hw[0] / from_hw[0]) - 0.5
     return out
+
+
+def _variants(format: str) -> tuple[tuple[str, ...], dict]:
+    """(the format's full label set, its VARIANTS)."""
+    if format == "celebamask":
+        from handsoff_ray.datasets import celebamask as m
+
+        return m.CLASSES_19, m.VARIANTS
+    if format == "car_parts":
+        from handsoff_ray.datasets import car_parts as m
+
+        return m.CLASSES_19, m.VARIANTS
+    if format == "deepfashion":
+        from handsoff_ray.datasets import deepfashion as m
+
+        return m.CLASSES, {k: (v, np.arange(len(v), dtype=np.uint8)) for k, v in m.VARIANTS.items()}
+    raise ValueError(f"class maps exist for celebamask, car_parts and deepfashion, not {format!r}")
+
+
+def merge_table(format: str, from_classes: Sequence[str], variant: str) -> tuple[tuple[str, ...], np.ndarray]:
+    """(variant's class names, uint8 lookup from `from_classes` ids): labels in the format's full label
+    set (or already in the variant) mapped to `variant`, e.g. synthetic 19-class faces to the 8-class map."""
+    full, variants = _variants(format)
+    if variant not in variants:
+        raise ValueError(f"{variant!r} is not a {format} class map; choose one of {', '.join(variants)}")
+    names, table = variants[variant]
+    if tuple(from_classes) == tuple(full):
+        return names, table
+    if tuple(from_classes) == tuple(names):
+        return names, np.arange(len(names), dtype=np.uint8)
+    raise ValueError(f"labels with classes {list(from_classes)[:5]}... are neither {format}'s full label set nor "
+                     f"the {variant!r} map; fit the label generator on data.classes of the full set to merge later")

@@ -134,3 +134,13 @@ def test_data_check_detects_the_layout_and_summarises(tmp_path):
     assert out["format"] == "celebamask" and out["images"] == 4 and out["image_size"] == [32, 32]
     assert out["segmentation"]["images_with_class"]["hat"] == 2  # faces 0 and 2
     assert check_labeled_set(str(tmp_path), limit=1)["images"] == 1
+
+
+def test_merge_table_maps_full_label_sets_and_refuses_others():
+    from handsoff_ray.datasets.public import merge_table
+
+    names, table = merge_table("celebamask", CLASSES_19, "8")
+    assert len(names) == 8 and table[CLASSES_19.index("eye_g")] == names.index("eye")
+    assert merge_table("celebamask", names, "8")[1].tolist() == list(range(8))  # already merged: identity
+    with pytest.raises(ValueError, match="neither celebamask's full label set"):
+        merge_table("celebamask", ("background", "face"), "8")

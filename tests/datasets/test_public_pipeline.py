@@ -59,6 +59,28 @@ def test_celebamask_public_layout_inverts_and_fits(tmp_path, tiny_generator_path
     assert fit["tasks"] == ["segmentation"] and lg.tasks["segmentation"].num_outputs == 8 and lg.out_size == (16, 16)
 
 
+def test_celebamask_19_classes_evaluated_in_the_8_class_map(tmp_path, tiny_generator_path):
+    """The paper's face protocol: fit on 19 classes, merge synthetic and real test labels to 8, score."""
+    from handsoff_ray.pipeline.evaluate import run_evaluate
+
+    write_celebamask(tmp_path / "CelebAMask-HQ", ids=[0, 1, 2, 3, 4, 5])
+    spec = _spec(tmp_path / "runs", tiny_generator_path,
+                 {"path": str(tmp_path / "CelebAMask-HQ"), "format": "celebamask", "ids": ["0", "1", "2"]},
+                 SEG_ONLY,
+                 evaluation={"enabled": True, "test_path": str(tmp_path / "CelebAMask-HQ"),
+                             "test_format": "celebamask", "test_ids": ["3", "4", "5"], "classes": "8",
+                             "model": "unet", "unet_width": 4, "max_steps": 2, "batch_size": 2,
+                             "use_uncertainty_filter": False})
+    run_invert(spec)
+    assert run_fit(spec)["tasks"] == ["segmentation"]
+    run_synthesize(spec)
+    report = run_evaluate(spec)
+    assert report["classes"] == ["background", "skin", "nose", "eye", "brow", "ear", "mouth", "hair"]
+    # 8 IoUs: the test labels were read in the 8-class map; unmerged 19-class synthetic labels (ids up
+    # to 18) would not even train an 8-way network.
+    assert len(report["synthetic"]["iou"]) == 8 and 0.0 <= report["synthetic"]["miou"] <= 1.0
+
+
 @pytest.fixture(scope="module")
 def tall_generator_path(tmp_path_factory) -> str:
     """A random-init 16x8 StyleGAN2 (4x2 constant), the shape of StyleGAN-Human 1024x512."""
