@@ -345,12 +345,22 @@ def data() -> None:
 
 @data.command("check")
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["auto", "folder", "celebamask", "car_parts", "deepfashion"]),
+              default="auto", show_default=True, help="Layout of PATH; auto recognises all of them.")
+@click.option("--limit", type=click.IntRange(1), default=None, metavar="N",
+              help="Check only the first N images (a quick look at a big public set).")
+@click.option("--split", type=click.Choice(["trainingset", "testset"]), default=None,
+              help="Car-Parts-Segmentation split (default trainingset).")
 @_fail_on_user_error
-def data_check(path: str) -> None:
-    """Validate the labeled set at PATH (sizes, ids, missing pairs, corrupt files); print a summary."""
+def data_check(path: str, fmt: str, limit: int | None, split: str | None) -> None:
+    """Validate the labeled set at PATH (sizes, ids, missing pairs, corrupt files); print a summary.
+
+    PATH is a labeled-set folder or a public dataset in its own layout (CelebAMask-HQ,
+    Car-Parts-Segmentation, DeepFashion-MultiModal); every problem names its file.
+    """
     from handsoff_ray.pipeline.labeled import check_labeled_set
 
-    click.echo(yaml.safe_dump(check_labeled_set(path), sort_keys=False))
+    click.echo(yaml.safe_dump(check_labeled_set(path, format=fmt, limit=limit, split=split), sort_keys=False))
 
 
 if __name__ == "__main__":

@@ -59,3 +59,18 @@ def test_celebamask_spec_evaluates_in_the_8_class_map():
     spec = load_spec(SPECS / "celebamask-16.yaml")
     assert spec.data.classes == "19" and spec.evaluation.classes == "8"
     assert spec.evaluation.model == "deeplabv3" and spec.evaluation.backbone == "resnet101"
+
+
+def test_data_check_command_reads_public_layouts(tmp_path):
+    from click.testing import CliRunner
+
+    from handsoff_ray.cli import main
+
+    write_car_parts(tmp_path / "cars")
+    write_car_parts(tmp_path / "cars", "testset", sizes=((20, 20),))
+    out = CliRunner().invoke(main, ["data", "check", str(tmp_path / "cars"), "--split", "testset"])
+    assert out.exit_code == 0, out.output
+    assert "format: car_parts" in out.output and "images: 1" in out.output
+    (tmp_path / "cars" / "trainingset" / "JPEGImages" / "car2.jpg").write_bytes(b"broken")
+    out = CliRunner().invoke(main, ["data", "check", str(tmp_path / "cars"), "--limit", "2"])
+    assert out.exit_code == 2 and "trainingset/JPEGImages/car2.jpg: cannot decode" in out.output
