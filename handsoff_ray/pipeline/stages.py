@@ -93,6 +93,18 @@ def load_spec_generator(spec: JobSpec, device: torch.device):
     return G
 
 
+def _check_crop_rows(spec: JobSpec, G) -> slice | None:
+    """The label-map rows generator.crop_rows covers, or UserError naming the field."""
+    if spec.generator.crop_rows is None:
+        return None
+    from handsoff_ray.core.synthesis import content_rows
+
+    try:
+        return content_rows(spec.generator.crop_rows, G.resolution, feature_size(spec, G)[0])
+    except ValueError as err:
+        raise UserError(f"generator.crop_rows: {err}") from None
+
+
 def feature_size(spec: JobSpec, G) -> tuple[int, int]:
     """The hypercolumn (label) resolution: the spec's, else min(generator height, 512) like the reference."""
     h = spec.generator.feature_resolution or min(G.resolution, 512)
@@ -109,7 +121,8 @@ def _latent_file(image_id: str) -> str:
 def prepare_invert(spec: JobSpec) -> tuple[list[str], RunStore]:
     """Validate every input, then claim latents/ for this spec: (selected ids, store)."""
     _, ids = open_spec_labeled_set(spec)  # decodes and checks the whole set before any compute
-    load_spec_generator(spec, torch.device("cpu"))  # a bad checkpoint fails here, before anything is written
+    G = load_spec_generator(spec, torch.device("cpu"))  # a bad checkpoint fails here, before anything is written
+    _check_crop_rows(spec, G)
     store = open_run(spec)
     claim_stage(store, "invert", spec)
     return ids, store
@@ -309,9 +322,7 @@ def fit_members(spec: JobSpec, ids: list[str], members: list[int]) -> int:
     features = hypercolumn_features(G, ws, store_dtype=store_dtype)
     if spec.generator.crop_rows is not None:
         # Hypercolumns cover the whole canvas; only the content rows carry labels (padding is ignored).
-        from handsoff_ray.core.synthesis import content_rows
-
-        rows = content_rows(spec.generator.crop_rows, G.resolution, out_size[0])
+        rows = _check_crop_rows(spec, G)
         aligned = [align_labels_in_content(labeled.load(i), labeled, out_size, rows) for i in ids]
     else:
         aligned = [align_labels(labeled.load(i), labeled, out_size) for i in ids]

@@ -151,3 +151,15 @@ def test_inversion_ignores_the_padding_rows(tiny_generator_path):
     assert uncropped.final_loss.item() > res.final_loss.item()
     with pytest.raises(ValueError, match="crop_rows must satisfy"):
         invert(G, content, lpips_model=None, lpips_weight=0, steps=0, crop_rows=(2, 20))
+
+
+def test_crop_rows_outside_the_canvas_fail_before_anything_is_written(tmp_path, tiny_generator_path):
+    from handsoff_ray.pipeline.errors import UserError
+
+    write_car_parts(tmp_path / "cars")
+    spec = _spec(tmp_path / "runs", tiny_generator_path,
+                 {"path": str(tmp_path / "cars"), "format": "car_parts", "resize": [12, 16]}, SEG_ONLY,
+                 generator={"crop_rows": [2, 40]})
+    with pytest.raises(UserError, match=r"generator.crop_rows: crop_rows must satisfy 0 <= start < stop <= 16"):
+        run_invert(spec)
+    assert not (tmp_path / "runs").exists()
