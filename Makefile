@@ -15,7 +15,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: demo test install clean bench
+.PHONY: demo test install clean bench sync-deploy
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/labelgen.py --json
 	$(BIN)/python benchmarks/inversion.py --json
+
+# The chart ships copies of deploy/'s rules and dashboards (Helm reads only files inside the chart).
+sync-deploy:
+	cp deploy/prometheus/handsoff-rules.yaml helm/handsoff-ray/files/rules/
+	cp deploy/grafana/*.json helm/handsoff-ray/files/dashboards/
 
 clean:
 	rm -rf $(VENV) handsoff-demo .pytest_cache

@@ -269,3 +269,18 @@ class TestNegative:
         with helm.Chart.load(str(CHART)) as chart:
             for path in SCENARIOS:
                 chart.validate_schema(load_scenario(path))
+
+
+@pytest.mark.parametrize("name", ["rayjob.yaml", "cronjob.yaml"])
+def test_plain_example_manifests_validate(name, crd_schemas):
+    import kubernetes_validate
+
+    from tests.helm.conftest import ROOT
+
+    docs = [d for d in yaml.safe_load_all((ROOT / "deploy" / "examples" / name).read_text()) if d]
+    assert docs
+    for doc in docs:
+        if doc["kind"] in CUSTOM_KINDS:
+            assert crd_errors(doc, crd_schemas) == [], doc["kind"]
+        else:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
