@@ -118,11 +118,11 @@ def run(spec: str, sets: tuple[str, ...], dry_run: bool, stages: str) -> None:
     if dry_run:
         click.echo(yaml.safe_dump(plan, sort_keys=False))
         return
-    from handsoff_ray.pipeline.synthesize import run_synthesize
+    from handsoff_ray.pipeline.synthesize import synthesize_stage
 
     from handsoff_ray.pipeline.evaluate import run_evaluate
 
-    runners = {"invert": st.invert_stage, "fit": st.fit_stage, "synthesize": run_synthesize, "evaluate": run_evaluate}
+    runners = {"invert": st.invert_stage, "fit": st.fit_stage, "synthesize": synthesize_stage, "evaluate": run_evaluate}
     wanted = [s.strip() for s in stages.split(",") if s.strip()]
     if "evaluate" in wanted and not job.evaluation.enabled:
         wanted.remove("evaluate")  # evaluation runs when the spec enables it

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import time
 import uuid
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -28,6 +29,9 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 
 __all__ = ["RunStore", "StorageError", "resolve_filesystem"]
+
+# Waits between attempts of one object-store operation (about 15 s of outage ridden out in all).
+RETRY_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 class StorageError(RuntimeError):
@@ -97,16 +101,20 @@ class RunStore:
         return f"s3://{full}" if isinstance(self.fs, pafs.S3FileSystem) else full
 
     def exists(self, rel: str) -> bool:
-        return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
+        return self._remote("stat", rel, lambda: self.fs.get_file_info(self.path(rel))).type != pafs.FileType.NotFound
 
     def list(self, rel: str) -> list[str]:
         """Names (not paths) of the files directly under rel; [] when rel does not exist."""
-        info = self.fs.get_file_info(pafs.FileSelector(self.path(rel), allow_not_found=True))
+        info = self._remote("list", rel, lambda: self.fs.get_file_info(
+            pafs.FileSelector(self.path(rel), allow_not_found=True)))
         return sorted(posixpath.basename(i.path) for i in info if i.type == pafs.FileType.File)
 
     def read_bytes(self, rel: str) -> bytes:
-        with self.fs.open_input_stream(self.path(rel)) as f:
-            return f.read()
+        def read() -> bytes:
+            with self.fs.open_input_stream(self.path(rel)) as f:
+                return f.read()
+
+        return self._remote("read", rel, read)
 
     def read_json(self, rel: str) -> dict | None:
         if not self.exists(rel):
@@ -120,15 +128,57 @@ class RunStore:
         its (multipart) upload completes, so writing the final key directly is already atomic.
         """
         final = self.path(rel)
-        self.fs.create_dir(posixpath.dirname(final), recursive=True)
         if isinstance(self.fs, pafs.LocalFileSystem):
+            self.fs.create_dir(posixpath.dirname(final), recursive=True)
             tmp = posixpath.join(posixpath.dirname(final), f".{posixpath.basename(final)}.{uuid.uuid4().hex}.tmp")
             with self.fs.open_output_stream(tmp) as f:
                 f.write(data)
             self.fs.move(tmp, final)
-        else:
+            return
+
+        def upload() -> None:
             with self.fs.open_output_stream(final) as f:
                 f.write(data)
+
+        self._remote("write", rel, upload)
+
+    def _remote(self, what: str, rel: str, op):
+        """Run one object-store operation, retrying an outage for up to sum(RETRY_BACKOFF_S) seconds.
+
+        pyarrow's retry strategy already retries each HTTP request a few times within about a second;
+        this outer loop rides out an endpoint that is gone for several seconds (a restart, a network
+        blip). Each retry is counted in the `handsoff_write_retries_total` metric.
+        """
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            return op()
+        t0 = time.monotonic()
+        for attempt, delay in enumerate((*RETRY_BACKOFF_S, None), 1):
+            try:
+                return op()
+            except OSError as err:
+                if delay is None:
+                    raise StorageError(
+                        f"{what} {self.uri(rel)} failed {attempt} times over {time.monotonic() - t0:.0f} s ({err}); "
+                        "finished work is kept: rerun the same command once the object store is reachable"
+                    ) from err
+                from handsoff_ray.pipeline.metrics import metrics
+
+                metrics().inc("write_retries", 1, run_id=self.run_id)
+                time.sleep(delay)
+
+    def sweep_temporaries(self, rel: str) -> int:
+        """Delete the hidden temporaries of local writes that died mid-way under rel; returns how many.
+
+        Only call it when no writer is active under rel (e.g. after every shard has been committed).
+        On S3 an unfinished upload never becomes an object, so there is nothing to sweep.
+        """
+        if not isinstance(self.fs, pafs.LocalFileSystem):
+            return 0
+        info = self.fs.get_file_info(pafs.FileSelector(self.path(rel), allow_not_found=True))
+        stale = [i.path for i in info if posixpath.basename(i.path).startswith(".") and i.path.endswith(".tmp")]
+        for path in stale:
+            self.fs.delete_file(path)
+        return len(stale)
 
     def write_json(self, rel: str, obj: dict) -> None:
         self.write_bytes(rel, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())

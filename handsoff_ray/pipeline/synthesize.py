@@ -68,7 +68,7 @@ def write_shard(store, k: int, start: int, stop: int, G, lg, spec: JobSpec, meta
     for b in range(start, stop, syn.batch_size):
         pairs = synthesize(G, lg, sample_ids=range(b, min(b + syn.batch_size, stop)), run_seed=spec.seed,
                            truncation_psi=syn.truncation_psi, top_fraction=syn.uncertainty.top_fraction,
-                           return_latents=syn.store_latent)
+                           return_latents=syn.store_latent, crop_rows=spec.generator.crop_rows)
         table = pairs_to_table(pairs, spec_hash=h, meta=meta)
         if writer is None:
             writer = pq.ParquetWriter(buf, table.schema, compression="zstd")
@@ -110,8 +110,15 @@ def prepare_synthesis(spec: JobSpec) -> tuple:
         raise UserError("no fitted label generator in this run; run `handsoff fit SPEC` first")
     h = claim_stage(store, "synthesize", spec)
     fit = store.read_json(f"{LABEL_GENERATOR}/fit.json") or {}
+    image_size = fit.get("out_size")
+    if spec.generator.crop_rows is not None and image_size:
+        # Pairs hold only the content rows (e.g. LSUN-car 512: rows 64..448 -> 384 x 512).
+        from handsoff_ray.core.synthesis import content_rows
+
+        rows = content_rows(spec.generator.crop_rows, _generator_height(spec), image_size[0])
+        image_size = [rows.stop - rows.start, image_size[1]]
     meta = {"classes": list(labeled.classes or []), "keypoint_names": list(labeled.keypoint_names or []),
-            "depth_scale": float(labeled.depth_scale or 1000.0), "image_size": fit.get("out_size")}
+            "depth_scale": float(labeled.depth_scale or 1000.0), "image_size": image_size}
     manifest = store.read_json(f"{DATASET}/_manifest.json") or {"stage_hash": h, "shards": {}}
     manifest["stage_hash"] = h
     ranges = shard_ranges(spec.synthesis.num_samples, spec.synthesis.shard_size)
@@ -121,9 +128,19 @@ def prepare_synthesis(spec: JobSpec) -> tuple:
     return store, meta, manifest, ranges
 
 
+def _generator_height(spec: JobSpec) -> int:
+    """The generator canvas height (the checkpoint is loaded on the CPU; only when crop_rows is set)."""
+    import torch
+
+    from handsoff_ray.pipeline.stages import load_spec_generator
+
+    return int(load_spec_generator(spec, torch.device("cpu")).cfg.resolution)
+
+
 def finish_dataset(store, spec: JobSpec, manifest: dict, meta: dict) -> None:
     """Final manifest, the README.md card, then _SUCCESS (last, so it marks a complete dataset)."""
     manifest["num_samples"], manifest["meta"] = spec.synthesis.num_samples, meta
+    store.sweep_temporaries(f"{DATASET}/data")  # left by writers killed mid-shard (their shards were redone)
     store.write_json(f"{DATASET}/_manifest.json", manifest)
     store.write_bytes(f"{DATASET}/README.md", dataset_card(spec, manifest).encode())
     store.write_bytes(f"{DATASET}/_SUCCESS", b"")
@@ -138,6 +155,12 @@ def run_synthesize(spec: JobSpec, *, progress=None) -> dict:
     todo = [k for k in range(len(ranges)) if not store.exists(shard_name(k))]
     t0 = time.time()
     if todo:
+        if spec.resources.torch_threads:
+            # Float results depend on the intra-op thread count (how reductions split), so the spec's
+            # count applies here as in the Ray actors: same spec, same bytes, whichever engine.
+            import torch
+
+            torch.set_num_threads(spec.resources.torch_threads)
         device = resolve_device(spec)
         G = load_spec_generator(spec, device)
         with tempfile.TemporaryDirectory() as d:

@@ -131,6 +131,13 @@ def test_car_crop_rows_in_inversion_fit_and_synthesis(tmp_path, tiny_generator_p
     # The crop is the middle of the full canvas, labels and image alike.
     assert (full.labels["segmentation"][:, 2:14] == pairs.labels["segmentation"]).all()
     assert (full.images[:, 2:14] == pairs.images).all()
+    # The synthesize stage writes the cropped pairs and says so in the schema metadata.
+    run_synthesize(spec)
+    table = pq.read_table(store.path("dataset/data"))
+    meta = schema_meta(table.schema)
+    assert meta["image_size"] == [12, 16]
+    row = decode_row(table.slice(0, 1).to_pylist()[0], meta)
+    assert row["image"].shape == (12, 16, 3) and row["segmentation"].shape == (12, 16)
 
 
 def test_inversion_ignores_the_padding_rows(tiny_generator_path):

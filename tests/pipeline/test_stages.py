@@ -18,40 +18,8 @@ from handsoff_ray.pipeline.errors import UserError
 from handsoff_ray.pipeline.schema import decode_row, schema_meta
 from handsoff_ray.pipeline.stages import open_run, read_latent, run_fit, run_invert
 from handsoff_ray.pipeline.synthesize import run_synthesize
-
-
-def _spec(output, generator, labeled, **sections):
-    base = {
-        "name": "t",
-        "generator": {"checkpoint": generator},
-        "data": {"path": labeled, "limit": 4},
-        "inversion": {"steps": 4, "batch_size": 3},
-        "label_generator": {
-            "ensemble_size": 2, "max_steps": 12, "batch_pixels": 64, "patience": 2,
-            "tasks": {"segmentation": {"hidden": [16, 8], "min_pixels": 0},
-                      "keypoints": {"hidden": [16, 8]}, "depth": {"hidden": [16, 8]}},
-        },
-        "synthesis": {"num_samples": 10, "shard_size": 4, "batch_size": 3},
-        "storage": {"output": str(output)},
-        "resources": {"engine": "local"},
-    }
-    for k, v in sections.items():
-        base[k] = {**base.get(k, {}), **v}
-    return parse_spec(base)
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, tiny_generator_path, toy_labeled_path):
-    """(spec, results) of one full invert -> fit -> synthesize run."""
-    spec = _spec(tmp_path_factory.mktemp("run") / "runs", tiny_generator_path, toy_labeled_path)
-    results = {"invert": run_invert(spec), "fit": run_fit(spec), "synthesize": run_synthesize(spec)}
-    return spec, results
-
-
-def _copy_of(finished, tmp_path, **sections):
-    spec, _ = finished
-    shutil.copytree(spec.storage.output, tmp_path / "runs")
-    return _spec(tmp_path / "runs", spec.generator.checkpoint, spec.data.path, **sections)
+from tests.pipeline.runs import copy_run as _copy_of
+from tests.pipeline.runs import make_spec as _spec
 
 
 class TestInvert:

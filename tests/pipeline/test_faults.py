@@ -1,0 +1,319 @@
+"""Faults with real components: a synthesis actor killed with SIGKILL, an interrupted driver, an S3 outage.
+
+Each test synthesises a larger dataset (hundreds of 16x16 pairs in 20 shards) from a copy of the
+package's finished run, so the fault lands while the run is going, and compares the result with an
+undisturbed in-process run of the same spec: every sample id exactly once, byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from handsoff_ray.pipeline.stages import open_run
+from handsoff_ray.pipeline.storage import StorageError
+from handsoff_ray.pipeline.synthesize import run_synthesize
+from tests.pipeline.runs import copy_run, make_spec
+
+BIG = {"num_samples": 600, "shard_size": 30, "batch_size": 2}  # 20 shards, ~0.3 s each on one thread
+
+
+def _fresh_dataset(spec):
+    shutil.rmtree(open_run(spec).path("dataset"), ignore_errors=True)
+    return spec
+
+
+@pytest.fixture(scope="module")
+def reference(finished, tmp_path_factory):
+    """Shard name -> bytes of an undisturbed in-process run of the BIG spec."""
+    spec = _fresh_dataset(copy_run(finished, tmp_path_factory.mktemp("ref"), synthesis=BIG))
+    run_synthesize(spec)
+    store = open_run(spec)
+    assert sorted(pq.read_table(store.path("dataset/data")).column("sample_id").to_pylist()) == list(range(600))
+    return _shards(store)
+
+
+def _shards(store) -> dict[str, bytes]:
+    return {n: store.read_bytes(f"dataset/data/{n}") for n in store.list("dataset/data")}
+
+
+def _assert_complete(store, reference):
+    """Byte-identical to the undisturbed run (which holds every id once), nothing else left, _SUCCESS last."""
+    assert store.exists("dataset/_SUCCESS")
+    assert _shards(store) == reference
+    if not store.uri().startswith("s3://"):
+        assert sorted(os.listdir(store.path("dataset/data"))) == sorted(reference)  # no hidden leftovers either
+
+
+class _VisibleShardWatcher(threading.Thread):
+    """Reads every visible part-*.parquet while a run goes on; records any that is not a whole shard."""
+
+    def __init__(self, folder: str):
+        super().__init__(daemon=True)
+        self.folder, self.stop, self.bad, self.seen = folder, threading.Event(), [], set()
+
+    def run(self):
+        while not self.stop.is_set():
+            for name in os.listdir(self.folder) if os.path.isdir(self.folder) else []:
+                if not name.endswith(".parquet") or name in self.seen:
+                    continue
+                try:
+                    rows = pq.read_table(os.path.join(self.folder, name)).num_rows
+                    if rows != BIG["shard_size"]:
+                        self.bad.append(f"{name}: {rows} rows")
+                except Exception as err:  # noqa: BLE001 - a partial file is exactly what we look for
+                    self.bad.append(f"{name}: {err}")
+                self.seen.add(name)
+            time.sleep(0.02)
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    t0 = time.time()
+    while not predicate():
+        if time.time() - t0 > timeout:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.mark.ray
+def test_killed_synthesis_actor_is_replaced_and_no_partial_shard_is_visible(finished, tmp_path, reference):
+    import ray
+    from ray.util.state import list_actors
+
+    from handsoff_ray.pipeline.ray_synthesize import run_synthesize_ray
+
+    spec = _fresh_dataset(copy_run(finished, tmp_path, synthesis=BIG,
+                                   resources={"engine": "ray", "synthesis_actors": 2, "torch_threads": 1}))
+    store = open_run(spec)
+    data = store.path("dataset/data")
+    watcher = _VisibleShardWatcher(data)
+    watcher.start()
+    # The state API (to find the actors' pids) needs the dashboard; name it, since other Ray
+    # instances may run on this machine.
+    ctx = ray.init(num_cpus=2, include_dashboard=True, object_store_memory=256 * 2**20)
+    result, errors = {}, []
+
+    def drive():
+        try:
+            result.update(run_synthesize_ray(spec))
+        except Exception as err:  # noqa: BLE001 - reported by the assertion below
+            errors.append(err)
+
+    driver = threading.Thread(target=drive)
+    try:
+        driver.start()
+        _wait_for(lambda: os.path.isdir(data) and any(n.endswith(".parquet") for n in os.listdir(data)), 120,
+                  "the first committed shard")
+        workers = [a for a in list_actors(address=f"http://{ctx.dashboard_url}",
+                                                filters=[("state", "=", "ALIVE")]) if "MapWorker" in a.class_name]
+        assert workers, "no Ray Data actor alive while shards were being written"
+        victim = workers[0].pid
+        os.kill(victim, signal.SIGKILL)
+        committed_at_kill = len([n for n in os.listdir(data) if n.endswith(".parquet")])
+        driver.join(timeout=300)
+        assert not driver.is_alive(), "the run did not finish after an actor was killed"
+    finally:
+        watcher.stop.set()
+        ray.shutdown()
+    assert not errors, errors
+    assert committed_at_kill < 20, "the run ended before the kill; the test did not exercise a fault"
+    assert watcher.bad == [], watcher.bad
+    _assert_complete(store, reference)
+
+
+@pytest.mark.ray
+def test_interrupted_driver_resumes_writing_only_missing_shards(finished, tmp_path, reference):
+    """Ctrl-C to `python -m handsoff_ray run` (engine ray), then the same command again."""
+    spec = _fresh_dataset(copy_run(finished, tmp_path, synthesis=BIG,
+                                   resources={"engine": "ray", "synthesis_actors": 2, "torch_threads": 1}))
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    store = open_run(spec)
+    data = store.path("dataset/data")
+    cmd = [sys.executable, "-m", "handsoff_ray", "run", str(spec_file), "--stages", "synthesize"]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": os.getcwd()}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for(lambda: os.path.isdir(data) and any(n.endswith(".parquet") for n in os.listdir(data)), 180,
+                  "the first committed shard")
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0, out[-2000:]
+    before = _shards(store)
+    assert 0 < len(before) < 20, f"{len(before)} shards after the interrupt; the test did not interrupt mid-run"
+    assert not store.exists("dataset/_SUCCESS")
+    assert all(reference[n] == b for n, b in before.items())  # what was committed is whole and final
+
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    summary = [json.loads(line) for line in rerun.stdout.splitlines() if line.startswith('{"stage"')]
+    assert summary and summary[-1]["shards_written_now"] == 20 - len(before), rerun.stdout[-2000:]
+    _assert_complete(store, reference)
+
+
+class _Outage:
+    """A TCP proxy in front of the S3 server that can drop every connection and refuse new ones.
+
+    Stopping moto's server itself is not an outage for a client with keep-alive connections (their
+    handler threads live on), so the network path is cut here instead, like a failed endpoint.
+    """
+
+    def __init__(self, upstream_port: int):
+        self.upstream = ("127.0.0.1", upstream_port)
+        self.down = threading.Event()
+        self.conns: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.down.is_set():
+                client.close()
+                continue
+            upstream = socket.create_connection(self.upstream)
+            with self.lock:
+                self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self):
+        self.down.set()
+        with self.lock:
+            for sock in self.conns:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self.conns.clear()
+
+    def restore(self):
+        self.down.clear()
+
+    def close(self):
+        self.cut()
+        self.listener.close()
+
+
+class TestObjectStoreOutage:
+    """S3 (moto's server) behind a proxy that cuts every connection for a while."""
+
+    @pytest.fixture
+    def s3(self, aws_env, finished, tmp_path):
+        import boto3
+        from moto.server import ThreadedMotoServer
+
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+        server.start()
+        host, port = server.get_host_and_port()
+        client = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1")
+        # moto keeps buckets per process, across servers: one bucket per test.
+        bucket = f"outage-{uuid.uuid4().hex[:12]}"
+        client.create_bucket(Bucket=bucket)
+        # The finished run's invert and fit outputs, uploaded: synthesis starts from them.
+        local = copy_run(finished, tmp_path)
+        root = open_run(local).root
+        for dirpath, _, files in os.walk(root):
+            for f in files:
+                if not dirpath.startswith(os.path.join(root, "dataset")):
+                    key = "runs/t/" + os.path.relpath(os.path.join(dirpath, f), root)
+                    client.upload_file(os.path.join(dirpath, f), bucket, key)
+        outage = _Outage(port)
+        spec = make_spec(f"s3://{bucket}/runs", local.generator.checkpoint, local.data.path, synthesis=BIG,
+                         storage={"s3": {"endpoint_url": f"http://127.0.0.1:{outage.port}", "max_attempts": 2}})
+        yield spec, outage
+        outage.close()
+        server.stop()
+
+    def test_a_short_outage_is_ridden_out_by_retries(self, s3, reference):
+        from handsoff_ray.pipeline.metrics import metrics
+
+        spec, outage = s3
+
+        def retries():
+            return metrics().registry.get_sample_value("handsoff_write_retries_total", {"run_id": spec.run_id}) or 0
+
+        retries_before = retries()
+        outage.cut()
+        result, errors = {}, []
+        runner = threading.Thread(target=lambda: _capture(run_synthesize, spec, result, errors))
+        runner.start()
+        time.sleep(3)  # the run is stuck in its retries: the store is gone for 3 s
+        outage.restore()
+        runner.join(timeout=300)
+        assert not errors, errors
+        assert retries() > retries_before
+        _assert_complete(open_run(spec), reference)
+
+    def test_a_long_outage_fails_clearly_and_a_rerun_resumes(self, s3, reference, monkeypatch):
+        import handsoff_ray.pipeline.storage as storage
+        import handsoff_ray.pipeline.synthesize as synthesize
+
+        spec, outage = s3
+        monkeypatch.setattr(storage, "RETRY_BACKOFF_S", (0.2, 0.2))  # give up quickly
+        real_write_shard = synthesize.write_shard
+
+        def write_then_lose_the_store(store, k, *args):
+            entry = real_write_shard(store, k, *args)
+            if k == 2:  # the outage begins right after the third shard is committed
+                outage.cut()
+            return entry
+
+        monkeypatch.setattr(synthesize, "write_shard", write_then_lose_the_store)
+        with pytest.raises(StorageError, match="rerun the same command once the object store is reachable"):
+            run_synthesize(spec)
+        monkeypatch.setattr(synthesize, "write_shard", real_write_shard)
+        outage.restore()
+        store = open_run(spec)
+        committed = _shards(store)
+        assert sorted(committed) == [f"part-{k:06d}.parquet" for k in range(3)]
+        assert all(reference[n] == b for n, b in committed.items()) and not store.exists("dataset/_SUCCESS")
+        assert run_synthesize(spec)["shards_written_now"] == 17
+        _assert_complete(store, reference)
+
+
+def _capture(fn, spec, result: dict, errors: list) -> None:
+    try:
+        result.update(fn(spec))
+    except Exception as err:  # noqa: BLE001 - the test inspects it
+        errors.append(err)
+
+
+@pytest.fixture
+def aws_env(monkeypatch):
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
