@@ -237,15 +237,32 @@ class LabelGenerator(nn.Module):
         on_cpu = w1.device.type == "cpu"
         block_bytes = block_bytes or (8 if on_cpu else 256) * 2**20
         cache_bytes = cache_bytes or (2 if on_cpu else 64) * 2**20
+        # Images are processed in groups small enough that one output row of the group's block fits
+        # `block_bytes`: with wide first layers (E*h1 = 5120 for the toy spec) a 32-image row block is
+        # 42 MB and every resize-and-add pass streams it from DRAM; 6-image groups stay in cache and
+        # measured 2.2x faster on CPU. Each pixel's arithmetic is unchanged, so outputs are identical.
+        row_bytes = w1.shape[0] * width * w1.element_size()
+        group = max(1, min(n, block_bytes // max(1, row_bytes)))
         if chunk is None:
-            chunk = max(1, min(height, block_bytes // max(1, n * w1.shape[0] * width * w1.element_size())))
+            chunk = max(1, min(height, block_bytes // max(1, group * row_bytes)))
         e = len(positions)
         outputs = {name: torch.empty(e, n, spec.num_outputs, height, width, device=w1.device, dtype=w1.dtype)
                    for name, spec in self.tasks.items()}
+        for i0 in range(0, n, group):
+            i1 = min(n, i0 + group)
+            self._predict_group([f[i0:i1] for f in features], plans, w1, b1, chunk, cache_bytes,
+                                {name: out[:, i0:i1] for name, out in outputs.items()})
+        return outputs
+
+    def _predict_group(self, features, plans, w1, b1, chunk: int, cache_bytes: int,
+                       outputs: dict[str, torch.Tensor]) -> None:
+        """`predict` for one group of images, writing into `outputs` (views `[E, n, K, H, W]`)."""
+        n, width = features[0].shape[0], self.out_size[1]
+        e = next(iter(outputs.values())).shape[0]
         for r0, r1, block in iter_projected_rows(features, w1, b1, self.out_size, chunk_rows=chunk,
                                                  cache_bytes=cache_bytes):
             rows = r1 - r0
-            pixels = block.view(-1, block.shape[-1]).relu_()  # [N, rows, W, O] -> [P, O], all heads' layer 1
+            pixels = block.view(-1, block.shape[-1]).relu_()  # [n, rows, W, O] -> [P, O], all heads' layer 1
             o0 = 0
             for name, spec in self.tasks.items():
                 plan, h1 = plans[name], spec.hidden[0]
@@ -253,10 +270,9 @@ class LabelGenerator(nn.Module):
                 hidden1 = pixels[:, o0:o0 + e * h1].view(-1, e, h1).transpose(0, 1)
                 hidden2 = torch.baddbmm(plan["b2"][:, None], hidden1, plan["w2"].transpose(1, 2)).relu_()
                 y = torch.baddbmm(plan["b3"][:, None], hidden2, plan["w3"].transpose(1, 2))  # [E, P, K]
-                # [E, N*rows*W, K] -> [E, N, K, rows, W]
+                # [E, n*rows*W, K] -> [E, n, K, rows, W]
                 outputs[name][:, :, :, r0:r1] = y.view(e, n, rows, width, -1).permute(0, 1, 4, 2, 3)
                 o0 += e * h1
-        return outputs
 
     @torch.no_grad()
     def _inference_plan(self, positions: list[int]) -> tuple[dict[str, dict[str, Any]], torch.Tensor, torch.Tensor]:
