@@ -33,6 +33,7 @@ import numpy as np
 from handsoff_ray.datasets.labeled_folder import LabeledSample, LabeledSetError
 from handsoff_ray.datasets.public import (
     ReaderSet,
+    check_image_size,
     apply_merge,
     decode_label_png,
     decode_rgb,
@@ -171,12 +172,7 @@ def open_celebamask(root: str | Path, *, classes: str = "19", ids: Sequence[str]
                 problems.append(f"{prel}: size {px.shape[0]}x{px.shape[1]}, expected {mask_hw[0]}x{mask_hw[1]} "
                                 f"like the other part masks of image {sid}")
         if image is not None:
-            hw = image.shape[:2] if resize is None else tuple(resize)
-            if size is None:
-                size = hw
-            elif hw != size:
-                problems.append(f"{rel}: size {hw[0]}x{hw[1]}, expected {size[0]}x{size[1]} like the other images; "
-                                "set data.resize to bring them to one size")
+            size = check_image_size(rel, image.shape[:2] if resize is None else tuple(resize), size, problems)
     if problems:
         raise LabeledSetError(root, problems)
     names, _ = VARIANTS[classes]

@@ -24,6 +24,7 @@ import numpy as np
 from handsoff_ray.datasets.labeled_folder import LabeledSample, LabeledSetError
 from handsoff_ray.datasets.public import (
     ReaderSet,
+    check_image_size,
     decode_label_png,
     decode_rgb,
     resize_image,
@@ -150,12 +151,7 @@ def open_deepfashion(root: str | Path, *, classes: str = "24", ids: Sequence[str
                             f"{len(CLASSES)} classes (0..{len(CLASSES) - 1})")
         if has_kp and sid not in points:
             problems.append(f"{LOC}: no line for {sid}.jpg")
-        hw = image.shape[:2] if resize is None else tuple(resize)
-        if size is None:
-            size = hw
-        elif hw != size:
-            problems.append(f"{rel}: size {hw[0]}x{hw[1]}, expected {size[0]}x{size[1]} like the other images; "
-                            "set data.resize to bring them to one size")
+        size = check_image_size(rel, image.shape[:2] if resize is None else tuple(resize), size, problems)
     if problems:
         raise LabeledSetError(root, problems)
     chosen_points = {s: points[s] for s in chosen if s in points}

@@ -48,32 +48,39 @@ class ReaderSet(LabeledSet):
                 f"images={len(self.ids)}, image_size={self.image_size}, tasks={self.tasks})")
 
 
-def decode_rgb(path: Path, rel: str, problems: list[str]) -> np.ndarray | None:
-    """uint8 [H, W, 3] of any PIL-readable image (JPEG, PNG), or None after recording why not."""
+def _decode(path: Path, rel: str, problems: list[str], convert: str | None) -> np.ndarray | None:
+    """Pixels of an image file (converted to `convert` when given), or None after recording why not."""
     if not path.is_file():
         problems.append(f"{rel}: missing")
         return None
     try:
         with Image.open(path) as im:
             im.load()
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+            return np.asarray(im.convert(convert) if convert else im)
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
         problems.append(f"{rel}: cannot decode ({e}); re-download or re-extract the file")
         return None
+
+
+def decode_rgb(path: Path, rel: str, problems: list[str]) -> np.ndarray | None:
+    """uint8 [H, W, 3] of any PIL-readable image (JPEG, PNG), or None after recording why not."""
+    return _decode(path, rel, problems, "RGB")
+
+
+def check_image_size(rel: str, hw: tuple[int, int], size: tuple[int, int] | None,
+                     problems: list[str]) -> tuple[int, int]:
+    """The set's image size so far: the first image's, or a problem recorded for one that differs."""
+    if size is not None and tuple(hw) != tuple(size):
+        problems.append(f"{rel}: size {hw[0]}x{hw[1]}, expected {size[0]}x{size[1]} like the other images; "
+                        "set data.resize to bring them to one size")
+    return size if size is not None else tuple(hw)
 
 
 def decode_label_png(path: Path, rel: str, problems: list[str]) -> np.ndarray | None:
     """uint8 [H, W] of a label PNG; RGB(A) files give their first channel (what cv2.imread(...)[..., 0]
     gives the public scripts for gray-as-RGB masks)."""
-    if not path.is_file():
-        problems.append(f"{rel}: missing")
-        return None
-    try:
-        with Image.open(path) as im:
-            im.load()
-            px = np.asarray(im)
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-        problems.append(f"{rel}: cannot decode ({e}); re-download or re-extract the file")
+    px = _decode(path, rel, problems, None)
+    if px is None:
         return None
     if px.ndim == 3:
         px = px[..., 0]
