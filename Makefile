@@ -38,6 +38,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/labelgen.py --json
 	$(BIN)/python benchmarks/inversion.py --json
+	$(BIN)/python benchmarks/synthesis.py --json
 
 # The chart ships copies of deploy/'s rules and dashboards (Helm reads only files inside the chart).
 sync-deploy:
