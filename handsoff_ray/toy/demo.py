@@ -113,6 +113,10 @@ def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | N
     from handsoff_ray.pipeline.synthesize import synthesize_stage
 
     t_start = time.time()
+
+    def step(msg: str) -> None:  # a stage header with the time spent so far, so slow stages show
+        log(f"{msg}  [{time.time() - t_start:.0f} s]")
+
     size = QUICK if quick else FULL
     out_dir = Path(out)
     spec = parse_spec(demo_spec(str(out_dir), size, generator), source="demo")
@@ -123,17 +127,17 @@ def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | N
     device = resolve_device(spec)
     G = load_spec_generator(spec, device)
     res = G.resolution
-    log(f"[1/6] toy world at {res}x{res}: labeled {len(LABELED_SEEDS)}, oracle {size.n_oracle}, test {size.n_test}")
+    step(f"[1/6] toy world at {res}x{res}: labeled {len(LABELED_SEEDS)}, oracle {size.n_oracle}, test {size.n_test}")
     _toy_set(out_dir / "labeled", LABELED_SEEDS, res, log)
     _toy_set(out_dir / "test", range(TEST_SEED0, TEST_SEED0 + size.n_test), res, log)
     _toy_set(out_dir / "oracle", range(ORACLE_SEED0, ORACLE_SEED0 + size.n_oracle), res, log)
 
-    log(f"[2/6] invert {len(LABELED_SEEDS)} images into the toy StyleGAN2 ({size.invert_steps} steps)")
+    step(f"[2/6] invert {len(LABELED_SEEDS)} images into the toy StyleGAN2 ({size.invert_steps} steps)")
     inv = invert_stage(spec)
     log(f"      mean PSNR {inv['mean_psnr']:.2f} dB, mean LPIPS {inv['mean_lpips']:.4f}")
-    log(f"[3/6] fit the label generator ({size.ensemble} members x 3 tasks)")
+    step(f"[3/6] fit the label generator ({size.ensemble} members x 3 tasks)")
     fit_stage(spec)
-    log(f"[4/6] synthesise {size.n_synthetic} pairs to Parquet")
+    step(f"[4/6] synthesise {size.n_synthetic} pairs to Parquet")
     syn = synthesize_stage(spec, progress=lambda i, n, e: log(f"      shard {e['shard']} ({i}/{n}) {e['seconds']} s"))
 
     store = open_run(spec)
@@ -146,7 +150,7 @@ def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | N
     preview = out_dir / "preview.png"
     Image.fromarray(grid).save(preview)
 
-    log(f"[5/6] train the downstream network three times ({size.downstream_steps} steps each)")
+    step(f"[5/6] train the downstream network three times ({size.downstream_steps} steps each)")
     synthetic, meta = load_synthetic(store, spec, apply_filter=spec.evaluation.use_uncertainty_filter)
     tasks = meta["tasks"]
     hw = synthetic.image_size
@@ -160,7 +164,7 @@ def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | N
         log(f"      {name:9s} trained on {len(train):5d} images: mIoU {scores[name]['miou']:.4f}, "
             f"PCK {scores[name]['pck']:.4f}, depth RMSE {scores[name]['depth_rmse']:.4f}")
 
-    log("[6/6] results on real held-out toy faces")
+    step("[6/6] results on real held-out toy faces")
     pick = lambda key: {k: float(scores[k][key]) for k in ("handsoff", "baseline", "oracle")}  # noqa: E731
     result = {
         "miou": pick("miou"), "pck": pick("pck"), "depth_rmse": pick("depth_rmse"),
