@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -139,6 +140,23 @@ class RunStore:
         def upload() -> None:
             with self.fs.open_output_stream(final) as f:
                 f.write(data)
+
+        self._remote("write", rel, upload)
+
+    def put_file(self, rel: str, local_path: str) -> None:
+        """Commit a local file under rel, streamed (never whole in memory), visible only when complete."""
+        final = self.path(rel)
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            self.fs.create_dir(posixpath.dirname(final), recursive=True)
+            tmp = posixpath.join(posixpath.dirname(final), f".{posixpath.basename(final)}.{uuid.uuid4().hex}.tmp")
+            shutil.copyfile(local_path, tmp)
+            self.fs.move(tmp, final)
+            return
+
+        def upload() -> None:  # a multipart upload: the object exists only once it completes
+            with open(local_path, "rb") as src, self.fs.open_output_stream(final) as dst:
+                while chunk := src.read(8 << 20):
+                    dst.write(chunk)
 
         self._remote("write", rel, upload)
 

@@ -15,7 +15,6 @@ the shards that are missing. The run ends with `_SUCCESS` and a `README.md` data
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import tempfile
 import time
@@ -60,31 +59,43 @@ def write_shard(store, k: int, start: int, stop: int, G, lg, spec: JobSpec, meta
 
     h = stage_hash(spec, "synthesize")
     syn = spec.synthesis
-    buf = io.BytesIO()
-    writer = None
     scores: dict[str, list[float]] = {}
     class_pixels = np.zeros(len(meta.get("classes") or []), np.int64)
     t0 = time.time()
-    for b in range(start, stop, syn.batch_size):
-        pairs = synthesize(G, lg, sample_ids=range(b, min(b + syn.batch_size, stop)), run_seed=spec.seed,
-                           truncation_psi=syn.truncation_psi, top_fraction=syn.uncertainty.top_fraction,
-                           return_latents=syn.store_latent, crop_rows=spec.generator.crop_rows)
-        table = pairs_to_table(pairs, spec_hash=h, meta=meta)
-        if writer is None:
-            writer = pq.ParquetWriter(buf, table.schema, compression="zstd")
-        writer.write_table(table, row_group_size=_ROW_GROUP)
-        for t, s in pairs.uncertainty.items():
-            scores.setdefault(t, []).extend(s.tolist())
-        if "segmentation" in pairs.labels and len(class_pixels):
-            class_pixels += np.bincount(pairs.labels["segmentation"].reshape(-1), minlength=len(class_pixels))[
-                : len(class_pixels)]
-    writer.close()
-    blob = buf.getvalue()
-    store.write_bytes(shard_name(k), blob)
+    # The shard streams to a local temporary file, a row group at a time, and is committed from there:
+    # memory stays at one batch however large the shard (10,000 pairs at 512 px are gigabytes).
+    with tempfile.TemporaryDirectory(prefix="handsoff-shard-") as tmp:
+        local = f"{tmp}/part.parquet"
+        writer = None
+        for b in range(start, stop, syn.batch_size):
+            pairs = synthesize(G, lg, sample_ids=range(b, min(b + syn.batch_size, stop)), run_seed=spec.seed,
+                               truncation_psi=syn.truncation_psi, top_fraction=syn.uncertainty.top_fraction,
+                               return_latents=syn.store_latent, crop_rows=spec.generator.crop_rows)
+            table = pairs_to_table(pairs, spec_hash=h, meta=meta)
+            if writer is None:
+                writer = pq.ParquetWriter(local, table.schema, compression="zstd")
+            writer.write_table(table, row_group_size=_ROW_GROUP)
+            for t, s in pairs.uncertainty.items():
+                scores.setdefault(t, []).extend(s.tolist())
+            if "segmentation" in pairs.labels and len(class_pixels):
+                class_pixels += np.bincount(pairs.labels["segmentation"].reshape(-1), minlength=len(class_pixels))[
+                    : len(class_pixels)]
+        writer.close()
+        digest, size = _sha256_file(local)
+        store.put_file(shard_name(k), local)
     _record_shard(spec.run_id, stop - start, time.time() - t0, scores)
     return {"shard": k, "file": shard_name(k).split("/", 1)[1], "start": start, "stop": stop, "rows": stop - start,
-            "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest(), "seconds": round(time.time() - t0, 2),
+            "bytes": size, "sha256": digest, "seconds": round(time.time() - t0, 2),
             "uncertainty": {t: _histogram(v) for t, v in scores.items()}, "class_pixels": class_pixels.tolist()}
+
+
+def _sha256_file(path: str) -> tuple[str, int]:
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
 
 
 def _record_shard(run_id: str, rows: int, seconds: float, scores: dict[str, list[float]]) -> None:

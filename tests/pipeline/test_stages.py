@@ -116,6 +116,32 @@ def test_encoder_initialisation_is_trained_once_and_reused(tmp_path, tiny_genera
     assert store.read_bytes("latents/_encoder.safetensors") == encoder_bytes
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _scrape_until(port: int, needle: str, timeout: float) -> str:
+    """The Prometheus text of the lines holding `needle` on a metrics endpoint, polled until they appear."""
+    import time
+    import urllib.request
+
+    t0, text = time.time(), ""
+    while time.time() - t0 < timeout:
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        except OSError:
+            text = ""
+        lines = [ln for ln in text.splitlines() if needle in ln]
+        if lines:
+            return "\n".join(lines)
+        time.sleep(1)
+    raise AssertionError(f"{needle} not exported on port {port} within {timeout} s; got {len(text)} bytes")
+
+
 @pytest.mark.ray
 def test_ray_data_actors_write_the_same_bytes(finished, tmp_path):
     """Two Ray Data actors rewrite deleted shards byte-identically to the in-process run."""
@@ -128,11 +154,16 @@ def test_ray_data_actors_write_the_same_bytes(finished, tmp_path):
     before = {n: store.read_bytes(f"dataset/data/{n}") for n in store.list("dataset/data")}
     for name in before:
         os.remove(store.path(f"dataset/data/{name}"))
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20)
+    port = _free_port()
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20, _metrics_export_port=port)
     try:
         out = run_synthesize_ray(spec)
         # Ray Data reads the output directly.
         assert ray.data.read_parquet(store.path("dataset/data")).count() == 10
+        # What the actors recorded is on Ray's metrics port, which Prometheus scrapes while a run goes on
+        # (the Helm chart's PodMonitors); Ray prefixes it with ray_.
+        series = _scrape_until(port, 'ray_handsoff_samples_written_total{', timeout=90)
+        assert 'run_id="t"' in series
     finally:
         ray.shutdown()
     assert out["shards_written_now"] == 3
