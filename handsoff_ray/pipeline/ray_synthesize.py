@@ -98,7 +98,8 @@ def run_synthesize_ray(spec: JobSpec, *, progress=None) -> dict:
             fn_constructor_kwargs={"spec_json": spec.model_dump(mode="json"), "meta": meta,
                                    "torch_threads": res.torch_threads, "cwd": os.getcwd()},
             batch_size=1,
-            concurrency=min(res.synthesis_actors, len(items)),
+            # A fixed pool: each actor loads the generator and label generator once.
+            compute=ray.data.ActorPoolStrategy(size=min(res.synthesis_actors, len(items))),
             num_cpus=res.cpus_per_worker,
             num_gpus=res.gpus_per_actor or None,
         )
