@@ -1,0 +1,125 @@
+"""What limits the toy demo: label-generator fit vs generator samples; prints one JSON object.
+
+    make demo                                                    # a finished full demo in ./handsoff-demo
+    python benchmarks/demo_limits.py --json --demo handsoff-demo  # ~3 min on 2 cores
+
+Three measurements on the demo's own run (its 16 inverted latents, its label generator):
+- `fit`: per-class IoU and keypoint PCK of the demo's label generator on its *training* images, i.e.
+  applied to the generator features of the 16 inverted latents and compared with their real labels.
+  Low IoU here means the label generator underfits (capacity, steps, class imbalance).
+- `refit`: the same after refitting --refit-members members for --refit-steps steps (the demo uses 300):
+  how much more fitting buys.
+- `samples`: class frequencies of the labels the refitted label generator gives *fresh samples* of the
+  toy generator at truncation 0.5 / 0.7 / 1.0, next to the frequencies in the real labeled images. When
+  the label generator separates a class on inverted real images but almost never finds it in samples,
+  the samples do not draw that part the way real images do: generator quality.
+With --json only the JSON goes to stdout; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--json", action="store_true", help="print only the JSON result on stdout")
+    p.add_argument("--demo", default="handsoff-demo", metavar="DIR", help="a finished full demo (default: %(default)s)")
+    p.add_argument("--refit-steps", type=int, default=1200, metavar="K", help="steps per refitted member")
+    p.add_argument("--refit-members", type=int, default=2, metavar="E", help="members refitted (default: 2)")
+    p.add_argument("--samples", type=int, default=64, metavar="N", help="fresh samples per truncation")
+    p.add_argument("--threads", type=int, default=2, metavar="T", help="torch threads (default: 2)")
+    return p.parse_args(argv)
+
+
+def log(*a) -> None:
+    print(*a, file=sys.stderr, flush=True)
+
+
+def on_training_images(G, lg, store, labeled, ids) -> dict:
+    """Per-class IoU (summed over the images) and PCK@0.05 of lg on the inverted training images."""
+    from handsoff_ray.pipeline.stages import read_latent
+
+    k = lg.tasks["segmentation"].num_outputs
+    inter, union, hits, total = np.zeros(k), np.zeros(k), 0, 0
+    with torch.no_grad():
+        for i in ids:
+            ws, _ = read_latent(store, i)
+            _, feats = G.synthesis(ws[None], noise_mode="const", return_features=True)
+            out = lg.predict(feats)
+            seg = lg.decode("segmentation", out["segmentation"])[0].numpy()
+            sample = labeled.load(i)
+            for c in range(k):
+                inter[c] += ((seg == c) & (sample.segmentation == c)).sum()
+                union[c] += ((seg == c) | (sample.segmentation == c)).sum()
+            if "keypoints" in lg.tasks and sample.keypoints is not None:
+                kp = lg.decode("keypoints", out["keypoints"])[0].numpy()
+                vis = sample.keypoints[:, 2] > 0
+                err = np.linalg.norm(kp[vis, :2] - sample.keypoints[vis, :2], axis=1)
+                hits, total = hits + int((err <= 0.05 * max(seg.shape)).sum()), total + int(vis.sum())
+    iou = inter / np.maximum(union, 1)
+    return {"iou": np.round(iou, 3).tolist(), "miou": round(float(iou.mean()), 4),
+            "pck": round(hits / max(total, 1), 4)}
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from handsoff_ray.config import parse_spec
+    from handsoff_ray.core.label_generator import load_label_generator
+    from handsoff_ray.core.synthesis import synthesize
+    from handsoff_ray.datasets.labeled_folder import open_labeled_set
+    from handsoff_ray.pipeline.stages import load_spec_generator, open_run, run_fit
+    from handsoff_ray.toy.demo import FULL, demo_spec
+
+    base = demo_spec(args.demo, FULL)
+    spec = parse_spec(base)
+    store = open_run(spec)
+    if not store.exists("label_generator/label_generator.safetensors"):
+        raise SystemExit(f"no finished demo under {args.demo}: run `make demo` (or pass --demo DIR)")
+    G = load_spec_generator(spec, torch.device("cpu"))
+    labeled = open_labeled_set(spec.data.path)
+    ids = list(labeled.ids[: spec.data.limit])
+    result: dict = {"demo": args.demo, "classes": list(labeled.classes)}
+    log("label generator of the demo on its 16 inverted training images")
+    lg = load_label_generator(store.path("label_generator/label_generator.safetensors"))
+    result["fit"] = {"steps": spec.label_generator.max_steps, "members": spec.label_generator.ensemble_size,
+                     **on_training_images(G, lg, store, labeled, ids)}
+
+    log(f"refit {args.refit_members} members for {args.refit_steps} steps on the same latents")
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copytree(store.path("latents"), os.path.join(tmp, spec.run_id, "latents"))
+        refit = {**base, "storage": {**base["storage"], "output": tmp},
+                 "label_generator": {**base["label_generator"], "max_steps": args.refit_steps,
+                                     "ensemble_size": args.refit_members},
+                 "resources": {**base["resources"], "engine": "local", "torch_threads": args.threads}}
+        rspec = parse_spec(refit)
+        t0 = time.time()
+        run_fit(rspec)
+        lg2 = load_label_generator(open_run(rspec).path("label_generator/label_generator.safetensors"))
+        result["refit"] = {"steps": args.refit_steps, "members": args.refit_members,
+                           "seconds": round(time.time() - t0, 1), **on_training_images(G, lg2, store, labeled, ids)}
+
+    log("class frequencies: real labeled images vs fresh samples")
+    real = np.bincount(labeled.load_all(ids).segmentation.reshape(-1), minlength=len(labeled.classes))
+    result["class_frequency"] = {"real": np.round(real / real.sum(), 4).tolist()}
+    with torch.no_grad():
+        for psi in (0.5, 0.7, 1.0):
+            pairs = synthesize(G, lg2, sample_ids=range(args.samples), run_seed=spec.seed, truncation_psi=psi)
+            c = np.bincount(pairs.labels["segmentation"].reshape(-1), minlength=len(labeled.classes))
+            result["class_frequency"][f"samples_psi_{psi}"] = np.round(c / c.sum(), 4).tolist()
+    print(json.dumps(result, indent=None if args.json else 2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
