@@ -16,7 +16,25 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "handsoff-ray"
 SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
-SCHEMAS = ROOT.parent / "shared" / "schemas"
+
+
+def _shared_dir() -> Path:
+    """../shared beside the checkout; for a clone of a local checkout (git clone . /tmp/ci), beside its origin."""
+    candidates = [Path(os.environ["HANDSOFF_SHARED_DIR"])] if os.environ.get("HANDSOFF_SHARED_DIR") else []
+    candidates.append(ROOT.parent / "shared")
+    try:
+        import subprocess
+
+        origin = subprocess.run(["git", "-C", str(ROOT), "config", "--get", "remote.origin.url"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+        if origin and "://" not in origin and Path(origin).is_dir():
+            candidates.append(Path(origin).resolve().parent / "shared")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return next((c for c in candidates if (c / "schemas").is_dir()), candidates[0])
+
+
+SCHEMAS = _shared_dir() / "schemas"
 K8S_VERSION = "1.33.0"  # the Kubernetes version built-in kinds are validated against (kubernetes-validate)
 
 
