@@ -118,11 +118,15 @@ def run(spec: str, sets: tuple[str, ...], dry_run: bool, stages: str) -> None:
     if dry_run:
         click.echo(yaml.safe_dump(plan, sort_keys=False))
         return
+    from handsoff_ray.pipeline.evaluate import run_evaluate
     from handsoff_ray.pipeline.synthesize import synthesize_stage
 
-    from handsoff_ray.pipeline.evaluate import run_evaluate
+    def shard_done(done: int, total: int, entry: dict) -> None:  # progress on stderr; stdout stays JSON
+        click.echo(f"  synthesize: shard {entry['shard']} committed ({done}/{total}, {entry['rows']} pairs, "
+                   f"{entry['seconds']} s)", err=True)
 
-    runners = {"invert": st.invert_stage, "fit": st.fit_stage, "synthesize": synthesize_stage, "evaluate": run_evaluate}
+    runners = {"invert": st.invert_stage, "fit": st.fit_stage,
+               "synthesize": lambda j: synthesize_stage(j, progress=shard_done), "evaluate": run_evaluate}
     wanted = [s.strip() for s in stages.split(",") if s.strip()]
     if "evaluate" in wanted and not job.evaluation.enabled:
         wanted.remove("evaluate")  # evaluation runs when the spec enables it
@@ -135,7 +139,8 @@ def run(spec: str, sets: tuple[str, ...], dry_run: bool, stages: str) -> None:
 
     metrics().set("run_info", 1, run_id=job.run_id, spec_hash=plan["spec_hash"])
     try:
-        for name in wanted:
+        for i, name in enumerate(wanted, 1):
+            click.echo(f"[{i}/{len(wanted)}] {name} (run {job.run_id})", err=True)
             t0 = time.time()
             result = runners[name](job)
             metrics().set("stage_seconds", time.time() - t0, run_id=job.run_id, stage=name)
