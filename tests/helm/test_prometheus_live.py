@@ -70,23 +70,34 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}; last answer: {last!r}")
 
 
-@pytest.fixture
-def stack(tmp_path):
-    """Pushgateway, the driver process and Prometheus, all on 127.0.0.1; each stopped by its own PID."""
-    prometheus, pushgateway = need_binary("prometheus"), need_binary("prometheus-pushgateway")
-    prom_port, push_port, driver_port = free_port(), free_port(), free_port()
+def start_prometheus(tmp_path, scrape_configs: list[dict]) -> tuple[subprocess.Popen, str]:
+    """Prometheus on a free 127.0.0.1 port with the shipped rules (evaluated every second); (process, base URL)."""
+    binary = need_binary("prometheus")
     rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "handsoff-rules.yaml").read_text())
     for group in rules["groups"]:
         group["interval"] = "1s"  # the shipped 30 s would make the test wait for the first evaluation
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules))
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(tmp_path / "rules.yaml")],
-        "scrape_configs": [
-            {"job_name": "handsoff-driver", "static_configs": [{"targets": [f"127.0.0.1:{driver_port}"]}]},
-            {"job_name": "pushgateway", "honor_labels": True,
-             "static_configs": [{"targets": [f"127.0.0.1:{push_port}"]}]},
-        ]}))
+        "rule_files": [str(tmp_path / "rules.yaml")], "scrape_configs": scrape_configs}))
+    port = free_port()
+    proc = subprocess.Popen([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2).status == 200,
+                 15, "Prometheus")
+    except AssertionError:
+        proc.kill()
+        raise
+    return proc, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def stack(tmp_path):
+    """Pushgateway, the driver process and Prometheus, all on 127.0.0.1; each stopped by its own PID."""
+    pushgateway = need_binary("prometheus-pushgateway")
+    push_port, driver_port = free_port(), free_port()
     procs = []
     try:
         procs.append(subprocess.Popen([pushgateway, f"--web.listen-address=127.0.0.1:{push_port}"],
@@ -96,13 +107,13 @@ def stack(tmp_path):
         code = DRIVER.format(jobs=str(ROOT / "jobs"), port=driver_port)
         env = {"HANDSOFF_PUSHGATEWAY": f"127.0.0.1:{push_port}", "PATH": "/usr/bin:/bin"}
         procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env))
-        procs.append(subprocess.Popen([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
-                                       f"--storage.tsdb.path={tmp_path / 'data'}",
-                                       f"--web.listen-address=127.0.0.1:{prom_port}"],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{prom_port}/-/ready", timeout=2).status == 200,
-                 15, "Prometheus")
-        yield f"http://127.0.0.1:{prom_port}"
+        prometheus, base = start_prometheus(tmp_path, [
+            {"job_name": "handsoff-driver", "static_configs": [{"targets": [f"127.0.0.1:{driver_port}"]}]},
+            {"job_name": "pushgateway", "honor_labels": True,
+             "static_configs": [{"targets": [f"127.0.0.1:{push_port}"]}]},
+        ])
+        procs.append(prometheus)
+        yield base
     finally:
         for proc in reversed(procs):
             proc.terminate()

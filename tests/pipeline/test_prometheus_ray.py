@@ -11,40 +11,22 @@ import subprocess
 import threading
 
 import pytest
-import yaml
 
 from handsoff_ray.pipeline.stages import open_run
-from tests.helm.conftest import ROOT, need_binary
-from tests.helm.test_prometheus_live import free_port, query, wait_for
+from tests.helm.test_prometheus_live import free_port, query, start_prometheus, wait_for
 from tests.pipeline.runs import copy_run
 
 
 @pytest.fixture
 def prometheus_on(tmp_path):
     """start(port) -> base URL of a Prometheus scraping 127.0.0.1:port every second, with the shipped rules."""
-    binary = need_binary("prometheus")
     procs = []
 
     def start(target_port: int) -> str:
-        import urllib.request
-
-        rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "handsoff-rules.yaml").read_text())
-        for group in rules["groups"]:
-            group["interval"] = "1s"
-        (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules))
-        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(tmp_path / "rules.yaml")],
-            "scrape_configs": [{"job_name": "ray", "static_configs": [{"targets": [f"127.0.0.1:{target_port}"]}]}],
-        }))
-        port = free_port()
-        procs.append(subprocess.Popen([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
-                                       f"--storage.tsdb.path={tmp_path / 'data'}",
-                                       f"--web.listen-address=127.0.0.1:{port}"],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2).status == 200,
-                 15, "Prometheus")
-        return f"http://127.0.0.1:{port}"
+        proc, base = start_prometheus(tmp_path, [
+            {"job_name": "ray", "static_configs": [{"targets": [f"127.0.0.1:{target_port}"]}]}])
+        procs.append(proc)
+        return base
 
     yield start
     for proc in procs:
