@@ -111,76 +111,48 @@ def run(spec: str, sets: tuple[str, ...], dry_run: bool, stages: str) -> None:
     HANDSOFF_PUSHGATEWAY (host:port) when it is set.
     """
     from handsoff_ray.pipeline.plan import make_plan
-    from handsoff_ray.pipeline import stages as st
+    from handsoff_ray.pipeline.run import run_stages, select_stages
 
     job = _load(spec, sets)
     plan = make_plan(job)
     if dry_run:
         click.echo(yaml.safe_dump(plan, sort_keys=False))
         return
-    from handsoff_ray.pipeline.evaluate import run_evaluate
-    from handsoff_ray.pipeline.synthesize import synthesize_stage
-
-    def shard_done(done: int, total: int, entry: dict) -> None:  # progress on stderr; stdout stays JSON
-        click.echo(f"  synthesize: shard {entry['shard']} committed ({done}/{total}, {entry['rows']} pairs, "
-                   f"{entry['seconds']} s)", err=True)
-
-    runners = {"invert": st.invert_stage, "fit": st.fit_stage,
-               "synthesize": lambda j: synthesize_stage(j, progress=shard_done), "evaluate": run_evaluate}
-    wanted = [s.strip() for s in stages.split(",") if s.strip()]
-    if "evaluate" in wanted and not job.evaluation.enabled:
-        wanted.remove("evaluate")  # evaluation runs when the spec enables it
-    unknown = [s for s in wanted if s not in runners]
-    if unknown:
-        raise click.BadParameter(f"unknown stage(s) {unknown}; choose from {list(runners)}", param_hint="--stages")
-    import time
-
-    from handsoff_ray.pipeline.metrics import metrics, push_to_gateway
-
-    metrics().set("run_info", 1, run_id=job.run_id, spec_hash=plan["spec_hash"])
     try:
-        for i, name in enumerate(wanted, 1):
-            click.echo(f"[{i}/{len(wanted)}] {name} (run {job.run_id})", err=True)
-            t0 = time.time()
-            result = runners[name](job)
-            metrics().set("stage_seconds", time.time() - t0, run_id=job.run_id, stage=name)
-            click.echo(json.dumps({"stage": name, **result}, default=str))
-    finally:
-        # A batch run ends here: leave its numbers on the Pushgateway when one is configured.
-        push_to_gateway(job=f"handsoff-{job.run_id}")
+        wanted = select_stages(job, [s.strip() for s in stages.split(",") if s.strip()])
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--stages") from None
+    # Progress on stderr; stdout stays one JSON line per finished stage.
+    results = run_stages(
+        job, wanted, spec_hash=plan["spec_hash"],
+        on_start=lambda i, n, name: click.echo(f"[{i}/{n}] {name} (run {job.run_id})", err=True),
+        progress=lambda done, total, e: click.echo(
+            f"  synthesize: shard {e['shard']} committed ({done}/{total}, {e['rows']} pairs, {e['seconds']} s)",
+            err=True))
+    for result in results:
+        click.echo(json.dumps(result, default=str))
 
 
-@main.command()
-@spec_argument
-@set_option
-@_fail_on_user_error
-def invert(spec: str, sets: tuple[str, ...]) -> None:
-    """Invert the labeled images of SPEC into W+ latents (writes <run>/latents/)."""
-    from handsoff_ray.pipeline.stages import invert_stage
+def _stage_command(name: str, doc: str) -> None:
+    """`handsoff <stage> SPEC`: one stage of the pipeline, as `handsoff run --stages <stage>` runs it."""
 
-    click.echo(json.dumps(invert_stage(_load(spec, sets)), default=str, indent=2))
+    @spec_argument
+    @set_option
+    @_fail_on_user_error
+    def command(spec: str, sets: tuple[str, ...]) -> None:
+        from handsoff_ray.pipeline.run import run_stage
 
+        click.echo(json.dumps(run_stage(_load(spec, sets), name), default=str, indent=2))
 
-@main.command()
-@spec_argument
-@set_option
-@_fail_on_user_error
-def fit(spec: str, sets: tuple[str, ...]) -> None:
-    """Fit the label-generator ensemble on the inverted images (writes <run>/label_generator/)."""
-    from handsoff_ray.pipeline.stages import fit_stage
-
-    click.echo(json.dumps(fit_stage(_load(spec, sets)), default=str, indent=2))
+    command.__doc__ = doc
+    main.command(name)(command)
 
 
-@main.command()
-@spec_argument
-@set_option
-@_fail_on_user_error
-def evaluate(spec: str, sets: tuple[str, ...]) -> None:
-    """Train a downstream network on the run's synthetic pairs and test it on evaluation.test_path."""
-    from handsoff_ray.pipeline.evaluate import run_evaluate
-
-    click.echo(json.dumps(run_evaluate(_load(spec, sets)), default=str, indent=2))
+_stage_command("invert", "Invert the labeled images of SPEC into W+ latents (writes <run>/latents/).")
+_stage_command("fit", "Fit the label-generator ensemble on the inverted images (writes <run>/label_generator/).")
+_stage_command("synthesize", "Write the synthetic image+label pairs as Parquet shards (writes <run>/dataset/).")
+_stage_command("evaluate", "Train a downstream network on the run's synthetic pairs and test it on "
+                           "evaluation.test_path.")
 
 
 @main.command()

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from handsoff_ray.cli import main
 
 COMMANDS = [
-    [], ["validate"], ["run"], ["invert"], ["fit"], ["evaluate"], ["demo"], ["train-gan"], ["inspect"], ["preview"],
+    [], ["validate"], ["run"], ["invert"], ["fit"], ["synthesize"], ["evaluate"], ["export"], ["filter"], ["demo"], ["train-gan"], ["inspect"], ["preview"],
     ["checkpoint"], ["checkpoint", "info"],
     ["checkpoint", "convert"], ["checkpoint", "sample"], ["data"], ["data", "check"],
 ]

@@ -103,6 +103,24 @@ class TestSynthesize:
         assert run_synthesize(spec)["shards_written_now"] == 1
         assert store.read_bytes("dataset/data/part-000001.parquet") == first  # per-sample seeds
 
+    def test_synthesize_command_runs_the_stage(self, finished, tmp_path):
+        import json
+
+        import yaml
+        from click.testing import CliRunner
+
+        from handsoff_ray.cli import main
+
+        spec = _copy_of(finished, tmp_path)
+        store = open_run(spec)
+        first = store.read_bytes("dataset/data/part-000002.parquet")
+        os.remove(store.path("dataset/data/part-000002.parquet"))
+        (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+        res = CliRunner().invoke(main, ["synthesize", str(tmp_path / "spec.yaml")])
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.output[res.output.index("{"):])["shards_written_now"] == 1
+        assert store.read_bytes("dataset/data/part-000002.parquet") == first
+
 
 def test_encoder_initialisation_is_trained_once_and_reused(tmp_path, tiny_generator_path, toy_labeled_path):
     spec = _spec(tmp_path / "runs", tiny_generator_path, toy_labeled_path, data={"limit": 2},
