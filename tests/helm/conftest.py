@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import ROOT, need_binary  # noqa: F401 - re-exported for the chart tests
+
 CHART = ROOT / "helm" / "handsoff-ray"
 SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
 
@@ -36,16 +37,6 @@ def _shared_dir() -> Path:
 
 SCHEMAS = _shared_dir() / "schemas"
 K8S_VERSION = "1.33.0"  # the Kubernetes version built-in kinds are validated against (kubernetes-validate)
-
-
-def need_binary(name: str) -> str:
-    path = shutil.which(name)
-    if path:
-        return path
-    message = f"{name} not found: apt-get install -y prometheus prometheus-pushgateway"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{message} (CI=true: these tests must run in CI)")
-    pytest.skip(message)
 
 
 def render(values: dict | None = None, *, name: str = "demo", namespace: str = "batch") -> list[dict]:

@@ -9,18 +9,14 @@ would take 30-60 s here for the same series.
 
 from __future__ import annotations
 
-import json
-import socket
 import subprocess
 import sys
 import time
-import urllib.parse
 import urllib.request
 
 import pytest
-import yaml
 
-from tests.helm.conftest import ROOT, need_binary
+from tests.support import ROOT, free_port, get_json, need_binary, prometheus, query, stop, wait_for
 
 DRIVER = r"""
 import os, sys, time
@@ -45,54 +41,6 @@ for step in range(10_000):
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return json.loads(r.read())
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-            if last:
-                return last
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last answer: {last!r}")
-
-
-def start_prometheus(tmp_path, scrape_configs: list[dict]) -> tuple[subprocess.Popen, str]:
-    """Prometheus on a free 127.0.0.1 port with the shipped rules (evaluated every second); (process, base URL)."""
-    binary = need_binary("prometheus")
-    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "handsoff-rules.yaml").read_text())
-    for group in rules["groups"]:
-        group["interval"] = "1s"  # the shipped 30 s would make the test wait for the first evaluation
-    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules))
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(tmp_path / "rules.yaml")], "scrape_configs": scrape_configs}))
-    port = free_port()
-    proc = subprocess.Popen([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2).status == 200,
-                 15, "Prometheus")
-    except AssertionError:
-        proc.kill()
-        raise
-    return proc, f"http://127.0.0.1:{port}"
-
-
 @pytest.fixture
 def stack(tmp_path):
     """Pushgateway, the driver process and Prometheus, all on 127.0.0.1; each stopped by its own PID."""
@@ -107,27 +55,14 @@ def stack(tmp_path):
         code = DRIVER.format(jobs=str(ROOT / "jobs"), port=driver_port)
         env = {"HANDSOFF_PUSHGATEWAY": f"127.0.0.1:{push_port}", "PATH": "/usr/bin:/bin"}
         procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env))
-        prometheus, base = start_prometheus(tmp_path, [
+        with prometheus(tmp_path, [
             {"job_name": "handsoff-driver", "static_configs": [{"targets": [f"127.0.0.1:{driver_port}"]}]},
             {"job_name": "pushgateway", "honor_labels": True,
              "static_configs": [{"targets": [f"127.0.0.1:{push_port}"]}]},
-        ])
-        procs.append(prometheus)
-        yield base
+        ]) as base:
+            yield base
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def query(base: str, expr: str) -> list[dict]:
-    answer = get_json(f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
-    assert answer["status"] == "success", answer
-    return answer["data"]["result"]
+        stop(*reversed(procs))
 
 
 def test_prometheus_reads_handsoff_series_and_recording_rules(stack):

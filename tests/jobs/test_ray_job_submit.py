@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,14 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support import free_port
+
 REPO = Path(__file__).parents[2]
 RAY = Path(sys.executable).with_name("ray")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _dashboard_up(url: str) -> bool:
@@ -47,10 +42,10 @@ def ray_head(tmp_path):
     # runtime image's Python is in a real cluster.
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
            "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{RAY.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    gcs, dash = _free_port(), _free_port()
+    gcs, dash = free_port(), free_port()
     # Every port a head binds by default gets a free one: a second Ray on the machine (a demo running beside
     # the tests) holds the defaults, and a job agent that cannot bind never comes up.
-    ports = [f"--{opt}={_free_port()}" for opt in (
+    ports = [f"--{opt}={free_port()}" for opt in (
         "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
         "node-manager-port", "object-manager-port")]
     # Ray's unix socket paths must stay short: pytest's tmp_path is too deep for them.

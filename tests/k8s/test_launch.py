@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import socket
 import threading
 
 import pytest
@@ -13,9 +12,10 @@ import yaml
 from click.testing import CliRunner
 
 from handsoff_ray.cli import main
+from tests.support import free_port
 
-kmock = pytest.importorskip("kmock")
-kubernetes = pytest.importorskip("kubernetes")
+import kmock  # noqa: E402 - declared test dependencies: a broken install fails, never skips
+import kubernetes  # noqa: E402
 
 RAYJOBS = "ray.io/v1/rayjobs"
 NOW = dt.datetime(2026, 11, 25, 15, 30, 12, tzinfo=dt.timezone.utc)
@@ -28,12 +28,6 @@ TEMPLATE = {
              "runtimeEnvYAML": "env_vars:\n  NCCL_DEBUG: WARN\n",
              "rayClusterSpec": {"headGroupSpec": {"template": {"spec": {"containers": []}}}, "workerGroupSpecs": []}},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from handsoff_ray.pipeline.stages import open_run
 from handsoff_ray.pipeline.storage import StorageError
 from handsoff_ray.pipeline.synthesize import run_synthesize
 from tests.pipeline.runs import copy_run, make_spec
+from tests.support import wait_for
 
 BIG = {"num_samples": 600, "shard_size": 30, "batch_size": 2}  # 20 shards, ~0.3 s each on one thread
 
@@ -79,14 +80,6 @@ class _VisibleShardWatcher(threading.Thread):
             time.sleep(0.02)
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    t0 = time.time()
-    while not predicate():
-        if time.time() - t0 > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-
-
 @pytest.mark.ray
 def test_killed_synthesis_actor_is_replaced_and_no_partial_shard_is_visible(finished, tmp_path, reference):
     import ray
@@ -100,21 +93,14 @@ def test_killed_synthesis_actor_is_replaced_and_no_partial_shard_is_visible(fini
     data = store.path("dataset/data")
     watcher = _VisibleShardWatcher(data)
     watcher.start()
-    # The state API (to find the actors' pids) needs the dashboard; name it, since other Ray
-    # instances may run on this machine.
+    # The state API (to find the actors' pids) needs the dashboard; its address is passed explicitly,
+    # since other Ray instances may run on this machine.
     ctx = ray.init(num_cpus=2, include_dashboard=True, object_store_memory=256 * 2**20)
     result, errors = {}, []
-
-    def drive():
-        try:
-            result.update(run_synthesize_ray(spec))
-        except Exception as err:  # noqa: BLE001 - reported by the assertion below
-            errors.append(err)
-
-    driver = threading.Thread(target=drive)
+    driver = threading.Thread(target=_capture, args=(run_synthesize_ray, spec, result, errors))
     try:
         driver.start()
-        _wait_for(lambda: os.path.isdir(data) and any(n.endswith(".parquet") for n in os.listdir(data)), 120,
+        wait_for(lambda: os.path.isdir(data) and any(n.endswith(".parquet") for n in os.listdir(data)), 120,
                   "the first committed shard")
         workers = [a for a in list_actors(address=f"http://{ctx.dashboard_url}",
                                                 filters=[("state", "=", "ALIVE")]) if "MapWorker" in a.class_name]
@@ -143,10 +129,10 @@ def test_interrupted_driver_resumes_writing_only_missing_shards(finished, tmp_pa
     store = open_run(spec)
     data = store.path("dataset/data")
     cmd = [sys.executable, "-m", "handsoff_ray", "run", str(spec_file), "--stages", "synthesize"]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": os.getcwd()}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        _wait_for(lambda: os.path.isdir(data) and any(n.endswith(".parquet") for n in os.listdir(data)), 180,
+        wait_for(lambda: os.path.isdir(data) and any(n.endswith(".parquet") for n in os.listdir(data)), 180,
                   "the first committed shard")
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=120)
@@ -275,7 +261,8 @@ class TestObjectStoreOutage:
         time.sleep(3)  # the run is stuck in its retries: the store is gone for 3 s
         outage.restore()
         runner.join(timeout=300)
-        assert not errors, errors
+        assert not runner.is_alive() and not errors, errors
+        assert result["shards_written_now"] == 20
         assert retries() > retries_before
         _assert_complete(open_run(spec), reference)
 
@@ -311,9 +298,3 @@ def _capture(fn, spec, result: dict, errors: list) -> None:
         result.update(fn(spec))
     except Exception as err:  # noqa: BLE001 - the test inspects it
         errors.append(err)
-
-
-@pytest.fixture
-def aws_env(monkeypatch):
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(k, v)

@@ -1,6 +1,6 @@
 """invert -> fit -> synthesize on one machine: outputs, resume, spec guards, bad input before compute.
 
-One module-scoped run does the expensive work once; tests that change outputs work on copies of it.
+One package-scoped run (conftest.py) does the expensive work once; tests that change outputs work on copies of it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from handsoff_ray.config import parse_spec
 from handsoff_ray.core.label_generator import load_label_generator
 from handsoff_ray.datasets.labeled_folder import LabeledSetError
 from handsoff_ray.pipeline.errors import UserError
@@ -134,32 +133,6 @@ def test_encoder_initialisation_is_trained_once_and_reused(tmp_path, tiny_genera
     assert store.read_bytes("latents/_encoder.safetensors") == encoder_bytes
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _scrape_until(port: int, needle: str, timeout: float) -> str:
-    """The Prometheus text of the lines holding `needle` on a metrics endpoint, polled until they appear."""
-    import time
-    import urllib.request
-
-    t0, text = time.time(), ""
-    while time.time() - t0 < timeout:
-        try:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        except OSError:
-            text = ""
-        lines = [ln for ln in text.splitlines() if needle in ln]
-        if lines:
-            return "\n".join(lines)
-        time.sleep(1)
-    raise AssertionError(f"{needle} not exported on port {port} within {timeout} s; got {len(text)} bytes")
-
-
 @pytest.mark.ray
 def test_ray_data_actors_write_the_same_bytes(finished, tmp_path):
     """Two Ray Data actors rewrite deleted shards byte-identically to the in-process run."""
@@ -172,16 +145,11 @@ def test_ray_data_actors_write_the_same_bytes(finished, tmp_path):
     before = {n: store.read_bytes(f"dataset/data/{n}") for n in store.list("dataset/data")}
     for name in before:
         os.remove(store.path(f"dataset/data/{name}"))
-    port = _free_port()
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20, _metrics_export_port=port)
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20)
     try:
         out = run_synthesize_ray(spec)
         # Ray Data reads the output directly.
         assert ray.data.read_parquet(store.path("dataset/data")).count() == 10
-        # What the actors recorded is on Ray's metrics port, which Prometheus scrapes while a run goes on
-        # (the Helm chart's PodMonitors); Ray prefixes it with ray_.
-        series = _scrape_until(port, 'ray_handsoff_samples_written_total{', timeout=90)
-        assert 'run_id="t"' in series
     finally:
         ray.shutdown()
     assert out["shards_written_now"] == 3
@@ -239,7 +207,7 @@ class TestReaders:
         assert len(list(filtered)) == 9
 
     def test_hugging_face_datasets_reads_the_shards(self, finished):
-        datasets = pytest.importorskip("datasets")
+        import datasets
         spec, _ = finished
         data = open_run(spec).path("dataset/data")
         ds = datasets.load_dataset("parquet", data_files=f"{data}/*.parquet", split="train")

@@ -22,12 +22,6 @@ def s3_endpoint():
     server.stop()
 
 
-@pytest.fixture
-def aws_env(monkeypatch):
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(k, v)
-
-
 def _stores(tmp_path, s3_endpoint):
     return [RunStore.open(str(tmp_path / "out"), run_id="r1"),
             RunStore.open("s3://handsoff-test/out", run_id="r1", endpoint_url=s3_endpoint)]
