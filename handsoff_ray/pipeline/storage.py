@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -123,40 +122,38 @@ class RunStore:
         return json.loads(self.read_bytes(rel))
 
     def write_bytes(self, rel: str, data: bytes) -> None:
-        """Write so the file appears under its name only when complete.
+        """Write data under rel so that the file appears under its name only when complete."""
+        self._commit(rel, lambda f: f.write(data))
 
-        Locally: write a hidden temporary file and rename it. On S3 an object becomes visible only when
-        its (multipart) upload completes, so writing the final key directly is already atomic.
+    def put_file(self, rel: str, local_path: str) -> None:
+        """Commit a local file under rel, streamed (never whole in memory), visible only when complete."""
+
+        def copy(dst) -> None:
+            with open(local_path, "rb") as src:
+                while chunk := src.read(8 << 20):
+                    dst.write(chunk)
+
+        self._commit(rel, copy)
+
+    def _commit(self, rel: str, write) -> None:
+        """Run write(stream) so that rel appears only when complete.
+
+        Locally: a hidden temporary file, then a rename. On S3 an object becomes visible only when its
+        (multipart) upload completes, so writing the final key directly is already atomic; the upload
+        is retried through outages (see _remote).
         """
         final = self.path(rel)
         if isinstance(self.fs, pafs.LocalFileSystem):
             self.fs.create_dir(posixpath.dirname(final), recursive=True)
             tmp = posixpath.join(posixpath.dirname(final), f".{posixpath.basename(final)}.{uuid.uuid4().hex}.tmp")
             with self.fs.open_output_stream(tmp) as f:
-                f.write(data)
+                write(f)
             self.fs.move(tmp, final)
             return
 
         def upload() -> None:
             with self.fs.open_output_stream(final) as f:
-                f.write(data)
-
-        self._remote("write", rel, upload)
-
-    def put_file(self, rel: str, local_path: str) -> None:
-        """Commit a local file under rel, streamed (never whole in memory), visible only when complete."""
-        final = self.path(rel)
-        if isinstance(self.fs, pafs.LocalFileSystem):
-            self.fs.create_dir(posixpath.dirname(final), recursive=True)
-            tmp = posixpath.join(posixpath.dirname(final), f".{posixpath.basename(final)}.{uuid.uuid4().hex}.tmp")
-            shutil.copyfile(local_path, tmp)
-            self.fs.move(tmp, final)
-            return
-
-        def upload() -> None:  # a multipart upload: the object exists only once it completes
-            with open(local_path, "rb") as src, self.fs.open_output_stream(final) as dst:
-                while chunk := src.read(8 << 20):
-                    dst.write(chunk)
+                write(f)
 
         self._remote("write", rel, upload)
 
