@@ -46,7 +46,8 @@ class SyntheticDataset(IterableDataset):
             raise FileNotFoundError(f"no Parquet shards under {uri}/data; is this a handsoff dataset folder?")
         self.meta = schema_meta(pq.read_schema(self.fs.open_input_file(self.files[0])))
         self.batch_rows = batch_rows
-        self.keep = self._keep_set(uncertainty_filter, filter_task or self._default_task())
+        self.filter_task = filter_task or self._default_task()  # whose uncertainty the policy reads
+        self.keep = self._keep_set(uncertainty_filter, self.filter_task)
 
     def _default_task(self) -> str:
         tasks = self.meta["tasks"]

@@ -21,8 +21,10 @@ the same dataset with the same policy is the same files.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import posixpath
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +46,10 @@ def _open(uri: str, policy, task: str | None, endpoint_url: str | None):
 
 
 def _rows(ds, limit: int | None):
-    """Decoded rows (numpy), in sample-id order, at most `limit`."""
-    rows = sorted(({k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in r.items()} for r in ds),
-                  key=lambda r: r["sample_id"])
-    return rows[:limit] if limit is not None else rows
+    """Decoded rows (numpy) in sample-id order, streamed: one process reads the shards in name order and
+    each shard's rows in id order. At most `limit`."""
+    for row in itertools.islice(ds, limit):
+        yield {k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in row.items()}
 
 
 def _empty_out(out: Path) -> None:
@@ -68,20 +70,25 @@ def export_dataset(uri: str, out: str, fmt: str, *, uncertainty_filter="referenc
     ds = _open(uri, uncertainty_filter, filter_task, endpoint_url)  # validates before anything is written
     out_path = Path(out)
     _empty_out(out_path)
-    rows = _rows(ds, limit)
+    tasks = [t for t in ("segmentation", "keypoints", "depth") if t in ds.meta["tasks"]]
+    scores: list[list] = []
+
+    def rows():  # records each row's uncertainty as the writer consumes it
+        for r in _rows(ds, limit):
+            scores.append([_sample_name(r["sample_id"]), r["sample_id"], *[r.get(f"uncertainty_{t}") for t in tasks]])
+            yield r
+
     writer = _write_png_folder if fmt == "png-folder" else _write_coco
-    writer(out_path, rows, ds.meta)
-    uncert = [c for c in ("segmentation", "keypoints", "depth") if f"uncertainty_{c}" in (rows[0] if rows else {})]
+    writer(out_path, rows(), ds.meta)
     with open(out_path / "uncertainty.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["id", "sample_id", *[f"uncertainty_{t}" for t in uncert]])
-        for r in rows:
-            w.writerow([_sample_name(r["sample_id"]), r["sample_id"], *[r[f"uncertainty_{t}"] for t in uncert]])
-    return {"format": fmt, "out": str(out_path), "rows": len(rows), "source": uri,
+        w.writerow(["id", "sample_id", *[f"uncertainty_{t}" for t in tasks]])
+        w.writerows(scores)
+    return {"format": fmt, "out": str(out_path), "rows": len(scores), "source": uri,
             "uncertainty_filter": uncertainty_filter}
 
 
-def _write_png_folder(out: Path, rows: list[dict], meta: dict) -> None:
+def _write_png_folder(out: Path, rows, meta: dict) -> None:
     from handsoff_ray.datasets.labeled_folder import LabeledSample, write_labeled_set
 
     def samples():
@@ -93,14 +100,13 @@ def _write_png_folder(out: Path, rows: list[dict], meta: dict) -> None:
             yield LabeledSample(id=_sample_name(r["sample_id"]), image=r["image"], segmentation=r.get("segmentation"),
                                 keypoints=kp, depth=depth)
 
-    has_seg = bool(rows) and rows[0].get("segmentation") is not None
-    has_kp = bool(rows) and rows[0].get("keypoints") is not None
-    write_labeled_set(out, samples(), list(meta.get("classes") or []) if has_seg else None,
-                      keypoint_names=list(meta.get("keypoint_names") or []) if has_kp else None,
+    tasks = meta["tasks"]
+    write_labeled_set(out, samples(), list(meta.get("classes") or []) if "segmentation" in tasks else None,
+                      keypoint_names=list(meta.get("keypoint_names") or []) if "keypoints" in tasks else None,
                       depth_scale=float(meta.get("depth_scale") or 1000.0))
 
 
-def _write_coco(out: Path, rows: list[dict], meta: dict) -> None:
+def _write_coco(out: Path, rows, meta: dict) -> None:
     from PIL import Image
     from pycocotools import mask as mask_utils
 
@@ -153,13 +159,14 @@ def filter_dataset(uri: str, out: str, *, uncertainty_filter="reference", filter
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from handsoff_ray.pipeline.storage import resolve_filesystem
+    from handsoff_ray.pipeline.storage import RunStore, resolve_filesystem
 
     if uncertainty_filter is None:
         raise UserError("filter needs a policy: --keep QUANTILE or --policy reference")
     ds = _open(uri, uncertainty_filter, filter_task, endpoint_url)
     fs, root = resolve_filesystem(out, endpoint_url=endpoint_url)
-    if fs.get_file_info(posixpath.join(root, "_SUCCESS")).type.name != "NotFound":
+    store = RunStore(fs=fs, root=root, run_id=posixpath.basename(root))  # atomic commits, S3 retries
+    if store.exists("_SUCCESS"):
         raise UserError(f"{out} already holds a finished dataset; pick a new --out")
     keep = pa.array(sorted(ds.keep), pa.int64())
     shards, kept_total, total = {}, 0, 0
@@ -167,20 +174,17 @@ def filter_dataset(uri: str, out: str, *, uncertainty_filter="reference", filter
         table = pq.read_table(ds.fs.open_input_file(path))
         kept = table.filter(pc.is_in(table.column("sample_id"), value_set=keep))
         name = posixpath.basename(path)
-        tmp, final = posixpath.join(root, "data", f".{name}.tmp"), posixpath.join(root, "data", name)
-        fs.create_dir(posixpath.join(root, "data"), recursive=True)
-        with fs.open_output_stream(tmp) as f:
-            pq.write_table(kept, f, row_group_size=256)
-        fs.move(tmp, final)
+        with tempfile.TemporaryDirectory(prefix="handsoff-filter-") as tmp:
+            pq.write_table(kept, f"{tmp}/{name}", row_group_size=256)
+            store.put_file(f"data/{name}", f"{tmp}/{name}")
         shards[name] = {"rows": kept.num_rows, "source_rows": table.num_rows}
         kept_total, total = kept_total + kept.num_rows, total + table.num_rows
-    policy = {"uncertainty_filter": uncertainty_filter, "task": filter_task or ds._default_task(), "source": uri}
+    policy = {"uncertainty_filter": uncertainty_filter, "task": ds.filter_task, "source": uri}
     manifest = {"filtered_from": policy, "shards": shards, "num_samples": kept_total, "meta": ds.meta}
     card = (f"# Filtered HandsOff dataset\n\nRows of `{uri}` kept by the uncertainty policy "
             f"`{uncertainty_filter}` on task `{policy['task']}`: {kept_total} of {total}.\n"
             "Open it with `SyntheticDataset(uri, uncertainty_filter=None)`; it is already filtered.\n")
-    for rel, data in (("_manifest.json", json.dumps(manifest, indent=1).encode()), ("README.md", card.encode()),
-                      ("_SUCCESS", b"")):
-        with fs.open_output_stream(posixpath.join(root, rel)) as f:
-            f.write(data)
+    store.write_json("_manifest.json", manifest)
+    store.write_bytes("README.md", card.encode())
+    store.write_bytes("_SUCCESS", b"")
     return {"out": out, "rows": kept_total, "source_rows": total, **policy}
