@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -51,24 +50,16 @@ def enter_driver_cwd(cwd: str) -> None:
 class _ShardWriter:
     """Ray Data actor: load the models once, then write every shard it is handed."""
 
-    def __init__(self, spec_json: dict, meta: dict, torch_threads: int | None, cwd: str):
-        import torch
-
+    def __init__(self, spec_json: dict, meta: dict, cwd: str):
         enter_driver_cwd(cwd)
         from handsoff_ray.config import parse_spec
-        from handsoff_ray.core.label_generator import load_label_generator
-        from handsoff_ray.pipeline.stages import LABEL_GENERATOR, load_spec_generator, open_run, resolve_device
+        from handsoff_ray.pipeline.stages import open_run
+        from handsoff_ray.pipeline.synthesize import load_synthesis_models
 
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
         self.spec = parse_spec(spec_json)
         self.meta = meta
         self.store = open_run(self.spec)
-        device = resolve_device(self.spec)
-        self.G = load_spec_generator(self.spec, device)
-        with tempfile.TemporaryDirectory() as d:
-            path = self.store.local_copy(f"{LABEL_GENERATOR}/label_generator.safetensors", d)
-            self.lg = load_label_generator(path, device=device)
+        self.G, self.lg = load_synthesis_models(self.spec, self.store)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         from handsoff_ray.pipeline.synthesize import write_shard
@@ -96,7 +87,7 @@ def run_synthesize_ray(spec: JobSpec, *, progress=None) -> dict:
         ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             _ShardWriter,
             fn_constructor_kwargs={"spec_json": spec.model_dump(mode="json"), "meta": meta,
-                                   "torch_threads": res.torch_threads, "cwd": os.getcwd()},
+                                   "cwd": os.getcwd()},
             batch_size=1,
             # A fixed pool: each actor loads the generator and label generator once.
             compute=ray.data.ActorPoolStrategy(size=min(res.synthesis_actors, len(items))),

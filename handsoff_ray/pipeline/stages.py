@@ -43,6 +43,13 @@ def _log(msg: str, **fields) -> None:
     print(json.dumps({"t": round(time.time(), 1), "msg": msg, **fields}, default=str), file=sys.stderr, flush=True)
 
 
+def apply_torch_threads(spec: JobSpec) -> None:
+    """Set this process's intra-op thread count to the spec's (when given). Float results depend on it
+    (how reductions split), so every engine applies it before computing: same spec, same bytes."""
+    if spec.resources.torch_threads:
+        torch.set_num_threads(spec.resources.torch_threads)
+
+
 def resolve_device(spec: JobSpec) -> torch.device:
     if spec.generator.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -143,8 +150,7 @@ def invert_images(spec: JobSpec, ids: list[str]) -> int:
     todo = [i for i in ids if i not in done]
     if not todo:
         return 0
-    if spec.resources.torch_threads:
-        torch.set_num_threads(spec.resources.torch_threads)
+    apply_torch_threads(spec)
     device = resolve_device(spec)
     G = load_spec_generator(spec, device)
     # lpips_weight 0 (pure MSE) needs no VGG trunk, which also cannot run below ~16 px on a side.
@@ -310,8 +316,7 @@ def fit_members(spec: JobSpec, ids: list[str], members: list[int]) -> int:
     todo = [m for m in members if not store.exists(_member_file(m))]
     if not todo:
         return 0
-    if spec.resources.torch_threads:
-        torch.set_num_threads(spec.resources.torch_threads)
+    apply_torch_threads(spec)
     labeled, _ = open_spec_labeled_set(spec, tasks=spec.label_generator.tasks.enabled())
     device = resolve_device(spec)
     G = load_spec_generator(spec, device)

@@ -26,8 +26,8 @@ from handsoff_ray.config import JobSpec
 from handsoff_ray.pipeline.plan import stage_hash
 
 __all__ = [
-    "DATASET", "shard_ranges", "shard_name", "write_shard", "prepare_synthesis", "finish_dataset", "run_synthesize",
-    "synthesize_stage",
+    "DATASET", "shard_ranges", "shard_name", "write_shard", "load_synthesis_models", "prepare_synthesis",
+    "finish_dataset", "run_synthesize", "synthesize_stage",
 ]
 
 DATASET = "dataset"
@@ -157,26 +157,27 @@ def finish_dataset(store, spec: JobSpec, manifest: dict, meta: dict) -> None:
     store.write_bytes(f"{DATASET}/_SUCCESS", b"")
 
 
+def load_synthesis_models(spec: JobSpec, store):
+    """(generator, label generator) on the spec's device, after applying the spec's torch thread count;
+    what the in-process runner and each Ray Data actor load once."""
+    from handsoff_ray.core.label_generator import load_label_generator
+    from handsoff_ray.pipeline.stages import LABEL_GENERATOR, apply_torch_threads, load_spec_generator, resolve_device
+
+    apply_torch_threads(spec)
+    device = resolve_device(spec)
+    G = load_spec_generator(spec, device)
+    with tempfile.TemporaryDirectory() as d:
+        lg = load_label_generator(store.local_copy(f"{LABEL_GENERATOR}/label_generator.safetensors", d), device=device)
+    return G, lg
+
+
 def run_synthesize(spec: JobSpec, *, progress=None) -> dict:
     """Write every missing shard in this process (Ray Data: `ray_synthesize.run_synthesize_ray`)."""
-    from handsoff_ray.core.label_generator import load_label_generator
-    from handsoff_ray.pipeline.stages import LABEL_GENERATOR, load_spec_generator, resolve_device
-
     store, meta, manifest, ranges = prepare_synthesis(spec)
     todo = [k for k in range(len(ranges)) if not store.exists(shard_name(k))]
     t0 = time.time()
     if todo:
-        if spec.resources.torch_threads:
-            # Float results depend on the intra-op thread count (how reductions split), so the spec's
-            # count applies here as in the Ray actors: same spec, same bytes, whichever engine.
-            import torch
-
-            torch.set_num_threads(spec.resources.torch_threads)
-        device = resolve_device(spec)
-        G = load_spec_generator(spec, device)
-        with tempfile.TemporaryDirectory() as d:
-            lg = load_label_generator(store.local_copy(f"{LABEL_GENERATOR}/label_generator.safetensors", d),
-                                      device=device)
+        G, lg = load_synthesis_models(spec, store)
         for n_done, k in enumerate(todo, 1):
             entry = write_shard(store, k, *ranges[k], G, lg, spec, meta)
             manifest["shards"][str(k)] = entry
