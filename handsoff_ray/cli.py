@@ -340,7 +340,9 @@ def data_check(path: str, fmt: str, limit: int | None, split: str | None) -> Non
     click.echo(yaml.safe_dump(check_labeled_set(path, format=fmt, limit=limit, split=split), sort_keys=False))
 
 
+from handsoff_ray.k8s import k8s  # noqa: E402 - its own module: the Kubernetes client code
+
+main.add_command(k8s)
+
 if __name__ == "__main__":
     main()
-from handsoff_ray.k8s import k8s  # noqa: E402
-main.add_command(k8s)
