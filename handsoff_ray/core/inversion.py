@@ -266,7 +266,7 @@ def invert(
                 _invert_batch(
                     G, targets[index], init_ws[index], index,
                     lpips_model=lpips_model, weights=weights, steps=steps, lr=lr, rampup=rampup,
-                    rampdown=rampdown, gen_size=gen_size, loss_size=loss_size, crop_rows=crop_rows,
+                    rampdown=rampdown, loss_size=loss_size, crop_rows=crop_rows,
                     callback=callback,
                 )
             )
@@ -289,7 +289,6 @@ def _invert_batch(
     lr: float,
     rampup: float,
     rampdown: float,
-    gen_size: tuple[int, int],
     loss_size: tuple[int, int],
     crop_rows: tuple[int, int] | None = None,
     callback: Callable[[InversionStep], None] | None,
