@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import tempfile
 import time
@@ -82,19 +83,34 @@ def claim_stage(store: RunStore, stage: str, spec: JobSpec) -> str:
     return h
 
 
+def _cached_checkpoint(spec: JobSpec, uri: str) -> str:
+    """A local copy of a remote checkpoint (torch and safetensors read local files), downloaded once per
+    machine: every stage, worker and actor reuses it instead of leaving a copy per load."""
+    import hashlib
+    import shutil
+
+    from handsoff_ray.pipeline.storage import resolve_filesystem
+
+    fs, inner = resolve_filesystem(uri, endpoint_url=spec.storage.s3.endpoint_url, region=spec.storage.s3.region)
+    info = fs.get_file_info(inner)
+    key = f"{uri}|{info.size}|{info.mtime_ns}"  # a replaced object gets a new copy
+    folder = os.path.join(tempfile.gettempdir(), "handsoff-checkpoints")
+    local = os.path.join(folder, f"{hashlib.sha256(key.encode()).hexdigest()[:16]}_{inner.rsplit('/', 1)[-1]}")
+    if not (os.path.isfile(local) and os.path.getsize(local) == info.size):
+        os.makedirs(folder, exist_ok=True)
+        partial = f"{local}.{os.getpid()}.part"  # concurrent actors each write their own, then rename
+        with fs.open_input_stream(inner) as src, open(partial, "wb") as dst:
+            shutil.copyfileobj(src, dst, 8 << 20)
+        os.replace(partial, local)
+    return local
+
+
 def load_spec_generator(spec: JobSpec, device: torch.device):
     from handsoff_ray.core.checkpoint import load_generator
 
     path = resolve_checkpoint(spec.generator.checkpoint)
     if "://" in path:
-        # Remote checkpoints are copied to local disk once; torch and safetensors read local files.
-        from handsoff_ray.pipeline.storage import resolve_filesystem
-
-        fs, inner = resolve_filesystem(path, endpoint_url=spec.storage.s3.endpoint_url, region=spec.storage.s3.region)
-        local = tempfile.NamedTemporaryFile(suffix="_" + inner.rsplit("/", 1)[-1], delete=False).name
-        with fs.open_input_stream(inner) as src, open(local, "wb") as dst:
-            dst.write(src.read())
-        path = local
+        path = _cached_checkpoint(spec, path)
     G = load_generator(path, device=device)
     G.eval().requires_grad_(False)
     return G

@@ -75,8 +75,11 @@ def test_whole_pipeline_on_s3(s3_endpoint, aws_env, tiny_generator_path, toy_lab
     from handsoff_ray.pipeline.stages import run_fit, run_invert
     from handsoff_ray.pipeline.synthesize import run_synthesize
 
+    # The generator checkpoint is read from S3 too (downloaded once to a local cache).
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").upload_file(
+        tiny_generator_path, "handsoff-test", "checkpoints/tiny.safetensors")
     spec = parse_spec({
-        "name": "s3run", "generator": {"checkpoint": tiny_generator_path},
+        "name": "s3run", "generator": {"checkpoint": "s3://handsoff-test/checkpoints/tiny.safetensors"},
         "data": {"path": toy_labeled_path, "limit": 2}, "inversion": {"steps": 2},
         "label_generator": {"ensemble_size": 2, "max_steps": 4, "batch_pixels": 32,
                             "tasks": {"segmentation": {"hidden": [8, 4], "min_pixels": 0},
