@@ -96,16 +96,20 @@ class SyntheticDataset(IterableDataset):
         wid, nworkers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
         return self.files[rank * nworkers + wid :: world * nworkers]
 
-    def __iter__(self):
+    def numpy_rows(self):
+        """The kept rows of this rank's / worker's shards, decoded to numpy arrays, in sample-id order
+        within one process (shards in name order, rows in id order)."""
         for path in self._my_files():
             pf = pq.ParquetFile(self.fs.open_input_file(path))
             for batch in pf.iter_batches(batch_size=self.batch_rows):
                 for row in batch.to_pylist():
-                    if self.keep is not None and row["sample_id"] not in self.keep:
-                        continue
-                    out = decode_row(row, self.meta)
-                    yield {k: (torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v)
-                           for k, v in out.items()}
+                    if self.keep is None or row["sample_id"] in self.keep:
+                        yield decode_row(row, self.meta)
+
+    def __iter__(self):
+        for out in self.numpy_rows():
+            yield {k: (torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v)
+                   for k, v in out.items()}
 
 
 def pq_selector(root: str):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from handsoff_ray.config import JobSpec
@@ -25,22 +24,16 @@ __all__ = ["load_synthetic", "load_real", "train_and_score", "run_evaluate"]
 def load_synthetic(store, spec: JobSpec, *, apply_filter: bool) -> tuple[object, dict]:
     """All synthetic pairs of the run as DownstreamData (optionally uncertainty-filtered), and the schema meta."""
     from handsoff_ray.core.downstream import DownstreamData
-    from handsoff_ray.core.uncertainty import filter_indices
-    from handsoff_ray.pipeline.schema import decode_row, schema_meta
+    from handsoff_ray.dataset import SyntheticDataset
+    from handsoff_ray.pipeline.synthesize import DATASET
 
-    if not store.exists("dataset/_SUCCESS"):
+    if not store.exists(f"{DATASET}/_SUCCESS"):
         raise UserError("no finished synthetic dataset in this run; run `handsoff run SPEC` (synthesize) first")
-    table = pq.read_table(store.path("dataset/data"), filesystem=store.fs).sort_by("sample_id")
-    meta = schema_meta(table.schema)
-    rows = [decode_row(r, meta) for r in table.to_pylist()]
-    tasks = meta["tasks"]
-    keep = np.arange(len(rows))
-    if apply_filter:
-        u = spec.synthesis.uncertainty
-        key = "segmentation" if "segmentation" in tasks else tasks[0]
-        scores = torch.tensor([r[f"uncertainty_{key}"] for r in rows], dtype=torch.float64)
-        keep = filter_indices(scores, portion=u.filter_portion, drop_most_certain=u.drop_most_certain).numpy()
-    pick = [rows[i] for i in keep]
+    # The training readers' own policy ("reference": the dataset spec's filter_portion / drop_most_certain).
+    ds = SyntheticDataset(store.uri(DATASET), uncertainty_filter="reference" if apply_filter else None,
+                          endpoint_url=spec.storage.s3.endpoint_url)
+    meta, tasks = ds.meta, ds.meta["tasks"]
+    pick = list(ds.numpy_rows())
     data = DownstreamData(
         images=np.stack([r["image"] for r in pick]),
         segmentation=np.stack([r["segmentation"] for r in pick]) if "segmentation" in tasks else None,

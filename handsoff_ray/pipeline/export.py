@@ -45,13 +45,6 @@ def _open(uri: str, policy, task: str | None, endpoint_url: str | None):
         raise UserError(str(err)) from None
 
 
-def _rows(ds, limit: int | None):
-    """Decoded rows (numpy) in sample-id order, streamed: one process reads the shards in name order and
-    each shard's rows in id order. At most `limit`."""
-    for row in itertools.islice(ds, limit):
-        yield {k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in row.items()}
-
-
 def _empty_out(out: Path) -> None:
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} is not empty; export into a new folder so nothing already there is overwritten")
@@ -74,7 +67,7 @@ def export_dataset(uri: str, out: str, fmt: str, *, uncertainty_filter="referenc
     scores: list[list] = []
 
     def rows():  # records each row's uncertainty as the writer consumes it
-        for r in _rows(ds, limit):
+        for r in itertools.islice(ds.numpy_rows(), limit):
             scores.append([_sample_name(r["sample_id"]), r["sample_id"], *[r.get(f"uncertainty_{t}") for t in tasks]])
             yield r
 
