@@ -70,7 +70,9 @@ class SyntheticDataset(IterableDataset):
                                   portion=u.get("filter_portion", 0.1),
                                   drop_most_certain=u.get("drop_most_certain", 30)).numpy()
         elif isinstance(policy, float) and 0 < policy < 1:
-            kept = np.flatnonzero(scores <= np.quantile(scores, policy))
+            from handsoff_ray.core.uncertainty import filter_by_threshold
+
+            kept = filter_by_threshold(torch.from_numpy(scores.astype(np.float64)), keep_quantile=policy).numpy()
         else:
             raise ValueError(f"uncertainty_filter must be 'reference', a quantile in (0, 1) or None, got {policy!r}")
         return set(ids[kept].tolist())
