@@ -54,6 +54,7 @@ from handsoff_ray.core.lpips_offline import OfflineLPIPS
 from handsoff_ray.core.metrics import psnr as _psnr
 
 __all__ = [
+    "crop_box",
     "InversionResult",
     "InversionStep",
     "invert",
@@ -144,12 +145,20 @@ def _to_chw(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     return image.float()
 
 
+def crop_box(h: int, w: int, out_h: int, out_w: int) -> tuple[int, int, int, int]:
+    """(top, left, crop_h, crop_w): the largest centred window of an h x w image with the target aspect.
+
+    The window `prepare_images(fit="crop")` cuts; label alignment (pipeline/labeled.py) uses it too, so
+    that images and labels stay registered.
+    """
+    crop_h, crop_w = min(h, round(w * out_h / out_w)), min(w, round(h * out_w / out_h))
+    return (h - crop_h) // 2, (w - crop_w) // 2, crop_h, crop_w
+
+
 def _fit(image: torch.Tensor, out_h: int, out_w: int, fit: str) -> torch.Tensor:
     _, h, w = image.shape
     if fit == "crop":
-        # Largest centred window with the target aspect.
-        crop_h, crop_w = min(h, round(w * out_h / out_w)), min(w, round(h * out_w / out_h))
-        top, left = (h - crop_h) // 2, (w - crop_w) // 2
+        top, left, crop_h, crop_w = crop_box(h, w, out_h, out_w)
         image = image[:, top : top + crop_h, left : left + crop_w]
     elif fit == "pad":
         # Smallest centred canvas with the target aspect; the border is black (-1).

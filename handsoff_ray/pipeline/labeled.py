@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from handsoff_ray.config import JobSpec
+from handsoff_ray.core.inversion import crop_box  # the window images are cut with
 from handsoff_ray.pipeline.errors import UserError
 
 __all__ = ["AlignedLabels", "align_labels", "align_labels_in_content", "crop_box", "open_spec_labeled_set",
@@ -67,16 +68,6 @@ def check_labeled_set(path: str, *, format: str = "auto", limit: int | None = No
     fmt = detect_format(path) if format == "auto" else format
     labeled = open_public_set(path, fmt, limit=limit, split=split)
     return {"format": fmt, **summarize(labeled)}
-
-
-def crop_box(h: int, w: int, out_h: int, out_w: int) -> tuple[int, int, int, int]:
-    """(top, left, crop_h, crop_w): the largest centred window with the target aspect.
-
-    Must equal the window `core.inversion.prepare_images(fit="crop")` cuts, so that image and labels
-    stay registered.
-    """
-    crop_h, crop_w = min(h, round(w * out_h / out_w)), min(w, round(h * out_w / out_h))
-    return (h - crop_h) // 2, (w - crop_w) // 2, crop_h, crop_w
 
 
 @dataclass
