@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from handsoff_ray.core.inversion import resize_antialiased
 from handsoff_ray.core.stylegan2 import Generator, z_from_seeds
 from handsoff_ray.core.uncertainty import image_scores, pixel_uncertainty
 
@@ -88,8 +88,7 @@ def synthesize(
         rows = content_rows(crop_rows, img.shape[-2], out_h)
         img = img[:, :, crop_rows[0] : crop_rows[1]]
     size = (rows.stop - rows.start, out_w)
-    if tuple(img.shape[-2:]) != size:
-        img = F.interpolate(img, size=size, mode="bilinear", align_corners=False, antialias=True)
+    img = resize_antialiased(img, size)
     images = img.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
     outputs = label_generator.predict(feats)  # {task: [E, N, K, H, W]}
