@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from handsoff_ray.datasets.labeled_folder import LabeledSample, LabeledSetError
-from handsoff_ray.datasets.public import ReaderSet, apply_merge, decode_rgb, resize_nearest, select_ids
+from handsoff_ray.datasets.public import ReaderSet, apply_merge, class_table, decode_rgb, resize_nearest, select_ids
 
 __all__ = ["PARTS", "CLASSES_19", "VARIANTS", "DEFAULT_SIZE", "fill_polygon", "rasterize", "rle_decode", "open_car_parts"]
 
@@ -57,10 +57,7 @@ _MERGE_10 = {
 
 
 def _table(names: Sequence[str], assign: dict[str, str]) -> tuple[tuple[str, ...], np.ndarray]:
-    table = np.zeros(len(CLASSES_19), np.uint8)
-    for fine, coarse in assign.items():
-        table[CLASSES_19.index(fine)] = names.index(coarse)
-    return tuple(names), table
+    return class_table(CLASSES_19, names, assign)
 
 
 _11 = ("background", "front bumper", *_10[2:], "back bumper")

@@ -33,8 +33,9 @@ import numpy as np
 from handsoff_ray.datasets.labeled_folder import LabeledSample, LabeledSetError
 from handsoff_ray.datasets.public import (
     ReaderSet,
-    check_image_size,
     apply_merge,
+    check_image_size,
+    class_table,
     decode_label_png,
     decode_rgb,
     resize_image,
@@ -57,11 +58,7 @@ _ID = {name: i for i, name in enumerate(CLASSES_19)}
 
 
 def _table(names: Sequence[str], assign: dict[str, str]) -> tuple[tuple[str, ...], np.ndarray]:
-    """(merged class names, uint8 [19] lookup): every fine class not in `assign` goes to background."""
-    table = np.zeros(len(CLASSES_19), np.uint8)
-    for fine, coarse in assign.items():
-        table[_ID[fine]] = names.index(coarse)
-    return tuple(names), table
+    return class_table(CLASSES_19, names, assign)
 
 
 _8 = ("background", "skin", "nose", "eye", "brow", "ear", "mouth", "hair")

@@ -196,6 +196,15 @@ def scale_keypoints(kps: np.ndarray, from_hw: tuple[int, int], to_hw: tuple[int,
     return out
 
 
+def class_table(full: Sequence[str], names: Sequence[str], assign: dict[str, str]) -> tuple[tuple[str, ...], np.ndarray]:
+    """(merged class names, uint8 lookup over `full` ids): fine class -> `assign[fine]`'s index in `names`;
+    every fine class not in `assign` goes to 0 (background)."""
+    table = np.zeros(len(full), np.uint8)
+    for fine, coarse in assign.items():
+        table[list(full).index(fine)] = names.index(coarse)
+    return tuple(names), table
+
+
 def _variants(format: str) -> tuple[tuple[str, ...], dict]:
     """(the format's full label set, its VARIANTS)."""
     if format == "celebamask":
