@@ -19,6 +19,16 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def spec_with(base: dict, **sections):
+    """A JobSpec from a base spec dict with each section's keys overridden (e.g. synthesis={"num_samples": 600})."""
+    from handsoff_ray.config import parse_spec
+
+    spec = dict(base)
+    for k, v in sections.items():
+        spec[k] = {**spec.get(k, {}), **v}
+    return parse_spec(spec)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -13,7 +13,6 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from handsoff_ray.config import parse_spec
 from handsoff_ray.core.checkpoint import save_generator
 from handsoff_ray.core.inversion import invert
 from handsoff_ray.core.label_generator import load_label_generator
@@ -23,6 +22,7 @@ from handsoff_ray.pipeline.schema import decode_row, schema_meta
 from handsoff_ray.pipeline.stages import load_spec_generator, open_run, run_fit, run_invert
 from handsoff_ray.pipeline.synthesize import run_synthesize
 from tests.datasets.public_fixtures import write_car_parts, write_celebamask, write_deepfashion
+from tests.support import spec_with
 
 _LG = {"ensemble_size": 2, "max_steps": 10, "batch_pixels": 64, "patience": 2}
 
@@ -38,9 +38,7 @@ def _spec(output, checkpoint, data, tasks, **sections):
         "storage": {"output": str(output)},
         "resources": {"engine": "local"},
     }
-    for k, v in sections.items():
-        base[k] = {**base.get(k, {}), **v}
-    return parse_spec(base)
+    return spec_with(base, **sections)
 
 
 SEG_ONLY = {"segmentation": {"hidden": [16, 8], "min_pixels": 0}, "keypoints": {"enabled": False},

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import shutil
 
-from handsoff_ray.config import JobSpec, parse_spec
+from handsoff_ray.config import JobSpec
+from tests.support import spec_with
 
 
 def make_spec(output, generator, labeled, **sections) -> JobSpec:
@@ -23,9 +24,7 @@ def make_spec(output, generator, labeled, **sections) -> JobSpec:
         "storage": {"output": str(output)},
         "resources": {"engine": "local"},
     }
-    for k, v in sections.items():
-        base[k] = {**base.get(k, {}), **v}
-    return parse_spec(base)
+    return spec_with(base, **sections)
 
 
 def copy_run(finished, tmp_path, **sections) -> JobSpec:
