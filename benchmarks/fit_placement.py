@@ -39,14 +39,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _member(args):
+def _member(args, seed: int):
+    """The label generator's own member MLP (Linear-ReLU-BN x2 + Linear), initialised as fitting does."""
     import torch
-    from torch import nn
 
-    h1, h2 = args.hidden
-    # The label generator's member: Linear-ReLU-BN, Linear-ReLU-BN, Linear (the reference's classifier).
-    return nn.Sequential(nn.Linear(args.channels, h1), nn.ReLU(), nn.BatchNorm1d(h1),
-                         nn.Linear(h1, h2), nn.ReLU(), nn.BatchNorm1d(h2), nn.Linear(h2, args.classes))
+    from handsoff_ray.core.label_generator import _make_member
+
+    return _make_member(args.channels, tuple(args.hidden), args.classes, torch.Generator().manual_seed(seed))
 
 
 def _train(rank: int, world: int, args, port: int, data_parallel: bool, out) -> None:
@@ -55,8 +54,7 @@ def _train(rank: int, world: int, args, port: int, data_parallel: bool, out) -> 
 
     torch.set_num_threads(1)
     device = torch.device("cuda", rank) if args.device == "cuda" else torch.device("cpu")
-    torch.manual_seed(rank if not data_parallel else 0)
-    model = _member(args).to(device)
+    model = _member(args, 0 if data_parallel else rank).to(device)  # DDP ranks start from one init
     if data_parallel:
         dist.init_process_group("nccl" if args.device == "cuda" else "gloo", init_method=f"tcp://127.0.0.1:{port}",
                                 rank=rank, world_size=world)

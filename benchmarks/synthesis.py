@@ -126,7 +126,7 @@ def time_bare_two_processes(root: str, argv: list[str]) -> float:
         return sum(pool.starmap(_bare_child, [(root, argv)] * 2))
 
 
-def time_pipeline(spec, actors: int) -> tuple[float, dict]:
+def time_pipeline(spec, actors: int) -> tuple[float, float, dict[str, str]]:
     from handsoff_ray.pipeline.ray_synthesize import run_synthesize_ray
     from handsoff_ray.pipeline.stages import open_run
 
