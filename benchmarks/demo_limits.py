@@ -77,7 +77,7 @@ def main(argv=None) -> dict:
     from handsoff_ray.config import parse_spec
     from handsoff_ray.core.label_generator import load_label_generator
     from handsoff_ray.core.synthesis import synthesize
-    from handsoff_ray.datasets.labeled_folder import open_labeled_set
+    from handsoff_ray.pipeline.labeled import open_spec_labeled_set
     from handsoff_ray.pipeline.stages import load_spec_generator, open_run, run_fit
     from handsoff_ray.toy.demo import FULL, demo_spec
 
@@ -87,8 +87,7 @@ def main(argv=None) -> dict:
     if not store.exists("label_generator/label_generator.safetensors"):
         raise SystemExit(f"no finished demo under {args.demo}: run `make demo` (or pass --demo DIR)")
     G = load_spec_generator(spec, torch.device("cpu"))
-    labeled = open_labeled_set(spec.data.path)
-    ids = list(labeled.ids[: spec.data.limit])
+    labeled, ids = open_spec_labeled_set(spec)
     result: dict = {"demo": args.demo, "classes": list(labeled.classes)}
     log("label generator of the demo on its 16 inverted training images")
     lg = load_label_generator(store.path("label_generator/label_generator.safetensors"))

@@ -41,7 +41,30 @@ __all__ = [
     "StorageSpec",
     "EvaluationSpec",
     "ResourcesSpec",
+    "parse_seeds",
 ]
+
+SEEDS_HELP = "seed ranges like 0-15 or 1,5,9-12, ends included"
+
+
+def parse_seeds(text: str, *, what: str = "--seeds") -> list[int]:
+    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11]; ValueError naming `what` on anything else."""
+    seeds: list[int] = []
+    try:
+        for part in str(text).split(","):
+            part = part.strip()
+            if "-" in part:
+                a, b = part.split("-", 1)
+                seeds.extend(range(int(a), int(b) + 1))
+            elif part:
+                seeds.append(int(part))
+    except ValueError:
+        raise ValueError(f"{what} {text!r}: expected {SEEDS_HELP}") from None
+    if not seeds:
+        raise ValueError(f"{what} {text!r}: no seeds; expected {SEEDS_HELP}")
+    if min(seeds) < 0:
+        raise ValueError(f"{what} {text!r}: seeds must be >= 0")
+    return seeds
 
 
 class SpecError(ValueError):
@@ -75,18 +98,41 @@ class GeneratorSpec(_Section):
         return self
 
 
+# Where labeled images come from: a labeled-set folder, a paper dataset in its public layout
+# (handsoff_ray/datasets/; 'auto' detects it), or 'toy': faces rendered from seeds by the toy world
+# (handsoff_ray/toy/world.py), nothing on disk, so a toy job runs on any machine or cluster as is.
+DataFormat = Literal["folder", "auto", "celebamask", "car_parts", "deepfashion", "toy"]
+
+
+def _check_toy_seeds(fmt: str, seeds: str | None, where: str) -> None:
+    if fmt == "toy":
+        if seeds is None:
+            raise ValueError(f"{where}seeds is required with format toy: {SEEDS_HELP}")
+        parse_seeds(seeds, what=f"{where}seeds")
+    elif seeds is not None:
+        raise ValueError(f"{where}seeds names toy faces; it needs format toy (got format {fmt!r})")
+
+
 class DataSpec(_Section):
-    path: str = Field("./data/labeled", description="Labeled-set folder (images/, masks/, keypoints.json, depth/).")
+    path: str = Field("./data/labeled", description="Labeled-set folder (images/, masks/, keypoints.json, depth/); "
+                      "unused with format toy.")
     limit: int | None = Field(16, ge=1, le=10_000, description="Use the first N images (sorted ids); None = all.")
     ids: list[str] | None = Field(None, description="Explicit image ids; overrides limit.")
-    # The paper's datasets are read in their public layouts (handsoff_ray/datasets/); 'auto' detects it.
-    format: Literal["folder", "auto", "celebamask", "car_parts", "deepfashion"] = "folder"
+    format: DataFormat = "folder"
+    seeds: str | None = Field(None, description="format toy: the toy faces' seeds, e.g. '0-15' (the demo's "
+                              "labeled set); the toy GAN trained on seeds >= 10,000,000.")
     classes: str | None = Field(
         None, description="Class map of a public format: celebamask 19|8|9-hat|9-glasses|10 (default 19), "
         "car_parts 10|11-back-bumper|19 (default 10), deepfashion 24.")
     split: Literal["trainingset", "testset"] | None = Field(None, description="Car-Parts split (default trainingset).")
     resize: tuple[int, int] | None = Field(
-        None, description="(H, W) every sample is brought to before use; car_parts defaults to (384, 512).")
+        None, description="(H, W) every sample is brought to before use; car_parts defaults to (384, 512); "
+        "toy renders at H (square, default 64).")
+
+    @model_validator(mode="after")
+    def _toy_needs_seeds(self) -> "DataSpec":
+        _check_toy_seeds(self.format, self.seeds, "")
+        return self
 
 
 class LPIPSSpec(_Section):
@@ -197,7 +243,9 @@ class EvaluationSpec(_Section):
     pck_alpha: float = Field(0.05, gt=0, le=1)
     use_uncertainty_filter: bool = True
     # The real test set may be a public layout too (see DataSpec); the paper scores merged classes.
-    test_format: Literal["folder", "auto", "celebamask", "car_parts", "deepfashion"] = "folder"
+    test_format: DataFormat = "folder"
+    test_seeds: str | None = Field(None, description="test_format toy: the test faces' seeds, e.g. "
+                                   "'1000000-1000499' (the demo's 500 held-out faces).")
     test_split: Literal["trainingset", "testset"] | None = Field(None, description="Car-Parts: testset.")
     test_ids: list[str] | None = Field(None, description="Test image ids (public formats); None = all.")
     classes: str | None = Field(
@@ -206,8 +254,9 @@ class EvaluationSpec(_Section):
 
     @model_validator(mode="after")
     def _needs_test_path(self) -> "EvaluationSpec":
-        if self.enabled and not self.test_path:
-            raise ValueError("test_path is required when evaluation is enabled")
+        _check_toy_seeds(self.test_format, self.test_seeds, "test_")
+        if self.enabled and not self.test_path and self.test_format != "toy":
+            raise ValueError("test_path is required when evaluation is enabled (or test_format: toy with test_seeds)")
         return self
 
 

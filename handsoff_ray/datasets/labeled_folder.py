@@ -161,9 +161,7 @@ class LabeledSet:
             kps = self._points[sid].copy()
         if self.has_depth:
             with Image.open(self.root / "depth" / f"{sid}.png") as im:
-                raw = np.asarray(im).astype(np.float64)
-            depth = (raw / self.depth_scale).astype(np.float32)
-            depth[raw == 0] = np.nan
+                depth = decode_depth(np.asarray(im), self.depth_scale)
         return LabeledSample(id=sid, image=image, segmentation=seg, keypoints=kps, depth=depth)
 
     def load_all(self, indices: Iterable[int | str] | None = None) -> LabeledBatch:
@@ -468,6 +466,21 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         raise
 
 
+def encode_depth(depth: np.ndarray, scale: float) -> np.ndarray:
+    """float depth [H, W] -> the stored uint16 PNG values: round(depth * scale), 0 where invalid."""
+    d = np.asarray(depth, dtype=np.float64)
+    valid = np.isfinite(d) & (d > 0)
+    return np.where(valid, np.rint(np.where(valid, d, 0.0) * scale), 0).astype(np.uint16)
+
+
+def decode_depth(stored: np.ndarray, scale: float) -> np.ndarray:
+    """Stored uint16 values -> float32 depth [H, W], NaN where invalid (0)."""
+    raw = np.asarray(stored).astype(np.float64)
+    depth = (raw / scale).astype(np.float32)
+    depth[raw == 0] = np.nan
+    return depth
+
+
 def _write_png(path: Path, array: np.ndarray) -> None:
     _atomic_write(path, lambda fh: Image.fromarray(array).save(fh, format="PNG"))
 
@@ -571,10 +584,7 @@ def write_labeled_set(
         if s.segmentation is not None:
             _write_png(root / "masks" / f"{s.id}.png", np.asarray(s.segmentation).astype(np.uint8))
         if s.depth is not None:
-            d = np.asarray(s.depth, dtype=np.float64)
-            valid = np.isfinite(d) & (d > 0)
-            stored = np.where(valid, np.rint(np.where(valid, d, 0.0) * depth_scale), 0).astype(np.uint16)
-            _write_png(root / "depth" / f"{s.id}.png", stored)
+            _write_png(root / "depth" / f"{s.id}.png", encode_depth(s.depth, depth_scale))
         if s.keypoints is not None:
             points[s.id] = [[float(x), float(y), int(v)] for x, y, v in np.asarray(s.keypoints, np.float32)]
     if first is None:

@@ -25,7 +25,7 @@ from handsoff_ray.datasets.labeled_folder import LabeledSample, LabeledSet, Labe
 
 __all__ = ["FORMATS", "ReaderSet", "detect_format", "open_public_set", "apply_merge", "merge_table", "select_ids"]
 
-FORMATS = ("folder", "celebamask", "car_parts", "deepfashion")
+FORMATS = ("folder", "celebamask", "car_parts", "deepfashion", "toy")
 
 
 @dataclass(frozen=True)
@@ -148,8 +148,10 @@ def detect_format(root: str | Path) -> str:
 
 def open_public_set(root: str | Path, format: str = "auto", *, classes: str | None = None,
                     ids: Sequence[str] | None = None, limit: int | None = None, split: str | None = None,
-                    resize: tuple[int, int] | None = None, require: Sequence[str] = ()) -> LabeledSet:
-    """Open root with the reader for `format` ('auto' detects it); 'folder' is `open_labeled_set`.
+                    resize: tuple[int, int] | None = None, require: Sequence[str] = (),
+                    seeds: str | None = None) -> LabeledSet:
+    """Open root with the reader for `format` ('auto' detects it); 'folder' is `open_labeled_set`;
+    'toy' renders the toy faces of `seeds` (root is unused) at resize's height (square, default 64).
 
     classes: the class-map variant (each reader's VARIANTS); ids/limit: which images; split: Car-Parts
     'trainingset' or 'testset'; resize: (H, W) every sample is brought to (images antialiased, labels
@@ -157,6 +159,12 @@ def open_public_set(root: str | Path, format: str = "auto", *, classes: str | No
     """
     from handsoff_ray.datasets.labeled_folder import open_labeled_set
 
+    if format == "toy":
+        from handsoff_ray.datasets.toy import open_toy_set
+
+        if resize is not None and resize[0] != resize[1]:
+            raise LabeledSetError(root, [f"data.resize: toy faces are square, got {list(resize)}"])
+        return open_toy_set(seeds, size=resize[0] if resize else 64, ids=ids, limit=limit)
     fmt = detect_format(root) if format == "auto" else format
     if fmt == "folder":
         if classes not in (None, "as-is"):

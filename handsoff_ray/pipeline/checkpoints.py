@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from handsoff_ray.config import parse_seeds  # noqa: F401 - re-exported: `checkpoint sample --seeds` parses with it
+
 __all__ = ["checkpoint_summary", "convert_checkpoint", "sample_grid", "parse_seeds", "file_sha256", "to_uint8"]
 
 
@@ -59,24 +61,6 @@ def convert_checkpoint(src: str, dst: str) -> dict:
         diff = float((G(z, noise_mode="const") - G2(z, noise_mode="const")).abs().max())
     return {"src": src, "dst": dst, "format": G.metadata.get("source_format"), "max_abs_diff": diff,
             "bytes": os.path.getsize(dst)}
-
-
-def parse_seeds(text: str) -> list[int]:
-    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11]."""
-    seeds: list[int] = []
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if "-" in part:
-                a, b = part.split("-", 1)
-                seeds.extend(range(int(a), int(b) + 1))
-            elif part:
-                seeds.append(int(part))
-    except ValueError:
-        raise ValueError(f"--seeds {text!r}: expected ranges like 0-7 or 1,5,9-12") from None
-    if not seeds:
-        raise ValueError(f"--seeds {text!r}: no seeds")
-    return seeds
 
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:

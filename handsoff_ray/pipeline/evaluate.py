@@ -43,11 +43,13 @@ def load_synthetic(store, spec: JobSpec, *, apply_filter: bool) -> tuple[object,
     return data, meta
 
 
-def load_real(path: str, size: tuple[int, int], tasks: list[str], *, ids: list[str] | None = None,
-              format: str = "folder", classes: str | None = None, split: str | None = None):
+def load_real(path: str | None, size: tuple[int, int], tasks: list[str], *, ids: list[str] | None = None,
+              format: str = "folder", classes: str | None = None, split: str | None = None,
+              seeds: str | None = None):
     """A labeled set as DownstreamData at `size` (same geometry as inversion: centre crop + resize).
 
-    format/classes/split read a public layout (handsoff_ray/datasets/) in one of its class maps.
+    format/classes/split read a public layout (handsoff_ray/datasets/) in one of its class maps;
+    format toy renders the toy faces of `seeds` at `size` (path unused).
     """
     from handsoff_ray.core.downstream import DownstreamData
     from handsoff_ray.core.inversion import prepare_images
@@ -59,7 +61,8 @@ def load_real(path: str, size: tuple[int, int], tasks: list[str], *, ids: list[s
     else:
         from handsoff_ray.datasets.public import open_public_set
 
-        labeled = open_public_set(path, format, classes=classes, ids=ids, split=split, require=tuple(tasks))
+        labeled = open_public_set(path, format, classes=classes, ids=ids, split=split, require=tuple(tasks),
+                                  seeds=seeds, resize=tuple(size) if format == "toy" else None)
     samples = [labeled.load(i) for i in (ids or labeled.ids)]
     images = np.stack([s.image for s in samples])
     if tuple(images.shape[1:3]) != tuple(size):
@@ -96,7 +99,7 @@ def run_evaluate(spec: JobSpec) -> dict:
     """Train on the run's synthetic pairs, test on `evaluation.test_path`; writes eval/report.json."""
     from handsoff_ray.pipeline.stages import open_run, resolve_device
 
-    if not spec.evaluation.test_path:
+    if not spec.evaluation.test_path and spec.evaluation.test_format != "toy":
         raise UserError("evaluation.test_path is not set; point it at a labeled folder of real test images")
     store = open_run(spec)
     train, meta = load_synthetic(store, spec, apply_filter=spec.evaluation.use_uncertainty_filter)
@@ -117,7 +120,7 @@ def run_evaluate(spec: JobSpec) -> dict:
         seg = train.segmentation.numpy()
         train = dataclasses.replace(train, segmentation=np.where(seg == 255, 255, table[np.minimum(seg, len(table) - 1)]))
     test = load_real(ev.test_path, train.image_size, tasks, format=ev.test_format, classes=ev.classes,
-                     split=ev.test_split, ids=ev.test_ids)
+                     split=ev.test_split, ids=ev.test_ids, seeds=ev.test_seeds)
     scores = train_and_score(
         train, test, spec, num_classes=len(classes) if "segmentation" in tasks else 0,
         num_keypoints=len(meta["keypoint_names"]) if "keypoints" in tasks else 0, depth="depth" in tasks,

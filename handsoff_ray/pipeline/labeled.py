@@ -29,6 +29,7 @@ def open_spec_labeled_set(spec: JobSpec, *, tasks: list[str] | None = None):
 
     Public layouts (data.format celebamask, car_parts, deepfashion, or auto) are read by their readers
     in handsoff_ray/datasets/, which select before decoding: only the chosen images are checked.
+    data.format toy renders the toy faces of data.seeds (datasets/toy.py) and reads nothing.
     """
     from handsoff_ray.datasets.labeled_folder import open_labeled_set
 
@@ -38,7 +39,7 @@ def open_spec_labeled_set(spec: JobSpec, *, tasks: list[str] | None = None):
         from handsoff_ray.datasets.public import open_public_set
 
         labeled = open_public_set(d.path, d.format, classes=d.classes, ids=d.ids, limit=d.limit, split=d.split,
-                                  resize=d.resize, require=require)
+                                  resize=d.resize, require=require, seeds=d.seeds)
         return labeled, list(labeled.ids)
     if d.classes is not None or d.resize is not None or d.split is not None:
         raise UserError("data.classes, data.split and data.resize apply to the public formats; set data.format "

@@ -44,16 +44,21 @@ def _device(spec: JobSpec) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _source(fmt: str, path: str | None, seeds: str | None) -> str | None:
+    return f"toy faces, seeds {seeds}" if fmt == "toy" else path
+
+
 def make_plan(spec: JobSpec) -> dict:
     problems = []
     ckpt = resolve_checkpoint(spec.generator.checkpoint)
     if "://" not in ckpt and not os.path.isfile(ckpt):
         hint = " (the toy generator is not in this install)" if spec.generator.checkpoint == "toy" else ""
         problems.append(f"generator.checkpoint: no such file {ckpt}{hint}")
-    if not os.path.isdir(spec.data.path):
+    if spec.data.format != "toy" and not os.path.isdir(spec.data.path):
         problems.append(f"data.path: no such folder {spec.data.path}")
-    if spec.evaluation.enabled and spec.evaluation.test_path and not os.path.isdir(spec.evaluation.test_path):
-        problems.append(f"evaluation.test_path: no such folder {spec.evaluation.test_path}")
+    ev = spec.evaluation
+    if ev.enabled and ev.test_format != "toy" and ev.test_path and not os.path.isdir(ev.test_path):
+        problems.append(f"evaluation.test_path: no such folder {ev.test_path}")
 
     run_root = f"{spec.storage.output.rstrip('/')}/{spec.run_id}"
     syn = spec.synthesis
@@ -67,7 +72,7 @@ def make_plan(spec: JobSpec) -> dict:
         "stages": {
             "invert": {
                 "hash": stage_hash(spec, "invert"),
-                "reads": spec.data.path,
+                "reads": _source(spec.data.format, spec.data.path, spec.data.seeds),
                 "images": spec.data.ids or (f"first {spec.data.limit}" if spec.data.limit else "all"),
                 "steps": spec.inversion.steps,
                 "batch_size": spec.inversion.batch_size,
@@ -90,7 +95,7 @@ def make_plan(spec: JobSpec) -> dict:
                 "writes": f"{run_root}/dataset/",
                 "actors": spec.resources.synthesis_actors,
             },
-            "evaluate": {"enabled": spec.evaluation.enabled, "test_path": spec.evaluation.test_path},
+            "evaluate": {"enabled": ev.enabled, "reads": _source(ev.test_format, ev.test_path, ev.test_seeds)},
         },
         "problems": problems,
     }

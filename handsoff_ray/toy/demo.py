@@ -3,8 +3,8 @@
     make demo                                   # = handsoff demo --report handsoff-demo/report.json
     handsoff demo --quick                       # a smaller run of the same pipeline (~3 min)
 
-Steps: write the toy labeled sets (16 for HandsOff and the baseline, 2,000 for the oracle, 500 held-out
-test faces; disjoint seed ranges, none seen by the toy GAN) -> invert the 16 into the shipped toy
+Steps: name the toy labeled sets by seed range (`data.format: toy`; 16 for HandsOff and the baseline,
+2,000 for the oracle, 500 held-out test faces; disjoint ranges, none seen by the toy GAN) -> invert the 16 into the shipped toy
 StyleGAN2 -> fit the label generator (segmentation, keypoints, depth) -> synthesise pairs to Parquet ->
 train the same downstream network three times (HandsOff pairs, the 16 real images, 2,000 real images)
 for the same number of steps -> test all three on the 500 test faces. Prints a table, writes a preview
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +51,8 @@ def demo_spec(out: str, size: DemoSize, generator: str = "toy") -> dict:
         "name": "toy-demo",
         "seed": 0,
         "generator": {"checkpoint": generator},
-        "data": {"path": f"{out}/labeled", "limit": len(LABELED_SEEDS)},
+        # toy faces rendered from seeds wherever a stage runs: nothing to write or upload first
+        "data": {"format": "toy", "seeds": _seed_range(LABELED_SEEDS), "limit": len(LABELED_SEEDS)},
         # Losses at half the generator's resolution, the reference's ratio (512 for its 1024 generator):
         # VGG-LPIPS at 32 px costs a quarter of 64 px, and inversion dominates the demo's CPU time.
         "inversion": {"steps": size.invert_steps, "batch_size": 16, "loss_resolution": 32},
@@ -68,26 +68,20 @@ def demo_spec(out: str, size: DemoSize, generator: str = "toy") -> dict:
         "storage": {"output": f"{out}/runs"},
         # two single-threaded Ray Train workers / Ray Data actors on 2 cores
         "resources": {"num_workers": 2, "synthesis_actors": 2, "torch_threads": 1},
-        "evaluation": {"enabled": True, "test_path": f"{out}/test", "model": "unet", "unet_width": 16,
+        "evaluation": {"enabled": True, "test_format": "toy", "test_seeds": _seed_range(_test_seeds(size)),
+                       "model": "unet", "unet_width": 16,
                        # epochs at the maximum so that max_steps decides: every network, the 16-image
                        # baseline included, gets the same number of optimiser steps.
                        "batch_size": 16, "epochs": 1000, "max_steps": size.downstream_steps},
     }
 
 
-def _toy_set(root: Path, seeds, size: int, log) -> str:
-    """Write a toy labeled set once; reuse it when it is already complete."""
-    from handsoff_ray.toy.world import write_toy_labeled_set
+def _seed_range(seeds: range) -> str:
+    return f"{seeds.start}-{seeds.stop - 1}"
 
-    seeds = list(seeds)
-    images = root / "images"
-    if images.is_dir() and len(list(images.glob("*.png"))) == len(seeds) and (root / "keypoints.json").exists():
-        return str(root)
-    shutil.rmtree(root, ignore_errors=True)
-    t0 = time.time()
-    write_toy_labeled_set(root, seeds, size=size)
-    log(f"wrote {len(seeds)} toy faces to {root} ({time.time() - t0:.1f} s)")
-    return str(root)
+
+def _test_seeds(size: DemoSize) -> range:
+    return range(TEST_SEED0, TEST_SEED0 + size.n_test)
 
 
 def _card_summary(card: dict) -> dict:
@@ -132,10 +126,8 @@ def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | N
     device = resolve_device(spec)
     G = load_spec_generator(spec, device)
     res = G.resolution
+    # The toy sets are seed ranges (data.format toy): each stage renders the faces it reads.
     step(f"[1/6] toy world at {res}x{res}: labeled {len(LABELED_SEEDS)}, oracle {size.n_oracle}, test {size.n_test}")
-    _toy_set(out_dir / "labeled", LABELED_SEEDS, res, log)
-    _toy_set(out_dir / "test", range(TEST_SEED0, TEST_SEED0 + size.n_test), res, log)
-    _toy_set(out_dir / "oracle", range(ORACLE_SEED0, ORACLE_SEED0 + size.n_oracle), res, log)
 
     step(f"[2/6] invert {len(LABELED_SEEDS)} images into the toy StyleGAN2 ({size.invert_steps} steps)")
     inv = invert_stage(spec)
@@ -161,10 +153,13 @@ def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | N
     hw = synthetic.image_size
     kw = dict(num_classes=len(meta["classes"]), num_keypoints=len(meta["keypoint_names"]), depth=True,
               device=str(device))
-    test = load_real(str(out_dir / "test"), hw, tasks)
+    def toy(seeds: range):
+        return load_real(None, hw, tasks, format="toy", seeds=_seed_range(seeds))
+
+    test = toy(_test_seeds(size))
     scores = {}
-    for name, train in (("handsoff", synthetic), ("baseline", load_real(str(out_dir / "labeled"), hw, tasks)),
-                        ("oracle", load_real(str(out_dir / "oracle"), hw, tasks))):
+    for name, train in (("handsoff", synthetic), ("baseline", toy(LABELED_SEEDS)),
+                        ("oracle", toy(range(ORACLE_SEED0, ORACLE_SEED0 + size.n_oracle)))):
         scores[name] = train_and_score(train, test, spec, **kw)
         log(f"      {name:9s} trained on {len(train):5d} images: mIoU {scores[name]['miou']:.4f}, "
             f"PCK {scores[name]['pck']:.4f}, depth RMSE {scores[name]['depth_rmse']:.4f}")

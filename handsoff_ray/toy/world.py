@@ -61,6 +61,7 @@ import numpy as np
 __all__ = [
     "CLASSES",
     "KEYPOINT_NAMES",
+    "toy_ids",
     "CLASS_COLOURS",
     "ToySample",
     "ToyBatch",
@@ -859,6 +860,12 @@ def render_batch(seeds: Sequence[int], size: int = 64, *, supersample: int = 3) 
     )
 
 
+def toy_ids(seeds: Sequence[int]) -> list[str]:
+    """Image ids of toy faces: the seeds zero-padded to one width (at least 6), so they sort by seed."""
+    width = max(6, len(str(max(seeds)))) if len(seeds) else 6
+    return [f"{int(s):0{width}d}" for s in seeds]
+
+
 def write_toy_labeled_set(
     root: str | Path, seeds: Sequence[int], size: int = 64, *, depth_scale: float = 1000.0
 ) -> Path:
@@ -870,13 +877,12 @@ def write_toy_labeled_set(
     from handsoff_ray.datasets.labeled_folder import LabeledSample, write_labeled_set
 
     _check_size(size, 3)
-    width = max(6, len(str(max(seeds)))) if len(seeds) else 6
 
     def samples():
-        for s in seeds:
+        for s, sid in zip(seeds, toy_ids(seeds)):
             t = render_face(s, size)
-            yield LabeledSample(id=f"{int(s):0{width}d}", image=t.image, segmentation=t.segmentation,
-                                keypoints=t.keypoints, depth=t.depth)
+            yield LabeledSample(id=sid, image=t.image, segmentation=t.segmentation, keypoints=t.keypoints,
+                                depth=t.depth)
 
     return write_labeled_set(root, samples(), classes=CLASSES, keypoint_names=KEYPOINT_NAMES, depth_scale=depth_scale)
 

@@ -75,12 +75,13 @@ def ray_head(tmp_path):
 
 
 @pytest.mark.ray
-def test_job_submit_runs_the_pipeline_entrypoint(ray_head, tmp_path, tiny_generator_path, toy_labeled_path):
+def test_job_submit_runs_the_pipeline_entrypoint(ray_head, tmp_path, tiny_generator_path):
     address, env = ray_head
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({
         "name": "submitted", "generator": {"checkpoint": tiny_generator_path},
-        "data": {"path": toy_labeled_path, "limit": 2}, "inversion": {"steps": 2},
+        # toy faces from seeds: the working dir holds no data, as with jobs/specs/toy.yaml
+        "data": {"format": "toy", "seeds": "0-1", "resize": [32, 32]}, "inversion": {"steps": 2},
         "label_generator": {"ensemble_size": 2, "max_steps": 4, "batch_pixels": 32,
                             "tasks": {"segmentation": {"hidden": [8, 4], "min_pixels": 0},
                                       "keypoints": {"enabled": False}, "depth": {"enabled": False}}},

@@ -1,0 +1,50 @@
+"""Toy faces as a labeled set: `data.format: toy` renders them from seeds, nothing is read from disk.
+
+    from handsoff_ray.datasets.toy import open_toy_set
+    ls = open_toy_set("0-15")      # the demo's 16 labeled faces, 64x64
+    ls.load("000003")              # LabeledSample, equal to reading a folder written by write_toy_labeled_set
+
+Because a toy set is a seed range, a spec that uses it (jobs/specs/toy.yaml) runs unchanged on a fresh
+clone, under `ray job submit --working-dir .` and in the Helm chart's default: every worker renders the
+faces it needs. Depth goes through the folder format's uint16 encoding, so a toy set and the folder
+`write_toy_labeled_set` writes for the same seeds give identical samples (and identical runs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from handsoff_ray.datasets.labeled_folder import LabeledSample, LabeledSetError, decode_depth, encode_depth
+from handsoff_ray.datasets.public import ReaderSet, select_ids
+
+__all__ = ["open_toy_set", "DEPTH_SCALE"]
+
+DEPTH_SCALE = 1000.0  # write_toy_labeled_set's default: depth in millimetres
+
+
+def open_toy_set(seeds: str, *, size: int = 64, ids: Sequence[str] | None = None,
+                 limit: int | None = None) -> ReaderSet:
+    """The toy faces of `seeds` ('0-15', '1,5,9-12') at size x size; ids/limit select as for a folder.
+
+    Toy faces carry every task (segmentation, keypoints, depth), so there is no `require`."""
+    from handsoff_ray.config import parse_seeds
+    from handsoff_ray.toy.world import CLASSES, KEYPOINT_NAMES, render_face, toy_ids
+
+    root = Path(f"toy:{seeds}")
+    try:
+        seed_list = parse_seeds(seeds, what="seeds")
+    except ValueError as err:
+        raise LabeledSetError(root, [str(err)]) from None
+    seed_of = dict(zip(toy_ids(seed_list), seed_list))
+    if len(seed_of) != len(seed_list):
+        raise LabeledSetError(root, [f"seeds {seeds!r} name a seed twice"])
+    chosen = select_ids(sorted(seed_of), ids=ids, limit=limit, root=root)
+
+    def load(sid: str) -> LabeledSample:
+        t = render_face(seed_of[sid], size)
+        return LabeledSample(id=sid, image=t.image, segmentation=t.segmentation, keypoints=t.keypoints,
+                             depth=decode_depth(encode_depth(t.depth, DEPTH_SCALE), DEPTH_SCALE))
+
+    return ReaderSet(root=root, ids=tuple(chosen), image_size=(size, size), classes=tuple(CLASSES),
+                     keypoint_names=tuple(KEYPOINT_NAMES), depth_scale=DEPTH_SCALE, format="toy", _loader=load)
