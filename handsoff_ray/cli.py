@@ -142,7 +142,7 @@ def _stage_command(name: str, doc: str) -> None:
     def command(spec: str, sets: tuple[str, ...]) -> None:
         from handsoff_ray.pipeline.run import run_stage
 
-        click.echo(json.dumps(run_stage(_load(spec, sets), name), default=str, indent=2))
+        click.echo(json.dumps(run_stage(_load(spec, sets), name), default=str))  # the shape `run` prints
 
     command.__doc__ = doc
     main.command(name)(command)

@@ -349,8 +349,9 @@ def spec_hash(spec: JobSpec, *, sections: tuple[str, ...] | None = None) -> str:
     Pass `sections` to hash only what one stage depends on, so that e.g. changing the synthesis sample
     count does not invalidate finished inversions.
     """
-    dumped = spec.model_dump(mode="json", exclude={"resources", "storage", "evaluation"})
-    if sections is not None:
-        dumped = {k: v for k, v in dumped.items() if k in sections}
+    dumped = spec.model_dump(mode="json", exclude={"resources", "storage"})
+    # evaluation changes no dataset: only the evaluate stage's own hash (sections naming it) covers it
+    dumped = {k: v for k, v in dumped.items() if k in sections} if sections is not None else \
+        {k: v for k, v in dumped.items() if k != "evaluation"}
     blob = json.dumps(dumped, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

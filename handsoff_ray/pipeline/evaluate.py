@@ -18,7 +18,9 @@ import torch
 from handsoff_ray.config import JobSpec
 from handsoff_ray.pipeline.errors import UserError
 
-__all__ = ["load_synthetic", "load_real", "train_and_score", "run_evaluate"]
+__all__ = ["load_synthetic", "load_real", "train_and_score", "run_evaluate", "REPORT"]
+
+REPORT = "eval/report.json"
 
 
 def load_synthetic(store, spec: JobSpec, *, apply_filter: bool) -> tuple[object, dict]:
@@ -101,7 +103,13 @@ def run_evaluate(spec: JobSpec) -> dict:
 
     if not spec.evaluation.test_path and spec.evaluation.test_format != "toy":
         raise UserError("evaluation.test_path is not set; point it at a labeled folder of real test images")
+    from handsoff_ray.pipeline.plan import stage_hash
+
     store = open_run(spec)
+    h = stage_hash(spec, "evaluate")
+    done = store.read_json(REPORT)
+    if done is not None and done.get("stage_hash") == h:  # this spec's report exists: nothing to redo
+        return {"stage": "evaluate", "run": store.uri(), "output": store.uri(REPORT), "skipped": True, **done}
     train, meta = load_synthetic(store, spec, apply_filter=spec.evaluation.use_uncertainty_filter)
     tasks = meta["tasks"]
     ev = spec.evaluation
@@ -126,6 +134,7 @@ def run_evaluate(spec: JobSpec) -> dict:
         num_keypoints=len(meta["keypoint_names"]) if "keypoints" in tasks else 0, depth="depth" in tasks,
         device=str(resolve_device(spec)),
     )
-    report = {"run": spec.run_id, "synthetic": scores, "classes": list(classes)}
-    store.write_json("eval/report.json", report)
-    return {"stage": "evaluate", **report}
+    report = {"run_id": spec.run_id, "stage_hash": h, "test_images": len(test), "synthetic": scores,
+              "classes": list(classes)}
+    store.write_json(REPORT, report)  # written last: it marks the stage done for this spec
+    return {"stage": "evaluate", "run": store.uri(), "output": store.uri(REPORT), "skipped": False, **report}

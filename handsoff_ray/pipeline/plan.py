@@ -20,6 +20,7 @@ _STAGE_SECTIONS = {
     "invert": ("seed", "generator", "data", "inversion"),
     "fit": ("seed", "generator", "data", "inversion", "label_generator"),
     "synthesize": ("seed", "generator", "data", "inversion", "label_generator", "synthesis"),
+    "evaluate": ("seed", "generator", "data", "inversion", "label_generator", "synthesis", "evaluation"),
 }
 
 TOY_CHECKPOINT = "toy_stylegan2.safetensors"
@@ -95,7 +96,9 @@ def make_plan(spec: JobSpec) -> dict:
                 "writes": f"{run_root}/dataset/",
                 "actors": spec.resources.synthesis_actors,
             },
-            "evaluate": {"enabled": ev.enabled, "reads": _source(ev.test_format, ev.test_path, ev.test_seeds)},
+            "evaluate": {"enabled": ev.enabled, "hash": stage_hash(spec, "evaluate"),
+                         "reads": _source(ev.test_format, ev.test_path, ev.test_seeds),
+                         "writes": f"{run_root}/eval/report.json"},
         },
         "problems": problems,
     }

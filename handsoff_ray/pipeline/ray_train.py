@@ -75,9 +75,17 @@ def _fit_loop(config: dict) -> None:
 
 def run_invert_ray(spec: JobSpec) -> dict:
     from handsoff_ray.pipeline.ray_synthesize import ensure_ray
-    from handsoff_ray.pipeline.stages import _maybe_encoder, finish_invert, load_spec_generator, prepare_invert
+    from handsoff_ray.pipeline.stages import (
+        _maybe_encoder,
+        finish_invert,
+        load_spec_generator,
+        pending_inversions,
+        prepare_invert,
+    )
 
     ids, store = prepare_invert(spec)
+    if not pending_inversions(store, ids):  # nothing to do: no Ray to start
+        return finish_invert(store, ids, 0)
     before = sum(1 for n in store.list("latents") if not n.startswith("_"))
     if spec.inversion.encoder.enabled:
         # Trained once here, before the workers start, so that they all load the same encoder.

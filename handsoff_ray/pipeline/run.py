@@ -4,7 +4,10 @@
         print(result)          # {"stage": "invert", ...} as each stage finishes
 
 `handsoff run` and the single-stage commands (`handsoff invert`, `fit`, `synthesize`, `evaluate`) all
-go through `STAGES`, so a stage runs the same way whichever command starts it.
+go through `run_stage`, so a stage runs the same way, and reports in the same shape, whichever command
+starts it: {"stage", "run" (the run's URI), "output" (the stage's), "skipped" (nothing was left to do),
+the stage's counts, "seconds" (wall time of this call)}. Details stay in the stage's files
+(latents/_index.json, label_generator/fit.json, dataset/_manifest.json, eval/report.json).
 """
 
 from __future__ import annotations
@@ -14,9 +17,17 @@ from collections.abc import Callable, Iterator
 
 from handsoff_ray.config import JobSpec
 
-__all__ = ["STAGES", "select_stages", "run_stage", "run_stages"]
+__all__ = ["STAGES", "select_stages", "run_stage", "run_stages", "stage_summary"]
 
 STAGES = ("invert", "fit", "synthesize", "evaluate")
+
+# The counts each stage reports, between "skipped" and "seconds".
+_COUNTS = {
+    "invert": ("images", "inverted_now", "mean_psnr", "mean_lpips", "workers"),
+    "fit": ("images", "ensemble_size", "tasks", "workers"),
+    "synthesize": ("samples", "shards", "shards_written_now", "actors"),
+    "evaluate": ("test_images", "synthetic"),
+}
 
 Progress = Callable[[int, int, dict], None]  # (shards done, shards to do, manifest entry) for synthesize
 
@@ -29,8 +40,23 @@ def select_stages(spec: JobSpec, names: list[str]) -> list[str]:
     return [n for n in names if n != "evaluate" or spec.evaluation.enabled]
 
 
+def stage_summary(name: str, result: dict, seconds: float) -> dict:
+    """A stage's result in the one output shape (module docstring)."""
+    out = {"stage": name, "run": result["run"], "output": result["output"], "skipped": bool(result["skipped"])}
+    out.update({k: result[k] for k in _COUNTS[name] if k in result})
+    if name == "evaluate":  # the headline scores, not the per-class lists
+        out["synthetic"] = {k: v for k, v in result["synthetic"].items() if not isinstance(v, list)}
+    out["seconds"] = round(seconds, 1)
+    return out
+
+
 def run_stage(spec: JobSpec, name: str, *, progress: Progress | None = None) -> dict:
-    """One stage on the spec's engine (Ray Train / Ray Data, or this process); returns its summary."""
+    """One stage on the spec's engine (Ray Train / Ray Data, or this process), summarised by `stage_summary`."""
+    t0 = time.time()
+    return stage_summary(name, _run(spec, name, progress), time.time() - t0)
+
+
+def _run(spec: JobSpec, name: str, progress: Progress | None) -> dict:
     if name == "invert":
         from handsoff_ray.pipeline.stages import invert_stage
 
@@ -52,7 +78,7 @@ def run_stage(spec: JobSpec, name: str, *, progress: Progress | None = None) -> 
 
 def run_stages(spec: JobSpec, names: list[str], *, spec_hash: str, progress: Progress | None = None,
                on_start: Callable[[int, int, str], None] | None = None) -> Iterator[dict]:
-    """Run `names` in order, yielding {"stage": name, **summary} as each finishes.
+    """Run `names` in order, yielding each stage's summary (`stage_summary`) as it finishes.
 
     Records run_info and each stage's duration; when the run ends (or fails), pushes this process's
     metrics to the Pushgateway named by HANDSOFF_PUSHGATEWAY, so a finished batch run stays visible.
@@ -64,9 +90,8 @@ def run_stages(spec: JobSpec, names: list[str], *, spec_hash: str, progress: Pro
         for i, name in enumerate(names, 1):
             if on_start:
                 on_start(i, len(names), name)
-            t0 = time.time()
             result = run_stage(spec, name, progress=progress)
-            metrics().set("stage_seconds", time.time() - t0, run_id=spec.run_id, stage=name)
-            yield {"stage": name, **result}
+            metrics().set("stage_seconds", result["seconds"], run_id=spec.run_id, stage=name)
+            yield result
     finally:
         push_to_gateway(job=f"handsoff-{spec.run_id}")

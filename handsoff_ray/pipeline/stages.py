@@ -151,6 +151,12 @@ def prepare_invert(spec: JobSpec) -> tuple[list[str], RunStore]:
     return ids, store
 
 
+def pending_inversions(store: RunStore, ids: list[str]) -> list[str]:
+    """Those of `ids` without a latent file yet."""
+    done = {name.removesuffix(".safetensors") for name in store.list(LATENTS) if name.endswith(".safetensors")}
+    return [i for i in ids if i not in done]
+
+
 def invert_images(spec: JobSpec, ids: list[str]) -> int:
     """Invert those of `ids` without a latent file yet, writing each batch as it finishes; returns how many.
 
@@ -162,8 +168,7 @@ def invert_images(spec: JobSpec, ids: list[str]) -> int:
     labeled, _ = open_spec_labeled_set(spec)
     store = open_run(spec)
     h = stage_hash(spec, "invert")
-    done = {name.removesuffix(".safetensors") for name in store.list(LATENTS) if name.endswith(".safetensors")}
-    todo = [i for i in ids if i not in done]
+    todo = pending_inversions(store, ids)
     if not todo:
         return 0
     apply_torch_threads(spec)
@@ -202,7 +207,8 @@ def invert_images(spec: JobSpec, ids: list[str]) -> int:
 def finish_invert(store: RunStore, ids: list[str], inverted_now: int) -> dict:
     summary = summarize_inversion(store, ids)
     store.write_json(f"{LATENTS}/_index.json", summary)
-    return {"stage": "invert", "run": store.uri(), "inverted_now": inverted_now, **summary}
+    return {"stage": "invert", "run": store.uri(), "output": store.uri(LATENTS), "skipped": inverted_now == 0,
+            "inverted_now": inverted_now, **summary}
 
 
 def run_invert(spec: JobSpec) -> dict:
@@ -316,7 +322,8 @@ def prepare_fit(spec: JobSpec) -> tuple[list[str], RunStore, dict | None]:
     claim_stage(store, "fit", spec)
     if store.exists(f"{LABEL_GENERATOR}/label_generator.safetensors"):
         done = store.read_json(f"{LABEL_GENERATOR}/fit.json") or {}
-        return ids, store, {"stage": "fit", "run": store.uri(), "skipped": True, **done}
+        return ids, store, {"stage": "fit", "run": store.uri(), "output": store.uri(LABEL_GENERATOR), "skipped": True,
+                            **done}
     return ids, store, None
 
 
@@ -384,7 +391,7 @@ def finish_fit(spec: JobSpec, store: RunStore, ids: list[str], seconds: float) -
                "stage_hash": stage_hash(spec, "fit"), "members": lg.history_summary}
     store.write_json(f"{LABEL_GENERATOR}/fit.json", summary)
     store.write_bytes(f"{LABEL_GENERATOR}/label_generator.safetensors", blob)
-    return {"stage": "fit", "run": store.uri(), **summary}
+    return {"stage": "fit", "run": store.uri(), "output": store.uri(LABEL_GENERATOR), "skipped": False, **summary}
 
 
 def run_fit(spec: JobSpec) -> dict:

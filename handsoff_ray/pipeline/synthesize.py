@@ -185,7 +185,8 @@ def run_synthesize(spec: JobSpec, *, progress=None) -> dict:
             if progress:
                 progress(n_done, len(todo), entry)
     finish_dataset(store, spec, manifest, meta)
-    return {"stage": "synthesize", "run": store.uri(DATASET), "shards_written_now": len(todo),
+    return {"stage": "synthesize", "run": store.uri(), "output": store.uri(DATASET), "skipped": not todo,
+            "shards_written_now": len(todo),
             "shards": len(ranges), "samples": spec.synthesis.num_samples, "seconds": round(time.time() - t0, 1)}
 
 

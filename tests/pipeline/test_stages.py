@@ -339,3 +339,51 @@ class TestExport:
         assert max(scores[i] for i in got) <= min(scores[i] for i in rows if i not in got)
         again = self._cli("filter", root, "--out", tmp_path / "f", "--keep", 0.5)
         assert again.exit_code == 2 and "already holds" in again.output
+
+
+class TestStageOutput:
+    EVAL = {"enabled": True, "test_format": "toy", "test_seeds": "1000000-1000003", "unet_width": 4,
+            "max_steps": 2, "batch_size": 2}
+
+    def test_evaluate_skips_when_its_report_exists_for_the_same_spec(self, finished, tmp_path):
+        from handsoff_ray.pipeline.run import run_stage
+
+        spec = _copy_of(finished, tmp_path, evaluation=self.EVAL)
+        first = run_stage(spec, "evaluate")
+        store = open_run(spec)
+        report = store.read_bytes("eval/report.json")
+        assert first["skipped"] is False and first["test_images"] == 4
+        again = run_stage(spec, "evaluate")
+        assert again["skipped"] is True and again["synthetic"] == first["synthetic"]
+        assert store.read_bytes("eval/report.json") == report  # not retrained, not rewritten
+        other = _copy_of(finished, tmp_path / "other", evaluation={**self.EVAL, "max_steps": 3})
+        shutil.copytree(store.path("eval"), open_run(other).path("eval"))
+        assert run_stage(other, "evaluate")["skipped"] is False  # another evaluation spec: redone
+
+    def test_every_stage_command_prints_one_shape(self, finished, tmp_path):
+        import json
+
+        import yaml
+        from click.testing import CliRunner
+
+        from handsoff_ray.cli import main
+
+        # engine ray with everything done: the summaries come back without starting Ray
+        spec = _copy_of(finished, tmp_path, evaluation=self.EVAL, resources={"engine": "ray"})
+        (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+        assert CliRunner().invoke(main, ["evaluate", str(tmp_path / "spec.yaml")]).exit_code == 0
+        res = CliRunner().invoke(main, ["run", str(tmp_path / "spec.yaml")])
+        assert res.exit_code == 0, res.output
+        from_run = [json.loads(line) for line in res.stdout.splitlines()]
+        assert [r["stage"] for r in from_run] == ["invert", "fit", "synthesize", "evaluate"]
+        for r in from_run:
+            keys = list(r)
+            assert keys[:4] == ["stage", "run", "output", "skipped"] and keys[-1] == "seconds", keys
+            assert r["skipped"] is True and r["run"] == open_run(spec).uri()
+            single = CliRunner().invoke(main, [r["stage"], str(tmp_path / "spec.yaml")])
+            assert single.exit_code == 0, single.output
+            lines = single.stdout.splitlines()
+            assert len(lines) == 1 and list(json.loads(lines[0])) == keys  # one line, the same keys as in `run`
+        import ray
+
+        assert not ray.is_initialized()
