@@ -104,3 +104,45 @@ def prometheus(tmp_path, scrape_configs: list[dict]):
         yield f"http://127.0.0.1:{port}"
     finally:
         stop(proc)
+
+
+def readme_commands(path: Path) -> list[str]:
+    """The shell commands of a Markdown file's ```bash blocks, in order: comments dropped, `\\` lines joined."""
+    import re
+
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", path.read_text(), flags=re.S):
+        pending = ""
+        for line in block.splitlines():
+            line = re.sub(r"(^|\s)#.*$", "", line).rstrip()  # a comment starts at a '#' after a blank
+            if line.endswith("\\"):
+                pending += line[:-1].strip() + " "
+                continue
+            command = (pending + line.strip()).strip()
+            pending = ""
+            if command:
+                commands.append(command)
+    return commands
+
+
+# What the README walks (tests/test_readme.py) and the job-submit test run jobs/specs/toy.yaml with:
+# the README's commands as written, with the toy spec's step counts made tiny.
+TINY_TOY_SPEC = {
+    "data": {"limit": 2},
+    "inversion": {"steps": 2},
+    "label_generator": {"ensemble_size": 2, "max_steps": 4},
+    "synthesis": {"num_samples": 8, "shard_size": 4},
+    "evaluation": {"test_seeds": "1000000-1000003", "max_steps": 2, "unet_width": 4},
+    "resources": {"engine": "local", "num_workers": 1, "synthesis_actors": 1},
+}
+
+
+def tiny_set_options(overrides: dict, prefix: str = "") -> list[str]:
+    """{"a": {"b": 1}} -> ["--set", "a.b=1"]: the same overrides as `handsoff --set` options."""
+    out = []
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            out += tiny_set_options(value, f"{prefix}{key}.")
+        else:
+            out += ["--set", f"{prefix}{key}={json.dumps(value)}"]
+    return out

@@ -1,4 +1,4 @@
-"""`ray job submit ... -- python -m handsoff_ray run SPEC` against a real head from `ray start --head`.
+"""jobs/README.md's `ray job submit ... -- python -m handsoff_ray run SPEC` against a real head from `ray start --head`.
 
 This is what a KubeRay RayJob does: the submitter uploads the working directory and runs the entrypoint
 on the head, where the driver joins the cluster (resources.ray_address: auto).
@@ -7,6 +7,7 @@ on the head, where the driver joins the cluster (resources.ray_address: auto).
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -16,9 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-
-from tests.support import free_port
+from tests.support import TINY_TOY_SPEC, free_port, readme_commands, tiny_set_options
 
 REPO = Path(__file__).parents[2]
 RAY = Path(sys.executable).with_name("ray")
@@ -75,31 +74,26 @@ def ray_head(tmp_path):
 
 
 @pytest.mark.ray
-def test_job_submit_runs_the_pipeline_entrypoint(ray_head, tmp_path, tiny_generator_path):
+def test_job_submit_runs_the_readme_command(ray_head, tmp_path):
+    """jobs/README.md's `ray job submit ... --working-dir . -- python -m handsoff_ray run jobs/specs/toy.yaml`,
+    from a working dir holding only the package and jobs/ (toy faces need no data), with tiny step counts."""
     address, env = ray_head
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump({
-        "name": "submitted", "generator": {"checkpoint": tiny_generator_path},
-        # toy faces from seeds: the working dir holds no data, as with jobs/specs/toy.yaml
-        "data": {"format": "toy", "seeds": "0-1", "resize": [32, 32]}, "inversion": {"steps": 2},
-        "label_generator": {"ensemble_size": 2, "max_steps": 4, "batch_pixels": 32,
-                            "tasks": {"segmentation": {"hidden": [8, 4], "min_pixels": 0},
-                                      "keypoints": {"enabled": False}, "depth": {"enabled": False}}},
-        "synthesis": {"num_samples": 4, "shard_size": 2, "batch_size": 2},
-        "storage": {"output": str(tmp_path / "runs")},
-        "resources": {"ray_address": "auto", "num_workers": 1, "synthesis_actors": 1, "torch_threads": 1},
-    }))
-    workdir = tmp_path / "workdir"  # only the package: what a runtime_env working_dir would hold
-    shutil.copytree(REPO / "handsoff_ray", workdir / "handsoff_ray", ignore=shutil.ignore_patterns("__pycache__"))
+    command = next(c for c in readme_commands(REPO / "jobs" / "README.md") if c.startswith("ray job submit"))
+    args = shlex.split(command)
+    args[0], args[args.index("--address") + 1] = str(RAY), address
+    tiny = {**TINY_TOY_SPEC, "resources": {"engine": "ray", "num_workers": 1, "synthesis_actors": 1,
+                                            "torch_threads": 1},
+            "storage": {"output": str(tmp_path / "runs")}}
+    args += tiny_set_options(tiny)
+    workdir = tmp_path / "workdir"  # what `--working-dir .` uploads from a clone, less tests and docs
+    for part in ("handsoff_ray", "jobs"):
+        shutil.copytree(REPO / part, workdir / part, ignore=shutil.ignore_patterns("__pycache__"))
     for _ in range(12):  # the head's job agent comes up a few seconds after its dashboard
-        res = subprocess.run(
-            [str(RAY), "job", "submit", "--address", address, "--working-dir", str(workdir), "--",
-             "python", "-m", "handsoff_ray", "run", str(spec)],
-            env=env, capture_output=True, text=True, timeout=600,
-        )
+        res = subprocess.run(args, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
         if "No available agent" not in res.stdout + res.stderr:
             break
         time.sleep(5)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "succeeded" in res.stdout
-    assert (tmp_path / "runs" / "submitted" / "dataset" / "_SUCCESS").exists()
+    run = tmp_path / "runs" / "toy"
+    assert (run / "dataset" / "_SUCCESS").exists() and (run / "eval" / "report.json").exists()
