@@ -73,6 +73,16 @@ def _fail_on_user_error(fn):
     return wrapper
 
 
+def _quiet_ray(ctx, param, verbose: bool) -> bool:
+    """Before any command body imports Ray: keep its own bars and log lines out unless --verbose."""
+    from handsoff_ray.pipeline.progress import quiet_ray
+
+    quiet_ray(verbose=verbose)
+    return verbose
+
+
+verbose_option = click.option("--verbose", is_flag=True, is_eager=True, expose_value=False, callback=_quiet_ray,
+                              help="Show Ray's own progress bars, info and warning lines.")
 spec_argument = click.argument("spec", type=click.Path(dir_okay=False))
 set_option = click.option(
     "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a spec field, e.g. --set inversion.steps=50."
@@ -103,6 +113,7 @@ def validate(spec: str, sets: tuple[str, ...]) -> None:
 @set_option
 @click.option("--dry-run", is_flag=True, help="Print the resolved plan and exit.")
 @click.option("--stages", default="invert,fit,synthesize,evaluate", show_default=True, metavar="LIST", help="Stages to run, in order.")
+@verbose_option
 @_fail_on_user_error
 def run(spec: str, sets: tuple[str, ...], dry_run: bool, stages: str) -> None:
     """Run the stages of SPEC in order (each skips work it already finished).
@@ -122,13 +133,10 @@ def run(spec: str, sets: tuple[str, ...], dry_run: bool, stages: str) -> None:
         wanted = select_stages(job, [s.strip() for s in stages.split(",") if s.strip()])
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--stages") from None
-    # Progress on stderr; stdout stays one JSON line per finished stage.
+    # Progress on stderr (pipeline/progress.py); stdout stays one JSON line per finished stage.
     results = run_stages(
         job, wanted, spec_hash=plan["spec_hash"],
-        on_start=lambda i, n, name: click.echo(f"[{i}/{n}] {name} (run {job.run_id})", err=True),
-        progress=lambda done, total, e: click.echo(
-            f"  synthesize: shard {e['shard']} committed ({done}/{total}, {e['rows']} pairs, {e['seconds']} s)",
-            err=True))
+        on_start=lambda i, n, name: click.echo(f"[{i}/{n}] {name} (run {job.run_id})", err=True))
     for result in results:
         click.echo(json.dumps(result, default=str))
 
@@ -138,6 +146,7 @@ def _stage_command(name: str, doc: str) -> None:
 
     @spec_argument
     @set_option
+    @verbose_option
     @_fail_on_user_error
     def command(spec: str, sets: tuple[str, ...]) -> None:
         from handsoff_ray.pipeline.run import run_stage
@@ -162,6 +171,7 @@ _stage_command("evaluate", "Train a downstream network on the run's synthetic pa
 @click.option("--report", type=click.Path(dir_okay=False), default=None, help="Write the JSON report here.")
 @click.option("--generator", default="toy", show_default=True, metavar="PATH",
               help="Generator checkpoint; 'toy' is the one shipped with the package.")
+@verbose_option
 @_fail_on_user_error
 def demo(quick: bool, out: str, report: str | None, generator: str) -> None:
     """16 labeled toy faces -> invert -> fit -> synthesise -> HandsOff vs baseline vs oracle."""

@@ -80,18 +80,25 @@ def load_real(path: str | None, size: tuple[int, int], tasks: list[str], *, ids:
 
 
 def train_and_score(train, test, spec: JobSpec, *, num_classes: int, num_keypoints: int, depth: bool,
-                    device: str = "cpu") -> dict:
-    """Fit one downstream network on `train` and score it on `test`."""
+                    device: str = "cpu", label: str = "evaluate") -> dict:
+    """Fit one downstream network on `train` and score it on `test`; progress of its steps under `label`."""
     from handsoff_ray.core.downstream import build_downstream, evaluate_downstream, train_downstream
+    from handsoff_ray.pipeline.progress import stage_progress
 
     ev = spec.evaluation
     model = build_downstream(ev.model, num_classes=num_classes, num_keypoints=num_keypoints, depth=depth,
                              backbone=ev.backbone, pretrained_backbone=ev.pretrained_backbone,
                              base_width=ev.unet_width, seed=spec.seed)
     t0 = time.time()
-    summary = train_downstream(model, train, epochs=ev.epochs, batch_size=ev.batch_size, lr=ev.lr, seed=spec.seed,
-                               max_steps=ev.max_steps, device=device,
-                               sigma=spec.label_generator.tasks.keypoints.sigma)
+    # Steps per epoch depend on the validation split inside train_downstream: this total is exact when
+    # max_steps decides (the toy spec), an upper bound otherwise.
+    steps = ev.epochs * max(1, len(train) // ev.batch_size)
+    with stage_progress(label, total=min(steps, ev.max_steps or steps), unit="step", log_every_s=10) as bar:
+        summary = train_downstream(model, train, epochs=ev.epochs, batch_size=ev.batch_size, lr=ev.lr,
+                                   seed=spec.seed, max_steps=ev.max_steps, device=device,
+                                   sigma=spec.label_generator.tasks.keypoints.sigma,
+                                   callback=lambda step, logs: bar.update_to(step))
+        bar.update_to(bar.total)
     scores = evaluate_downstream(model, test, pck_alpha=ev.pck_alpha, device=device)
     return {**scores, "train_images": len(train), "train_seconds": round(time.time() - t0, 1),
             "steps": getattr(summary, "steps", None)}

@@ -14,9 +14,9 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from handsoff_ray.pipeline.errors import UserError
 from handsoff_ray.pipeline.labeled import AlignedLabels, align_labels, align_labels_in_content, open_spec_labeled_set
 from handsoff_ray.pipeline.metrics import metrics
 from handsoff_ray.pipeline.plan import resolve_checkpoint, stage_hash
+from handsoff_ray.pipeline.progress import log_event, stage_progress
 from handsoff_ray.pipeline.storage import RunStore
 
 __all__ = [
@@ -37,11 +38,6 @@ __all__ = [
 
 LATENTS = "latents"
 LABEL_GENERATOR = "label_generator"
-
-
-def _log(msg: str, **fields) -> None:
-    # Progress goes to stderr as one JSON object per line: readable by people and by log shippers.
-    print(json.dumps({"t": round(time.time(), 1), "msg": msg, **fields}, default=str), file=sys.stderr, flush=True)
 
 
 def apply_torch_threads(spec: JobSpec) -> None:
@@ -157,11 +153,12 @@ def pending_inversions(store: RunStore, ids: list[str]) -> list[str]:
     return [i for i in ids if i not in done]
 
 
-def invert_images(spec: JobSpec, ids: list[str]) -> int:
+def invert_images(spec: JobSpec, ids: list[str], *, report: Callable[[int], None] | None = None) -> int:
     """Invert those of `ids` without a latent file yet, writing each batch as it finishes; returns how many.
 
     The unit of work of both engines: the local runner calls it once, each Ray Train worker calls it on
     its own disjoint slice of ids. Retried or restarted workers skip what is already written.
+    `report(n)` is told the image-steps done so far (images x optimiser steps), after every step.
     """
     from handsoff_ray.core.inversion import invert
 
@@ -180,6 +177,12 @@ def invert_images(spec: JobSpec, ids: list[str]) -> int:
     encoder = _maybe_encoder(spec, G, store)
     inv = spec.inversion
     t0 = time.time()
+    done_steps = [0]
+
+    def on_step(step) -> None:  # core.inversion.InversionStep: one update of len(step.index) images
+        done_steps[0] += len(step.index)
+        report(done_steps[0])
+
     for start in range(0, len(todo), inv.batch_size):
         batch_ids = todo[start : start + inv.batch_size]
         images = np.stack([labeled.load(i).image for i in batch_ids])
@@ -188,6 +191,7 @@ def invert_images(spec: JobSpec, ids: list[str]) -> int:
             G, images, lpips_model=lpips_model, steps=inv.steps, lr=inv.lr, lpips_weight=inv.lpips_weight,
             mse_weight=inv.mse_weight, reg_weight=inv.reg_weight, rampup=inv.rampup, rampdown=inv.rampdown,
             loss_resolution=inv.loss_resolution, init_ws=init_ws, crop_rows=spec.generator.crop_rows,
+            callback=on_step if report is not None else None,
         )
         for k, image_id in enumerate(batch_ids):
             meta = {"id": image_id, "psnr": float(res.psnr[k]), "lpips": float(res.lpips[k]),
@@ -198,9 +202,9 @@ def invert_images(spec: JobSpec, ids: list[str]) -> int:
         m = metrics()
         m.inc("images_inverted", len(batch_ids), run_id=spec.run_id)
         m.set("inversion_loss", float(res.final_loss.mean()), run_id=spec.run_id)
-        _log("inverted batch", done=min(start + inv.batch_size, len(todo)), of=len(todo),
-             mean_psnr=round(float(res.psnr.mean()), 2), mean_lpips=round(float(res.lpips.mean()), 4),
-             seconds=round(time.time() - t0, 1))
+        log_event("inverted batch", done=min(start + inv.batch_size, len(todo)), of=len(todo),
+                  mean_psnr=round(float(res.psnr.mean()), 2), mean_lpips=round(float(res.lpips.mean()), 4),
+                  seconds=round(time.time() - t0, 1))
     return len(todo)
 
 
@@ -214,8 +218,10 @@ def finish_invert(store: RunStore, ids: list[str], inverted_now: int) -> dict:
 def run_invert(spec: JobSpec) -> dict:
     """Invert every selected labeled image not inverted yet, in this process; returns a summary."""
     ids, store = prepare_invert(spec)
-    _log("invert", run=spec.run_id, images=len(ids))
-    return finish_invert(store, ids, invert_images(spec, ids))
+    with stage_progress("invert", total=len(pending_inversions(store, ids)) * spec.inversion.steps,
+                        unit="step") as bar:
+        inverted_now = invert_images(spec, ids, report=bar.update_to)
+    return finish_invert(store, ids, inverted_now)
 
 
 @functools.lru_cache(maxsize=2)
@@ -237,7 +243,7 @@ def _maybe_encoder(spec: JobSpec, G, store: RunStore):
     if store.exists(rel):
         with tempfile.TemporaryDirectory() as d:
             return Encoder.load(store.local_copy(rel, d), device=G.latent_avg.device)
-    _log("training the encoder", steps=enc_spec.steps)
+    log_event("training the encoder", steps=enc_spec.steps)
     encoder = train_encoder(G, steps=enc_spec.steps, batch_size=enc_spec.batch_size, lr=enc_spec.lr,
                             n_iters=enc_spec.n_iters, seed=spec.seed)
     with tempfile.TemporaryDirectory() as d:
@@ -311,6 +317,11 @@ def _member_file(m: int) -> str:
     return f"{LABEL_GENERATOR}/members/member-{m:03d}.safetensors"
 
 
+def pending_members(store: RunStore, members: list[int]) -> list[int]:
+    """Those ensemble `members` not saved yet."""
+    return [m for m in members if not store.exists(_member_file(m))]
+
+
 def prepare_fit(spec: JobSpec) -> tuple[list[str], RunStore, dict | None]:
     """Validate, claim label_generator/: (ids, store, the finished result when the stage is already done)."""
     _, ids = open_spec_labeled_set(spec, tasks=spec.label_generator.tasks.enabled())
@@ -327,16 +338,18 @@ def prepare_fit(spec: JobSpec) -> tuple[list[str], RunStore, dict | None]:
     return ids, store, None
 
 
-def fit_members(spec: JobSpec, ids: list[str], members: list[int]) -> int:
+def fit_members(spec: JobSpec, ids: list[str], members: list[int], *,
+                report: Callable[[int], None] | None = None) -> int:
     """Fit those ensemble `members` not saved yet, each saved as soon as it is done; returns how many.
 
     Every member has its own seed, so members fitted by different Ray Train workers merge into exactly
     the label generator one process would fit. A restarted worker skips saved members.
+    `report(n)` is told how many members this call has saved so far.
     """
     from handsoff_ray.core.label_generator import fit_label_generator, save_label_generator
 
     store = open_run(spec)
-    todo = [m for m in members if not store.exists(_member_file(m))]
+    todo = pending_members(store, members)
     if not todo:
         return 0
     apply_torch_threads(spec)
@@ -372,7 +385,9 @@ def fit_members(spec: JobSpec, ids: list[str], members: list[int]) -> int:
             best = per_member.get(str(m), {}).get("best_val_loss")
             if best is not None:
                 metrics().set("fit_loss", best, run_id=spec.run_id, task=task)
-        _log("fitted member", member=m, seconds=round(time.time() - t0, 1))
+        log_event("fitted member", member=m, seconds=round(time.time() - t0, 1))
+        if report is not None:
+            report(todo.index(m) + 1)
     return len(todo)
 
 
@@ -400,7 +415,9 @@ def run_fit(spec: JobSpec) -> dict:
     if done is not None:
         return done
     t0 = time.time()
-    fit_members(spec, ids, list(range(spec.label_generator.ensemble_size)))
+    members = list(range(spec.label_generator.ensemble_size))
+    with stage_progress("fit", total=len(pending_members(store, members)), unit="member") as bar:
+        fit_members(spec, ids, members, report=bar.update_to)
     return finish_fit(spec, store, ids, time.time() - t0)
 
 

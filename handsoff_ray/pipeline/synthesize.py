@@ -191,12 +191,29 @@ def run_synthesize(spec: JobSpec, *, progress=None) -> dict:
 
 
 def synthesize_stage(spec: JobSpec, *, progress=None) -> dict:
-    """The synthesize stage on the engine the spec asks for (resources.engine)."""
-    if spec.resources.engine == "ray":
-        from handsoff_ray.pipeline.ray_synthesize import run_synthesize_ray
+    """The synthesize stage on the engine the spec asks for (resources.engine), with a progress bar of
+    shards (`pipeline.progress`); `progress(done, total, manifest entry)` is called too when given."""
+    from handsoff_ray.pipeline.progress import StageProgress
 
-        return run_synthesize_ray(spec, progress=progress)
-    return run_synthesize(spec, progress=progress)
+    bar: list[StageProgress] = []  # made at the first shard, when the number to write is known
+    started = time.monotonic()
+
+    def on_shard(done: int, total: int, entry: dict) -> None:
+        if not bar:
+            bar.append(StageProgress("synthesize", total, "shard", started=started))
+        bar[0].update_to(done, shard=entry["shard"], rows=entry["rows"])
+        if progress:
+            progress(done, total, entry)
+
+    try:
+        if spec.resources.engine == "ray":
+            from handsoff_ray.pipeline.ray_synthesize import run_synthesize_ray
+
+            return run_synthesize_ray(spec, progress=on_shard)
+        return run_synthesize(spec, progress=on_shard)
+    finally:
+        for b in bar:
+            b.close()
 
 
 def dataset_card(spec: JobSpec, manifest: dict) -> str:

@@ -135,7 +135,7 @@ def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | N
     step(f"[3/6] fit the label generator ({size.ensemble} members x 3 tasks)")
     fit_stage(spec)
     step(f"[4/6] synthesise {size.n_synthetic} pairs to Parquet")
-    syn = synthesize_stage(spec, progress=lambda i, n, e: log(f"      shard {e['shard']} ({i}/{n}) {e['seconds']} s"))
+    syn = synthesize_stage(spec)
 
     store = open_run(spec)
     from handsoff_ray.core.label_generator import load_label_generator
@@ -160,7 +160,7 @@ def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | N
     scores = {}
     for name, train in (("handsoff", synthetic), ("baseline", toy(LABELED_SEEDS)),
                         ("oracle", toy(range(ORACLE_SEED0, ORACLE_SEED0 + size.n_oracle)))):
-        scores[name] = train_and_score(train, test, spec, **kw)
+        scores[name] = train_and_score(train, test, spec, label=f"train {name}", **kw)
         log(f"      {name:9s} trained on {len(train):5d} images: mIoU {scores[name]['miou']:.4f}, "
             f"PCK {scores[name]['pck']:.4f}, depth RMSE {scores[name]['depth_rmse']:.4f}")
 
