@@ -326,6 +326,27 @@ def filter_cmd(uri: str, out: str, policy: str, keep: float | None, task: str | 
 
 
 @main.group()
+def spec() -> None:
+    """Job spec discovery: every key, its default and meaning, and a JSON Schema for editors."""
+
+
+@spec.command("schema")
+def spec_schema() -> None:
+    """Print the JSON Schema of a job spec (save it and point the yaml-language-server modeline at it)."""
+    from handsoff_ray.config import spec_json_schema
+
+    click.echo(json.dumps(spec_json_schema(), indent=2))
+
+
+@spec.command("defaults")
+def spec_defaults() -> None:
+    """Print every spec field at its default, each with a comment: a starting point for a new spec."""
+    from handsoff_ray.config import spec_defaults_yaml
+
+    click.echo(spec_defaults_yaml())
+
+
+@main.group()
 def data() -> None:
     """Labeled-set tools."""
 

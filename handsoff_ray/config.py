@@ -301,10 +301,25 @@ def _format_errors(err: ValidationError, source: str) -> str:
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
-            lines.append(f"{source}: {path}: unknown key (check the spelling; see `handsoff validate --help`)")
+            lines.append(f"{source}: {path}: unknown key{_nearest_key(e['loc'])} "
+                         "(`handsoff spec defaults` lists every key)")
         else:
             lines.append(f"{source}: {path}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)
+
+
+def _nearest_key(loc: tuple) -> str:
+    """'; did you mean `steps`?' for an unknown key at `loc`, from the keys its section allows (difflib)."""
+    import difflib
+
+    model: Any = JobSpec
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return ""
+        model = field.annotation
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    return f"; did you mean `{'.'.join(map(str, (*loc[:-1], close[0])))}`?" if close else ""
 
 
 def parse_spec(data: dict[str, Any] | None, *, source: str = "<spec>") -> JobSpec:
@@ -355,3 +370,48 @@ def spec_hash(spec: JobSpec, *, sections: tuple[str, ...] | None = None) -> str:
         {k: v for k, v in dumped.items() if k != "evaluation"}
     blob = json.dumps(dumped, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------
+# Spec discovery: `handsoff spec schema` (editors complete and check keys from it) and
+# `handsoff spec defaults` (every field with its default and what it means).
+
+
+def spec_json_schema() -> dict:
+    """The JSON Schema of a job spec, from the pydantic models (unknown keys are `additionalProperties: false`)."""
+    schema = JobSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "handsoff_ray job spec"
+    return schema
+
+
+def _field_note(field) -> str:
+    """What a field means: its description, else its choices and range."""
+    import typing
+
+    parts = [field.description.rstrip(".")] if field.description else []
+    args = typing.get_args(field.annotation)
+    literal = next((a for a in (field.annotation, *args) if typing.get_origin(a) is Literal), None)
+    if literal is not None:
+        parts.append("one of " + ", ".join(map(str, typing.get_args(literal))))
+    ranges = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}  # annotated_types.Ge(ge=0) etc.
+    parts += [f"{sign} {getattr(m, k)}" for m in field.metadata for k, sign in ranges.items() if hasattr(m, k)]
+    return "; ".join(parts)
+
+
+def spec_defaults_yaml(model: type[BaseModel] = JobSpec, indent: int = 0) -> str:
+    """Every field of the spec at its default, one per line, each with a comment saying what it is."""
+    lines = []
+    pad = " " * indent
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            note = f"  # {annotation.__doc__.strip().splitlines()[0]}" if annotation.__doc__ else ""
+            lines.append(f"{pad}{name}:{note}")
+            lines.append(spec_defaults_yaml(annotation, indent + 2))
+            continue
+        value = yaml.safe_dump(field.get_default(call_default_factory=True), default_flow_style=True,
+                               width=10**6).strip().removesuffix("\n...").removesuffix("...").strip()
+        note = _field_note(field)
+        lines.append(f"{pad}{name}: {value}" + (f"  # {note}" if note else ""))
+    return "\n".join(lines)

@@ -34,8 +34,12 @@ def _walk() -> list[tuple[str, str]]:
     return [(name, c) for name in ("README.md", "jobs/README.md") for c in readme_commands(ROOT / name)]
 
 
-def _args(command: str) -> list[str]:
+def _args(command: str) -> tuple[list[str], str | None]:
+    """The handsoff arguments of a README command, and the file its stdout is redirected to (`> FILE`)."""
     words = shlex.split(command)
+    target = None
+    if ">" in words:
+        words, target = words[: words.index(">")], words[words.index(">") + 1]
     if words[:3] == ["python", "-m", "handsoff_ray"]:
         words = ["handsoff", *words[3:]]
     assert words[0] == "handsoff", f"{command!r}: not a handsoff command; run it here or add it to ELSEWHERE"
@@ -44,7 +48,7 @@ def _args(command: str) -> list[str]:
         args += tiny_set_options(TINY_TOY_SPEC)
     if args[0] == "train-gan":
         args += ["--no-kid"] if "--export" in args else TINY_GAN
-    return args
+    return args, target
 
 
 def test_the_readmes_name_the_commands_walked():
@@ -61,9 +65,13 @@ def test_every_readme_command_runs_in_order_on_a_fresh_clone(tmp_path, monkeypat
     for source, command in _walk():
         if any(command.startswith(prefix) for prefix in ELSEWHERE):
             continue
-        res = CliRunner().invoke(main, _args(command))
+        args, target = _args(command)
+        res = CliRunner().invoke(main, args)
         assert res.exit_code == 0, f"{source}: `{command}` exited {res.exit_code}:\n{res.output[-3000:]}"
+        if target:
+            (clone / target).write_text(res.stdout)
         ran.append(command)
     assert len(ran) >= 15, ran
     assert (clone / "handsoff-demo" / "runs" / "toy" / "eval" / "report.json").is_file()
     assert (clone / "synth" / "images").is_dir() and (clone / "generator.safetensors").is_file()
+    assert "inversion:" in (clone / "my-spec.yaml").read_text()
