@@ -263,13 +263,14 @@ def inspect(uri: str, endpoint_url: str | None) -> None:
 @click.argument("uri", metavar="DATASET")
 @click.option("--out", type=click.Path(dir_okay=False), default="preview.png", show_default=True)
 @click.option("-n", "count", type=click.IntRange(1, 256), default=8, show_default=True, help="Pairs to show.")
+@click.option("--columns", type=click.IntRange(1, 64), default=2, show_default=True, help="Pairs per grid row.")
 @click.option("--endpoint-url", default=None, metavar="URL", help="S3 endpoint (else AWS_ENDPOINT_URL).")
 @_fail_on_user_error
-def preview(uri: str, out: str, count: int, endpoint_url: str | None) -> None:
-    """A grid of the first pairs of DATASET: image | label overlay (with keypoints)."""
+def preview(uri: str, out: str, count: int, columns: int, endpoint_url: str | None) -> None:
+    """A grid of the first pairs of DATASET: image | class overlay | keypoints | uncertainty, and a legend."""
     from handsoff_ray.pipeline.inspect import preview_dataset
 
-    click.echo(json.dumps(preview_dataset(uri, out, count, endpoint_url=endpoint_url)))
+    click.echo(json.dumps(preview_dataset(uri, out, count, columns=columns, endpoint_url=endpoint_url)))
 
 
 def _policy(policy: str, keep: float | None):

@@ -40,7 +40,8 @@ def inspect_dataset(uri: str, *, endpoint_url: str | None = None) -> dict:
     }
 
 
-def preview_dataset(uri: str, out: str, count: int, *, endpoint_url: str | None = None) -> dict:
+def preview_dataset(uri: str, out: str, count: int, *, columns: int = 2, endpoint_url: str | None = None) -> dict:
+    """The first `count` pairs of a dataset as a preview grid (pipeline/preview.py) written to `out`."""
     from handsoff_ray.dataset import SyntheticDataset
     from handsoff_ray.pipeline.preview import preview_grid
 
@@ -53,7 +54,11 @@ def preview_dataset(uri: str, out: str, count: int, *, endpoint_url: str | None 
     images = np.stack([r["image"].numpy() for r in rows])
     seg = np.stack([r["segmentation"].numpy() for r in rows]) if "segmentation" in rows[0] else None
     kps = np.stack([r["keypoints"].numpy() for r in rows]) if "keypoints" in rows[0] else None
-    grid = preview_grid(images, segmentation=seg, keypoints=kps)
+    task = next((t for t in ("segmentation", "keypoints", "depth") if f"uncertainty_{t}" in rows[0]), None)
+    scores = np.array([float(r[f"uncertainty_{task}"]) for r in rows]) if task else None
+    grid = preview_grid(images, segmentation=seg, keypoints=kps, uncertainty_scores=scores,
+                        classes=ds.meta.get("classes"), columns=columns)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     Image.fromarray(grid).save(out)
-    return {"out": out, "pairs": len(rows)}
+    return {"out": out, "pairs": len(rows), "columns": min(columns, len(rows)), "uncertainty": task,
+            "size": [grid.shape[1], grid.shape[0]]}

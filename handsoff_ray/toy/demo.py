@@ -143,7 +143,8 @@ def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | N
     lg = load_label_generator(store.path("label_generator/label_generator.safetensors"), device=device)
     pairs = synthesize(G, lg, sample_ids=range(8), run_seed=spec.seed, return_maps=True)
     grid = preview_grid(pairs.images, segmentation=pairs.labels.get("segmentation"),
-                        keypoints=pairs.labels.get("keypoints"), uncertainty=pairs.uncertainty_maps["segmentation"])
+                        keypoints=pairs.labels.get("keypoints"), uncertainty=pairs.uncertainty_maps["segmentation"],
+                        classes=list(store.read_json("dataset/_manifest.json")["meta"]["classes"]))
     preview = out_dir / "preview.png"
     Image.fromarray(grid).save(preview)
 

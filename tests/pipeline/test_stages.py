@@ -215,6 +215,8 @@ class TestReaders:
 
 
 def test_inspect_and_preview_commands(finished, tmp_path):
+    import json
+
     import yaml
     from click.testing import CliRunner
     from PIL import Image
@@ -228,7 +230,9 @@ def test_inspect_and_preview_commands(finished, tmp_path):
     assert info["rows"] == 10 and info["shards"] == 3 and "uncertainty_segmentation" in info["uncertainty"]
     res = CliRunner().invoke(main, ["preview", root, "--out", str(tmp_path / "g.png"), "-n", "4"])
     assert res.exit_code == 0, res.output
-    assert Image.open(tmp_path / "g.png").size[1] == 4 * 18 * 2  # 4 rows of 16 px + border, zoom 2
+    out = json.loads(res.stdout)
+    assert out["pairs"] == 4 and out["columns"] == 2 and out["uncertainty"] == "segmentation"
+    assert Image.open(tmp_path / "g.png").size == tuple(out["size"])
 
 
 def test_stages_record_their_metrics(finished):
