@@ -197,7 +197,7 @@ def train_gan(ctx: click.Context) -> None:
     """
     from handsoff_ray.toy.train_gan import main as train_main
 
-    train_main(list(ctx.args))
+    train_main(list(ctx.args), prog="handsoff train-gan")
 
 
 @main.group()
@@ -221,12 +221,13 @@ def checkpoint_info(path: str) -> None:
 @checkpoint.command("convert")
 @click.argument("src", callback=_checkpoint_path, metavar="SRC|toy")
 @click.argument("dst", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite DST when it exists.")
 @_fail_on_user_error
-def checkpoint_convert(src: str, dst: str) -> None:
+def checkpoint_convert(src: str, dst: str, force: bool) -> None:
     """Convert SRC (any supported format) to the project's own .safetensors format at DST."""
     from handsoff_ray.pipeline.checkpoints import convert_checkpoint
 
-    click.echo(json.dumps(convert_checkpoint(src, dst), indent=2))
+    click.echo(json.dumps(convert_checkpoint(src, dst, force=force), indent=2))
 
 
 @checkpoint.command("sample")

@@ -83,6 +83,25 @@ class TestCheckpointCommands:
         assert res.exit_code == 0, res.output
         assert json.loads(res.output)["max_abs_diff"] == 0.0
 
+    def test_convert_refuses_to_overwrite_without_force_and_writes_0644(self, runner, tiny_generator_path, tmp_path):
+        import os
+        import stat
+
+        out = tmp_path / "copy.safetensors"
+        old = os.umask(0o022)
+        try:
+            assert runner.invoke(main, ["checkpoint", "convert", tiny_generator_path, str(out)]).exit_code == 0
+            assert stat.S_IMODE(out.stat().st_mode) == 0o644
+            out.write_bytes(b"mine")
+            res = runner.invoke(main, ["checkpoint", "convert", tiny_generator_path, str(out)])
+            assert res.exit_code == 2 and "pass --force to overwrite it" in res.output
+            assert out.read_bytes() == b"mine"
+            res = runner.invoke(main, ["checkpoint", "convert", tiny_generator_path, str(out), "--force"])
+            assert res.exit_code == 0, res.output
+            assert json.loads(res.output)["max_abs_diff"] == 0.0
+        finally:
+            os.umask(old)
+
     def test_sample_writes_grid(self, runner, tiny_generator_path, tmp_path):
         from PIL import Image
 

@@ -132,6 +132,10 @@ def save_generator(G: Generator, path: str | os.PathLike, metadata: Mapping[str,
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=header)
+        # mkstemp makes the file 0600; give it the mode any new file gets (0644 under the usual umask 022)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

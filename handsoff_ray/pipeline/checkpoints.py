@@ -49,9 +49,15 @@ def checkpoint_summary(path: str) -> dict:
     }
 
 
-def convert_checkpoint(src: str, dst: str) -> dict:
+def convert_checkpoint(src: str, dst: str, *, force: bool = False) -> dict:
+    """Convert src to the project's .safetensors at dst; an existing dst is replaced only with `force`."""
     from handsoff_ray.core.checkpoint import load_generator, save_generator
+    from handsoff_ray.pipeline.errors import UserError
 
+    if os.path.exists(dst) and os.path.samefile(src, dst):
+        raise UserError(f"{dst} is the source checkpoint; choose another destination")
+    if os.path.exists(dst) and not force:
+        raise UserError(f"{dst} exists; pass --force to overwrite it, or choose another destination")
     G = load_generator(src)
     save_generator(G, dst, metadata={"converted_from": os.path.basename(src), "converted_from_sha256": file_sha256(src)})
     # Prove the conversion: the written file must reproduce the source's images.

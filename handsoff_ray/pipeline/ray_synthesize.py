@@ -73,14 +73,14 @@ class _ShardWriter:
 
 def run_synthesize_ray(spec: JobSpec, *, progress=None) -> dict:
     """Write every missing shard with `resources.synthesis_actors` Ray actors; then manifest, _SUCCESS, card."""
-    import ray.data
-
     from handsoff_ray.pipeline.synthesize import DATASET, finish_dataset, prepare_synthesis, shard_name
 
     store, meta, manifest, ranges = prepare_synthesis(spec)
     todo = [k for k in range(len(ranges)) if not store.exists(shard_name(k))]
     t0 = time.time()
-    if todo:
+    if todo:  # else neither Ray nor Ray Data is imported or started
+        import ray.data
+
         ensure_ray(spec)
         res = spec.resources
         items = [{"shard": k, "start": ranges[k][0], "stop": ranges[k][1]} for k in todo]

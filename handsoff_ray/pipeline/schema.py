@@ -4,15 +4,19 @@
 |------------------------------|-----------------|----------------------------------------------------------|
 | sample_id                    | int64           | position in the run's sample sequence (0, 1, 2, ...)     |
 | seed                         | int64           | the sample's own seed = hash(run seed, sample_id)       |
-| image                        | binary          | PNG, RGB, at the label resolution                        |
-| segmentation                 | binary (null)   | PNG, 8-bit class ids (classes in the schema metadata)    |
+| image                        | image           | PNG, RGB, at the label resolution                        |
+| segmentation                 | image (null)    | PNG, 8-bit class ids (classes in the schema metadata)    |
 | keypoints                    | list<float32>   | J*3 values: x, y (pixels, centres at integers), v 0|2    |
-| depth                        | binary (null)   | PNG, 16-bit, depth = value / depth_scale; 0 = invalid    |
+| depth                        | image (null)    | PNG, 16-bit, depth = value / depth_scale; 0 = invalid    |
 | uncertainty_<task>           | float32         | image score: mean of the top 10 % pixel disagreements    |
 | latent                       | binary (null)   | float16 w (style_dim values), when synthesis.store_latent|
 | spec_hash                    | string          | the synthesis stage hash of the spec that wrote the row  |
 
-Schema metadata (`handsoff_ray` key, JSON): classes, keypoint names, depth_scale, image size. Filtering
+Schema metadata (`handsoff_ray` key, JSON): classes, keypoint names, depth_scale, image size. The
+`image` columns are struct<bytes: PNG, path: null>, the storage of the Hugging Face `datasets` Image
+feature, and the `huggingface` key holds the `datasets` features of every column, so
+`datasets.load_dataset("parquet", data_files=".../data/*.parquet")` decodes `image`, `segmentation` and
+`depth` as PIL images (RGB, L with class ids, I;16) instead of raw bytes. Filtering
 by uncertainty is a policy readers apply to the `uncertainty_*` columns (see dataset.py); rows are
 never dropped at write time, so a different policy never needs a regeneration.
 """
@@ -31,7 +35,20 @@ __all__ = [
 ]
 
 TASK_COLUMNS = ("segmentation", "keypoints", "depth")
+IMAGE_COLUMNS = ("image", "segmentation", "depth")  # PNG bytes, in datasets' Image storage layout
+IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 _META_KEY = b"handsoff_ray"
+_HF_KEY = b"huggingface"  # what datasets' Parquet builder reads its Features from
+
+
+def _hf_feature(field: pa.Field) -> dict:
+    """The `datasets` feature (as its JSON dict) of one column: Image for the PNG columns, else a Value."""
+    if field.name in IMAGE_COLUMNS:
+        return {"_type": "Image"}  # datasets uses it only when the column's type is its storage, IMAGE_TYPE
+    if pa.types.is_list(field.type):
+        return {"feature": _hf_feature(pa.field("item", field.type.value_type)), "_type": "Sequence"}
+    name = str(field.type)  # arrow names; datasets spells float and double float32 and float64
+    return {"dtype": {"float": "float32", "double": "float64"}.get(name, name), "_type": "Value"}
 
 
 def encode_png(array: np.ndarray) -> bytes:
@@ -49,15 +66,17 @@ def decode_png(data: bytes) -> np.ndarray:
 
 
 def dataset_schema(tasks: list[str], meta: dict) -> pa.Schema:
-    fields = [pa.field("sample_id", pa.int64()), pa.field("seed", pa.int64()), pa.field("image", pa.binary())]
+    fields = [pa.field("sample_id", pa.int64()), pa.field("seed", pa.int64()), pa.field("image", IMAGE_TYPE)]
     fields += [
-        pa.field("segmentation", pa.binary(), nullable=True),
+        pa.field("segmentation", IMAGE_TYPE, nullable=True),
         pa.field("keypoints", pa.list_(pa.float32()), nullable=True),
-        pa.field("depth", pa.binary(), nullable=True),
+        pa.field("depth", IMAGE_TYPE, nullable=True),
     ]
     fields += [pa.field(f"uncertainty_{t}", pa.float32(), nullable=True) for t in TASK_COLUMNS]
     fields += [pa.field("latent", pa.binary(), nullable=True), pa.field("spec_hash", pa.string())]
-    return pa.schema(fields, metadata={_META_KEY: json.dumps({"tasks": tasks, **meta}).encode()})
+    hf = {"info": {"features": {f.name: _hf_feature(f) for f in fields}}}
+    return pa.schema(fields, metadata={_META_KEY: json.dumps({"tasks": tasks, **meta}).encode(),
+                                       _HF_KEY: json.dumps(hf).encode()})
 
 
 def schema_meta(schema: pa.Schema) -> dict:
@@ -71,19 +90,19 @@ def pairs_to_table(pairs, *, spec_hash: str, meta: dict) -> pa.Table:
     cols: dict[str, list] = {
         "sample_id": pairs.sample_ids.tolist(),
         "seed": pairs.seeds.tolist(),
-        "image": [encode_png(im) for im in pairs.images],
+        "image": [_png_cell(im) for im in pairs.images],
         "segmentation": [None] * n,
         "keypoints": [None] * n,
         "depth": [None] * n,
     }
     if "segmentation" in pairs.labels:
-        cols["segmentation"] = [encode_png(m) for m in pairs.labels["segmentation"]]
+        cols["segmentation"] = [_png_cell(m) for m in pairs.labels["segmentation"]]
     if "keypoints" in pairs.labels:
         cols["keypoints"] = [k.reshape(-1).astype(np.float32).tolist() for k in pairs.labels["keypoints"]]
     if "depth" in pairs.labels:
         scale = float(meta.get("depth_scale") or 1000.0)
         # 16-bit fixed point: 1/scale units up to 65535/scale; out-of-range depths saturate.
-        cols["depth"] = [encode_png(np.clip(np.round(d * scale), 0, 65535).astype(np.uint16))
+        cols["depth"] = [_png_cell(np.clip(np.round(d * scale), 0, 65535).astype(np.uint16))
                          for d in pairs.labels["depth"]]
     for t in TASK_COLUMNS:
         cols[f"uncertainty_{t}"] = pairs.uncertainty[t].tolist() if t in pairs.uncertainty else [None] * n
@@ -93,15 +112,24 @@ def pairs_to_table(pairs, *, spec_hash: str, meta: dict) -> pa.Table:
     return pa.Table.from_pydict(cols, schema=dataset_schema(tasks, meta))
 
 
+def _png_cell(array: np.ndarray) -> dict:
+    return {"bytes": encode_png(array), "path": None}
+
+
+def _png_bytes(cell) -> bytes:
+    """An image cell's PNG: {bytes, path} (this schema), or plain bytes (datasets written before it)."""
+    return cell["bytes"] if isinstance(cell, dict) else cell
+
+
 def decode_row(row: dict, meta: dict) -> dict:
     """One Parquet row (as a dict) -> numpy arrays: image, segmentation, keypoints [J, 3], depth."""
-    out = {"sample_id": row["sample_id"], "image": decode_png(row["image"])}
+    out = {"sample_id": row["sample_id"], "image": decode_png(_png_bytes(row["image"]))}
     if row.get("segmentation") is not None:
-        out["segmentation"] = decode_png(row["segmentation"])
+        out["segmentation"] = decode_png(_png_bytes(row["segmentation"]))
     if row.get("keypoints") is not None:
         out["keypoints"] = np.asarray(row["keypoints"], dtype=np.float32).reshape(-1, 3)
     if row.get("depth") is not None:
-        out["depth"] = decode_png(row["depth"]).astype(np.float32) / float(meta.get("depth_scale") or 1000.0)
+        out["depth"] = decode_png(_png_bytes(row["depth"])).astype(np.float32) / float(meta.get("depth_scale") or 1000.0)
     for t in TASK_COLUMNS:
         if row.get(f"uncertainty_{t}") is not None:
             out[f"uncertainty_{t}"] = row[f"uncertainty_{t}"]

@@ -202,9 +202,10 @@ def invert_images(spec: JobSpec, ids: list[str], *, report: Callable[[int], None
         m = metrics()
         m.inc("images_inverted", len(batch_ids), run_id=spec.run_id)
         m.set("inversion_loss", float(res.final_loss.mean()), run_id=spec.run_id)
-        log_event("inverted batch", done=min(start + inv.batch_size, len(todo)), of=len(todo),
-                  mean_psnr=round(float(res.psnr.mean()), 2), mean_lpips=round(float(res.lpips.mean()), 4),
-                  seconds=round(time.time() - t0, 1))
+        if report is None:  # a Ray worker's log (its driver shows progress); in-process, the bar says it
+            log_event("inverted batch", done=min(start + inv.batch_size, len(todo)), of=len(todo),
+                      mean_psnr=round(float(res.psnr.mean()), 2), mean_lpips=round(float(res.lpips.mean()), 4),
+                      seconds=round(time.time() - t0, 1))
     return len(todo)
 
 
@@ -385,9 +386,10 @@ def fit_members(spec: JobSpec, ids: list[str], members: list[int], *,
             best = per_member.get(str(m), {}).get("best_val_loss")
             if best is not None:
                 metrics().set("fit_loss", best, run_id=spec.run_id, task=task)
-        log_event("fitted member", member=m, seconds=round(time.time() - t0, 1))
         if report is not None:
             report(todo.index(m) + 1)
+        else:  # a Ray worker's log
+            log_event("fitted member", member=m, seconds=round(time.time() - t0, 1))
     return len(todo)
 
 

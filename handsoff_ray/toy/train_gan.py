@@ -48,6 +48,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -491,10 +492,31 @@ def _identity(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in _RUN_OPTIONS}
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def _expected_time(cfg: GanTrainConfig) -> str:
+    """What the run will take, from the shipped toy generator's measured rate when cfg trains the same
+    network on a CPU; otherwise where to read the rate. Printed before training starts."""
+    from handsoff_ray.core.checkpoint import load_generator
+    from handsoff_ray.pipeline.plan import resolve_checkpoint
+
+    card = load_generator(resolve_checkpoint("toy")).metadata.get("model_card") or {}
+    same = {k: (card.get("config") or {}).get(k) for k in ("resolution", "channel_base", "channel_max",
+                                                             "style_dim", "n_mlp", "batch_size")}
+    ours = {k: getattr(cfg, k) for k in same}
+    images = cfg.kimg * 1000
+    if same == ours and _device(cfg.device).type == "cpu" and card.get("wall_time_s"):
+        rate = card["images_seen"] / card["wall_time_s"]
+        hours = images / rate / 3600
+        return (f"expected time: {cfg.kimg:g} kimg at {rate:.1f} images/s, the rate measured for the shipped toy "
+                f"generator ({card.get('machine', 'CPU')}): about {hours:.1f} h in all (less when resuming). "
+                f"--max-minutes M bounds this invocation; rerun the same command to resume.")
+    return (f"expected time: {cfg.kimg:g} kimg; this network or device has no measured rate: the first progress "
+            f"line (after --log-every s) reports img_per_s. --max-minutes M bounds this invocation; rerun the "
+            f"same command to resume.")
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m handsoff_ray.toy.train_gan") -> None:
     d = GanTrainConfig(out="")
-    ap = argparse.ArgumentParser(prog="python -m handsoff_ray.toy.train_gan",
-                                 description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", metavar="DIR", required=True, help="run folder: state.pt, samples_*.png")
     ap.add_argument("--export", metavar="PATH",
                     help="write the EMA generator + model card (with KID) to this .safetensors and exit")
@@ -535,7 +557,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         precision=a.precision, threads=a.threads, ckpt_every=a.ckpt_every, grid_every=a.grid_every,
         log_every=a.log_every, max_minutes=a.max_minutes,
     )
+    print(_expected_time(cfg), file=sys.stderr, flush=True)
     train_gan(cfg, log=lambda s: print(s, flush=True))
+    state = torch.load(os.path.join(cfg.out, STATE_FILE), map_location="cpu", weights_only=True)
+    seen = state["progress"]["images_seen"]
+    if seen < round(cfg.kimg * 1000):
+        print(f"stopped at {seen / 1000:g} of {cfg.kimg:g} kimg (--max-minutes {cfg.max_minutes:g}); "
+              f"rerun the same command to resume", file=sys.stderr, flush=True)
+    else:
+        print(f"finished {cfg.kimg:g} kimg; export it with: {prog} --out {cfg.out} --export GENERATOR.safetensors",
+              file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -130,6 +131,20 @@ class TestExport:
     def test_export_without_state_says_train_first(self, tmp_path):
         with pytest.raises(FileNotFoundError, match="train first"):
             export_generator(str(tmp_path), tmp_path / "g.safetensors", kid=False)
+
+    def test_handsoff_command_says_expected_time_and_how_to_resume(self, tmp_path):
+        from click.testing import CliRunner
+
+        from handsoff_ray.cli import main as handsoff
+
+        res = CliRunner().invoke(handsoff, ["train-gan", "--help"])
+        assert res.exit_code == 0 and res.output.startswith("usage: handsoff train-gan")
+        # the shipped generator's network on the CPU: its measured rate gives the time; stopped at once
+        res = CliRunner().invoke(handsoff, ["train-gan", "--out", str(tmp_path / "r"), "--kimg", "300",
+                                            "--device", "cpu", "--threads", "1", "--max-minutes", "0"])
+        assert res.exit_code == 0, res.output
+        assert re.search(r"expected time: 300 kimg at [\d.]+ images/s, .* about [\d.]+ h in all", res.stderr)
+        assert "stopped at 0 of 300 kimg (--max-minutes 0); rerun the same command to resume" in res.stderr
 
     def test_cli_trains_then_exports(self, tmp_path, capsys):
         args = ["--out", str(tmp_path / "r"), "--resolution", "16", "--channel-base", "256", "--channel-max", "32",
