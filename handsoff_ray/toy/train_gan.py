@@ -78,8 +78,8 @@ STATE_FILE = "state.pt"
 # The W average (truncation centre) follows the mapping output with this per-step decay, as in StyleGAN2.
 W_AVG_BETA = 0.995
 # Options that may change between invocations of one run; everything else must match to resume.
-_RUN_OPTIONS = ("out", "kimg", "ckpt_every", "grid_every", "log_every", "max_minutes", "device", "threads",
-                "precision")
+_RUN_OPTIONS = ("out", "kimg", "ckpt_every", "grid_every", "log_every", "max_minutes", "max_cpu_s", "device",
+                "threads", "precision")
 
 
 @dataclass
@@ -106,7 +106,16 @@ class GanTrainConfig:
     grid_every: float = 600.0  # seconds between sample grids (samples_<kimg>.png)
     log_every: float = 60.0  # seconds between JSON log lines
     max_minutes: float | None = None  # wall-time limit of this invocation; checkpoints and returns
+    max_cpu_s: float | None = None  # stop once the whole run has used this much CPU time (benchmarks)
     world_seed_offset: int = 10_000_000  # toy faces for training use seeds far from the demo's labeled ones
+    # "stylegan2": the residual D trained from scratch (logistic loss + lazy R1); "projected": small
+    # discriminators over frozen ImageNet VGG16 features (Projected GANs; hinge loss, no R1), which
+    # learns the toy world's small parts in far fewer images (benchmarks/gan_recipes.py measures both).
+    discriminator: str = "stylegan2"
+    projected_trunk: str = "alex"  # with discriminator=projected: "alex" (3x cheaper on CPU) or "vgg"
+    # A generator checkpoint (same architecture) to start G and G_ema from instead of random weights,
+    # "toy" names the shipped 82-kimg toy generator: a new discriminator then refines what G draws.
+    init: str | None = None
 
     def __post_init__(self) -> None:
         self.generator_config()  # validates resolution and channels with GeneratorConfig's messages
@@ -114,6 +123,8 @@ class GanTrainConfig:
             raise ValueError(f"batch_size must be >= 2 (minibatch std needs a group), got {self.batch_size}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.discriminator not in ("stylegan2", "projected"):
+            raise ValueError(f"discriminator must be stylegan2 or projected, got {self.discriminator!r}")
         if self.r1_interval < 1:
             raise ValueError(f"r1_interval must be >= 1, got {self.r1_interval}")
 
@@ -179,15 +190,34 @@ def _build(cfg: GanTrainConfig, device: torch.device) -> _Nets:
     torch.manual_seed(cfg.seed)
     # channels_last: oneDNN's convolutions and depthwise blurs are 1.1-2.5x faster in NHWC at these widths
     G = Generator(cfg.generator_config()).to(device, memory_format=torch.channels_last)
-    D = Discriminator(cfg.resolution, channel_base=cfg.channel_base, channel_max=cfg.channel_max).to(
-        device, memory_format=torch.channels_last)
+    if cfg.discriminator == "projected":
+        from handsoff_ray.toy.projected_discriminator import ProjectedDiscriminator
+
+        D = ProjectedDiscriminator(cfg.resolution, trunk=cfg.projected_trunk).to(
+            device, memory_format=torch.channels_last)
+    else:
+        D = Discriminator(cfg.resolution, channel_base=cfg.channel_base, channel_max=cfg.channel_max).to(
+            device, memory_format=torch.channels_last)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     # Lazy regularisation: D's optimiser also takes the R1 step every r1_interval steps, so its
     # hyper-parameters are adjusted as in StyleGAN2 to keep the effective update the same.
-    c = cfg.r1_interval / (cfg.r1_interval + 1)
+    c = cfg.r1_interval / (cfg.r1_interval + 1) if cfg.discriminator == "stylegan2" else 1.0
     opt_G = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(0.0, 0.99), eps=1e-8)
     opt_D = torch.optim.Adam(D.parameters(), lr=cfg.lr * c, betas=(0.0, 0.99**c), eps=1e-8)
     return _Nets(G, D, G_ema, opt_G, opt_D)
+
+
+def _init_from(nets: _Nets, cfg: GanTrainConfig, path: str) -> None:
+    """G and G_ema <- a saved generator's weights (W average included); refuses another architecture."""
+    from handsoff_ray.core.checkpoint import load_generator
+
+    src = load_generator(_resolve_init(path))
+    if src.cfg.to_dict() != cfg.generator_config().to_dict():
+        raise ValueError(f"--init {path} is a {src.cfg.to_dict()} generator; this run builds "
+                         f"{cfg.generator_config().to_dict()}: pass matching --resolution/--channel-*/--style-dim")
+    state = src.state_dict()
+    nets.G.load_state_dict(state)
+    nets.G_ema.load_state_dict(state)
 
 
 def _mixed_ws(G: Generator, z: torch.Tensor, mixing_prob: float, gen: torch.Generator) -> torch.Tensor:
@@ -202,8 +232,13 @@ def _mixed_ws(G: Generator, z: torch.Tensor, mixing_prob: float, gen: torch.Gene
 
 def _d_step(cfg: GanTrainConfig, nets: _Nets, real: torch.Tensor, gen: torch.Generator,
             amp: torch.dtype | None, do_r1: bool) -> float:
-    """Logistic loss on fakes and reals; on R1 steps the real pass runs in fp32 with a gradient penalty."""
+    """Logistic loss on fakes and reals; on R1 steps the real pass runs in fp32 with a gradient penalty.
+
+    With the projected discriminator: the hinge loss, and never R1.
+    """
     G, D = nets.G, nets.D
+    projected = cfg.discriminator == "projected"
+    do_r1 = do_r1 and not projected
     G.requires_grad_(False)
     D.requires_grad_(True)
     device = real.device
@@ -211,12 +246,13 @@ def _d_step(cfg: GanTrainConfig, nets: _Nets, real: torch.Tensor, gen: torch.Gen
     with torch.no_grad(), torch.autocast(device.type, amp or torch.float32, enabled=amp is not None):
         fake = G.synthesis(_mixed_ws(G, z, cfg.mixing_prob, gen), noise_mode="random")
     with torch.autocast(device.type, amp or torch.float32, enabled=amp is not None):
-        loss = F.softplus(D(fake).float()).mean()
+        fake_logits = D(fake).float()
+    loss = F.relu(1 + fake_logits).mean() if projected else F.softplus(fake_logits).mean()
     # The R1 double backward stays in fp32: a squared gradient norm is where bf16's 8 bits would show.
     with torch.autocast(device.type, amp or torch.float32, enabled=amp is not None and not do_r1):
         real = real.detach().requires_grad_(do_r1)
         real_logits = D(real).float()
-    loss = loss + F.softplus(-real_logits).mean()
+    loss = loss + (F.relu(1 - real_logits).mean() if projected else F.softplus(-real_logits).mean())
     if do_r1:
         (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
         r1 = grad.square().sum(dim=(1, 2, 3)).mean()
@@ -236,7 +272,8 @@ def _g_step(cfg: GanTrainConfig, nets: _Nets, batch: int, gen: torch.Generator,
     z = torch.randn(batch, cfg.style_dim, generator=gen).to(device)
     ws = _mixed_ws(G, z, cfg.mixing_prob, gen)  # mapping in fp32: tiny, and W is what inversion optimises
     with torch.autocast(device.type, amp or torch.float32, enabled=amp is not None):
-        loss = F.softplus(-D(G.synthesis(ws, noise_mode="random")).float()).mean()
+        logits = D(G.synthesis(ws, noise_mode="random")).float()
+    loss = -logits.mean() if cfg.discriminator == "projected" else F.softplus(-logits).mean()
     nets.opt_G.zero_grad(set_to_none=True)
     loss.backward()
     nets.opt_G.step()
@@ -295,7 +332,9 @@ def _save_atomic(obj: dict, path: str) -> None:
 
 
 def _check_resumable(saved: dict[str, Any], cfg: GanTrainConfig, path: str) -> None:
-    ours, theirs = _identity(asdict(cfg)), _identity(saved)
+    # states written before the projected discriminator existed were all "stylegan2"
+    ours = _identity(asdict(cfg))
+    theirs = _identity({"discriminator": "stylegan2", "projected_trunk": "alex", "init": None, **saved})
     diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
     if diff:
         pairs = ", ".join(f"{k}={theirs.get(k)!r} (now {ours.get(k)!r})" for k in diff)
@@ -321,6 +360,9 @@ def train_gan(cfg: GanTrainConfig, *, log: Callable[[str], None] = print) -> Gen
     torch.manual_seed(cfg.seed + 1)  # the global generator draws the per-layer noise
 
     state_path = os.path.join(cfg.out, STATE_FILE)
+    if cfg.init and not os.path.exists(state_path):
+        _init_from(nets, cfg, cfg.init)
+        log(json.dumps({"initialised_from": cfg.init}))
     if os.path.exists(state_path):
         state = torch.load(state_path, map_location=device, weights_only=True)
         _check_resumable(state["config"], cfg, state_path)
@@ -357,7 +399,8 @@ def train_gan(cfg: GanTrainConfig, *, log: Callable[[str], None] = print) -> Gen
             return pool.submit(real_images, seeds, cfg.resolution)
 
         loss_G = loss_D = float("nan")
-        while prog.images_seen < total and time.time() < deadline:
+        cpu_limit = cfg.max_cpu_s if cfg.max_cpu_s is not None else math.inf
+        while prog.images_seen < total and time.time() < deadline and prog.cpu_s < cpu_limit:
             real = (pending or render(prog.images_seen)).result()
             pending = render(prog.images_seen + bs) if prog.images_seen + bs < total else None
             real = real.to(device, memory_format=torch.channels_last)
@@ -499,9 +542,9 @@ def _expected_time(cfg: GanTrainConfig) -> str:
     from handsoff_ray.pipeline.plan import resolve_checkpoint
 
     card = load_generator(resolve_checkpoint("toy")).metadata.get("model_card") or {}
-    same = {k: (card.get("config") or {}).get(k) for k in ("resolution", "channel_base", "channel_max",
-                                                             "style_dim", "n_mlp", "batch_size")}
-    ours = {k: getattr(cfg, k) for k in same}
+    keys = ("resolution", "channel_base", "channel_max", "style_dim", "n_mlp", "batch_size", "discriminator")
+    same = {k: (card.get("config") or {}).get(k, "stylegan2" if k == "discriminator" else None) for k in keys}
+    ours = {k: getattr(cfg, k) for k in keys}
     images = cfg.kimg * 1000
     if same == ours and _device(cfg.device).type == "cpu" and card.get("wall_time_s"):
         rate = card["images_seen"] / card["wall_time_s"]
@@ -512,6 +555,12 @@ def _expected_time(cfg: GanTrainConfig) -> str:
     return (f"expected time: {cfg.kimg:g} kimg; this network or device has no measured rate: the first progress "
             f"line (after --log-every s) reports img_per_s. --max-minutes M bounds this invocation; rerun the "
             f"same command to resume.")
+
+
+def _resolve_init(init: str | None) -> str | None:
+    if init == "toy":  # the shipped toy generator, by the name specs use for it
+        return str(Path(__file__).parent / "assets" / "toy_stylegan2.safetensors")
+    return init
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "python -m handsoff_ray.toy.train_gan") -> None:
@@ -537,6 +586,12 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m handsoff_r
     ap.add_argument("--mixing-prob", metavar="P", type=float, default=d.mixing_prob, help="default %(default)s")
     ap.add_argument("--ema-kimg", metavar="K", type=float, default=d.ema_kimg, help="default %(default)s")
     ap.add_argument("--seed", metavar="S", type=int, default=d.seed, help="default %(default)s")
+    ap.add_argument("--projected-trunk", choices=("alex", "vgg"), default=d.projected_trunk,
+                    help="ImageNet trunk of the projected discriminator (default %(default)s)")
+    ap.add_argument("--init", metavar="CKPT", default=None,
+                    help="start G from this generator checkpoint (same architecture), e.g. toy")
+    ap.add_argument("--discriminator", choices=("stylegan2", "projected"), default=d.discriminator,
+                    help="stylegan2: trained from scratch; projected: over frozen VGG16 features (default %(default)s)")
     ap.add_argument("--device", metavar="DEV", default=d.device, help="auto | cpu | cuda[:i] (default %(default)s)")
     ap.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=d.precision, help="default %(default)s")
     ap.add_argument("--threads", metavar="N", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -554,6 +609,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m handsoff_r
         out=a.out, resolution=a.resolution, channel_base=a.channel_base, channel_max=a.channel_max,
         style_dim=a.style_dim, n_mlp=a.n_mlp, batch_size=a.batch_size, kimg=a.kimg, lr=a.lr, r1_gamma=a.r1_gamma,
         r1_interval=a.r1_interval, mixing_prob=a.mixing_prob, ema_kimg=a.ema_kimg, seed=a.seed, device=a.device,
+        discriminator=a.discriminator, projected_trunk=a.projected_trunk, init=a.init,
         precision=a.precision, threads=a.threads, ckpt_every=a.ckpt_every, grid_every=a.grid_every,
         log_every=a.log_every, max_minutes=a.max_minutes,
     )
@@ -562,8 +618,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m handsoff_r
     state = torch.load(os.path.join(cfg.out, STATE_FILE), map_location="cpu", weights_only=True)
     seen = state["progress"]["images_seen"]
     if seen < round(cfg.kimg * 1000):
-        print(f"stopped at {seen / 1000:g} of {cfg.kimg:g} kimg (--max-minutes {cfg.max_minutes:g}); "
-              f"rerun the same command to resume", file=sys.stderr, flush=True)
+        print(f"stopped at {seen / 1000:g} of {cfg.kimg:g} kimg; rerun the same command to resume",
+              file=sys.stderr, flush=True)
     else:
         print(f"finished {cfg.kimg:g} kimg; export it with: {prog} --out {cfg.out} --export GENERATOR.safetensors",
               file=sys.stderr, flush=True)

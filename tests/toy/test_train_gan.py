@@ -144,7 +144,7 @@ class TestExport:
                                             "--device", "cpu", "--threads", "1", "--max-minutes", "0"])
         assert res.exit_code == 0, res.output
         assert re.search(r"expected time: 300 kimg at [\d.]+ images/s, .* about [\d.]+ h in all", res.stderr)
-        assert "stopped at 0 of 300 kimg (--max-minutes 0); rerun the same command to resume" in res.stderr
+        assert "stopped at 0 of 300 kimg; rerun the same command to resume" in res.stderr
 
     def test_cli_trains_then_exports(self, tmp_path, capsys):
         args = ["--out", str(tmp_path / "r"), "--resolution", "16", "--channel-base", "256", "--channel-max", "32",
