@@ -24,7 +24,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
-__all__ = ["StageProgress", "stage_progress", "watch", "log_event", "now_iso", "quiet_ray"]
+__all__ = ["StageProgress", "stage_progress", "watch", "log_event", "now_iso", "quiet_ray", "quiet_ray_data"]
+
+_quiet = False  # set by quiet_ray(verbose=False); read by quiet_ray_data
 
 
 def now_iso() -> str:
@@ -125,13 +127,27 @@ def quiet_ray(*, verbose: bool = False) -> None:
 
     Call it before Ray is imported and started: its log levels are read from the environment then
     (Python's INFO "Started a local Ray instance", the C++ core's harmless error-level PreemptionWatcher
-    line on each Ray Train fit, Ray Data's progress bars and per-10 s progress blocks). Workers inherit
-    the environment. Ray's logs still go to its session folder (/tmp/ray/session_latest/logs), so
+    line on each Ray Train fit); workers inherit the environment. Ray Data is quieted where it is used
+    (`quiet_ray_data`). Ray's logs still go to its session folder (/tmp/ray/session_latest/logs), so
     nothing is lost for debugging.
     """
+    global _quiet
+    _quiet = not verbose
     if verbose:
         return
     os.environ.setdefault("RAY_LOGGER_LEVEL", "error")  # read when ray is imported: call this first
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+
+
+def quiet_ray_data() -> None:
+    """After `import ray.data`, in the driver: no Ray Data progress bars or per-10 s progress blocks and
+    only its errors, when quiet_ray(verbose=False) was called (Ray Data sets up its own loggers on import)."""
+    if not _quiet:
+        return
+    import logging
+
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)

@@ -81,6 +81,9 @@ def run_synthesize_ray(spec: JobSpec, *, progress=None) -> dict:
     if todo:  # else neither Ray nor Ray Data is imported or started
         import ray.data
 
+        from handsoff_ray.pipeline.progress import quiet_ray_data
+
+        quiet_ray_data()
         ensure_ray(spec)
         res = spec.resources
         items = [{"shard": k, "start": ranges[k][0], "stop": ranges[k][1]} for k in todo]
