@@ -68,3 +68,28 @@ def test_local_engine_reports_inversion_steps_and_fitted_members(finished, tmp_p
     invert = _events(err, "invert")
     assert invert and invert[-1]["done"] == invert[-1]["total"] == spec.inversion.steps  # 1 image x its steps
     assert [e["done"] for e in _events(err, "fit")] == [1]  # one member was missing
+
+
+def test_ray_is_quiet_unless_verbose(monkeypatch):
+    import logging
+
+    from handsoff_ray.pipeline import progress
+
+    for var in ("RAY_LOGGER_LEVEL", "RAY_BACKEND_LOG_LEVEL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(progress, "_quiet", False)
+    progress.quiet_ray(verbose=True)
+    assert "RAY_LOGGER_LEVEL" not in os.environ
+    progress.quiet_ray(verbose=False)
+    assert os.environ["RAY_LOGGER_LEVEL"] == "error" and os.environ["RAY_BACKEND_LOG_LEVEL"] == "fatal"
+
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    monkeypatch.setattr(ctx, "enable_progress_bars", True)
+    level = logging.getLogger("ray.data").level
+    try:
+        progress.quiet_ray_data()
+        assert ctx.enable_progress_bars is False and logging.getLogger("ray.data").level == logging.ERROR
+    finally:
+        logging.getLogger("ray.data").setLevel(level)
