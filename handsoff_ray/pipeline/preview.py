@@ -25,7 +25,8 @@ PALETTE = np.array(
      [60, 60, 60], [160, 220, 255], [255, 90, 200], [150, 100, 60], [40, 160, 120], [200, 200, 200]],
     dtype=np.uint8,
 )
-KEYPOINT_COLOUR = (255, 255, 255)
+KEYPOINT_COLOUR = (255, 255, 255)  # visible (v > 0)
+HIDDEN_KEYPOINT_COLOUR = (255, 60, 60)  # v = 0: occluded or unlabeled; in synthetic pairs, below confidence
 
 
 def heat(values: np.ndarray, vmax: float | None = None) -> np.ndarray:
@@ -59,11 +60,12 @@ def _overlay(image: torch.Tensor, segmentation: np.ndarray) -> torch.Tensor:
 def _keypoints(image: torch.Tensor, keypoints: np.ndarray, scale: int) -> torch.Tensor:
     from torchvision.utils import draw_keypoints
 
-    visible = keypoints[keypoints[:, 2] > 0]
-    if not len(visible):
-        return image
-    xy = torch.from_numpy((visible[:, :2].astype(np.float32) + 0.5) * scale - 0.5)[None]  # [1, K, 2]
-    return draw_keypoints(image, xy, colors=KEYPOINT_COLOUR, radius=max(1, scale))
+    for points, colour in ((keypoints[keypoints[:, 2] == 0], HIDDEN_KEYPOINT_COLOUR),
+                           (keypoints[keypoints[:, 2] > 0], KEYPOINT_COLOUR)):
+        if len(points):
+            xy = torch.from_numpy((points[:, :2].astype(np.float32) + 0.5) * scale - 0.5)[None]  # [1, K, 2]
+            image = draw_keypoints(image, xy, colors=colour, radius=max(1, scale))
+    return image
 
 
 def _score_panel(score: float, vmax: float, size: tuple[int, int]) -> np.ndarray:
@@ -76,19 +78,19 @@ def _score_panel(score: float, vmax: float, size: tuple[int, int]) -> np.ndarray
     return np.asarray(img)
 
 
-def _legend(classes: list[str], width: int) -> np.ndarray:
-    """Rows of colour swatches with the class names, `width` pixels wide, on white."""
+def _legend(entries: list[tuple[str, tuple[int, int, int]]], width: int) -> np.ndarray:
+    """Rows of colour swatches with their names, `width` pixels wide, on white."""
     from PIL import Image, ImageDraw
 
     cell, swatch = 110, 12
     per_row = max(1, width // cell)
-    rows = -(-len(classes) // per_row)
+    rows = -(-len(entries) // per_row)
     img = Image.new("RGB", (width, rows * 18 + 6), (255, 255, 255))
     draw = ImageDraw.Draw(img)
-    for k, name in enumerate(classes):
+    for k, (name, colour) in enumerate(entries):
         x, y = 4 + (k % per_row) * cell, 4 + (k // per_row) * 18
-        draw.rectangle([x, y, x + swatch, y + swatch], fill=_colour(k), outline=(0, 0, 0))
-        draw.text((x + swatch + 4, y), f"{k} {name}"[:16], fill=(0, 0, 0))
+        draw.rectangle([x, y, x + swatch, y + swatch], fill=colour, outline=(0, 0, 0))
+        draw.text((x + swatch + 4, y), name[:16], fill=(0, 0, 0))
     return np.asarray(img)
 
 
@@ -98,7 +100,8 @@ def preview_grid(images: np.ndarray, *, segmentation: np.ndarray | None = None,
                  columns: int = 2, min_size: int = 128) -> np.ndarray:
     """uint8 [N, H, W, 3] (+ labels [N, H, W], keypoints [N, J, 3], uncertainty maps [N, h, w] or image
     scores [N]) -> one uint8 [H', W', 3] grid: `columns` pairs per row, each pair image | overlay |
-    keypoints | uncertainty (those given), then the class legend when `classes` and segmentation are given."""
+    keypoints | uncertainty (those given), then a legend of the class and keypoint colours. Keypoints with
+    v = 0 (occluded, unlabeled, or below confidence in synthetic pairs) are drawn too, in another colour."""
     from torchvision.utils import make_grid
 
     n, h, w = images.shape[:3]
@@ -130,6 +133,9 @@ def preview_grid(images: np.ndarray, *, segmentation: np.ndarray | None = None,
     per_pair = len(panels) // n
     grid = make_grid(panels, nrow=per_pair * max(1, min(columns, n)), padding=2, pad_value=255)
     grid = grid.permute(1, 2, 0).numpy()
-    if classes and segmentation is not None:
-        grid = np.concatenate([grid, _legend(list(classes), grid.shape[1])], axis=0)
+    entries = [(f"{k} {name}", _colour(k)) for k, name in enumerate(classes or [])] if segmentation is not None else []
+    if keypoints is not None:
+        entries += [("keypoint", KEYPOINT_COLOUR), ("keypoint, v=0", HIDDEN_KEYPOINT_COLOUR)]
+    if entries:
+        grid = np.concatenate([grid, _legend(entries, grid.shape[1])], axis=0)
     return np.ascontiguousarray(grid)

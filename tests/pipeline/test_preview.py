@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from handsoff_ray.pipeline.preview import PALETTE, preview_grid
+from handsoff_ray.pipeline.preview import HIDDEN_KEYPOINT_COLOUR, PALETTE, preview_grid
 
 CLASSES = ["background", "skin", "eye"]
 
@@ -30,11 +30,13 @@ def test_grid_has_four_panels_per_pair_in_columns_and_a_legend():
     assert (image == 100).all()
     assert (overlay[0, 0] == 45).all()  # background (id 0) is black, blended at 55 %
     assert (overlay[6 * 4, 6 * 4] == np.round(0.45 * 100 + 0.55 * PALETTE[2])).all()  # an eye pixel
-    assert (keypoints[5 * 4 + 1, 5 * 4 + 1] == 255).all() and (keypoints[10 * 4 + 1, 10 * 4 + 1] == 100).all()
+    assert (keypoints[5 * 4 + 1, 5 * 4 + 1] == 255).all()  # visible: white
+    assert tuple(keypoints[10 * 4 + 1, 10 * 4 + 1]) == HIDDEN_KEYPOINT_COLOUR  # v = 0: drawn in its own colour
     assert len(np.unique(score.reshape(-1, 3), axis=0)) >= 2  # a flat colour with its value written on it
     legend = grid[body:]
     for k in range(len(CLASSES)):
         assert (legend == PALETTE[k]).all(axis=-1).any(), CLASSES[k]
+    assert (legend == HIDDEN_KEYPOINT_COLOUR).all(axis=-1).any()
 
 
 def test_uncertainty_maps_and_one_column():
