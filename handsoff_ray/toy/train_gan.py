@@ -539,9 +539,8 @@ def _expected_time(cfg: GanTrainConfig) -> str:
     """What the run will take, from the shipped toy generator's measured rate when cfg trains the same
     network on a CPU; otherwise where to read the rate. Printed before training starts."""
     from handsoff_ray.core.checkpoint import load_generator
-    from handsoff_ray.pipeline.plan import resolve_checkpoint
 
-    card = load_generator(resolve_checkpoint("toy")).metadata.get("model_card") or {}
+    card = load_generator(_resolve_init("toy")).metadata.get("model_card") or {}
     keys = ("resolution", "channel_base", "channel_max", "style_dim", "n_mlp", "batch_size", "discriminator")
     same = {k: (card.get("config") or {}).get(k, "stylegan2" if k == "discriminator" else None) for k in keys}
     ours = {k: getattr(cfg, k) for k in keys}
