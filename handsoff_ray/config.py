@@ -149,6 +149,10 @@ class LabelGeneratorSpec(_Section):
     batch_pixels: int = Field(2048, ge=8, le=1_000_000, description="Pixels per step (reference: 64).")
     max_steps: int = Field(3000, ge=1, le=10_000_000)
     lr: float = Field(1e-3, gt=0, le=1)
+    # cosine decays the rate to 0 at max_steps (benchmarks/labelgen_fit.py measures what it buys)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    # true: every present segmentation class is drawn equally often (rare small parts are learnt in
+    # fewer steps; the reference samples uniformly)
     class_balanced: bool = False
     val_fraction: float = Field(0.1, gt=0, lt=1, description="Held-out pixel split for early stopping.")
     patience: int = Field(10, ge=1, description="Validation checks without improvement before stopping.")

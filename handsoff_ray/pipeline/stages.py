@@ -354,6 +354,7 @@ def fit_members(spec: JobSpec, ids: list[str], members: list[int]) -> int:
         lg, _ = fit_label_generator(
             features, targets, tasks, out_size=out_size, ensemble_size=lg_spec.ensemble_size, members=[m],
             max_steps=lg_spec.max_steps, batch_pixels=lg_spec.batch_pixels, lr=lg_spec.lr,
+            lr_schedule=lg_spec.lr_schedule,
             class_balanced=lg_spec.class_balanced, val_fraction=lg_spec.val_fraction, patience=lg_spec.patience,
             seed=spec.seed, device=device,
         )
