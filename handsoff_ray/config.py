@@ -215,7 +215,9 @@ class ResourcesSpec(_Section):
     engine: Literal["ray", "local"] = Field(
         "ray", description="ray: synthesis fans out to Ray Data actors (a local Ray when no address); "
         "local: everything in this process (same outputs, byte for byte).")
-    ray_address: str | None = Field(None, description="None = start a local Ray; 'auto' = the cluster.")
+    ray_address: str | None = Field(
+        None, description="None = the Ray job's cluster inside `ray job submit`, else a private local Ray; "
+        "'auto' or host:port = that cluster.")
     num_workers: int = Field(1, ge=1, le=4096, description="Ray Train workers for invert and fit.")
     use_gpu: bool = False
     cpus_per_worker: float = Field(1, gt=0, le=256)
