@@ -238,28 +238,78 @@ def checkpoint_sample(path: str, seeds: str, truncation_psi: float, noise_mode: 
     click.echo(json.dumps(sample_grid(path, seed_list, out, truncation_psi, noise_mode, device)))
 
 
+endpoint_option = click.option("--endpoint-url", default=None, metavar="URL",
+                               help="S3 endpoint (else AWS_ENDPOINT_URL).")
+allow_incomplete_option = click.option(
+    "--allow-incomplete", is_flag=True,
+    help="Read the shards that match the manifest even without _SUCCESS or with damaged shards (warns).")
+
+
+def _warn_incomplete(fn):
+    """Show the warnings a dataset reader raises (--allow-incomplete) as one stderr line each."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                for w in caught:
+                    click.echo(f"Warning: {w.message}", err=True)
+
+    return wrapper
+
+
 @main.command()
 @click.argument("uri", metavar="DATASET")
-@click.option("--endpoint-url", default=None, metavar="URL", help="S3 endpoint (else AWS_ENDPOINT_URL).")
+@endpoint_option
+@allow_incomplete_option
 @_fail_on_user_error
-def inspect(uri: str, endpoint_url: str | None) -> None:
+@_warn_incomplete
+def inspect(uri: str, endpoint_url: str | None, allow_incomplete: bool) -> None:
     """Counts, schema and histograms of a synthetic DATASET folder (local or s3://)."""
     from handsoff_ray.pipeline.inspect import inspect_dataset
 
-    click.echo(yaml.safe_dump(inspect_dataset(uri, endpoint_url=endpoint_url), sort_keys=False))
+    click.echo(yaml.safe_dump(inspect_dataset(uri, endpoint_url=endpoint_url, allow_incomplete=allow_incomplete),
+                              sort_keys=False))
+
+
+@main.command()
+@click.argument("uri", metavar="DATASET")
+@endpoint_option
+@_fail_on_user_error
+def verify(uri: str, endpoint_url: str | None) -> None:
+    """Check DATASET against its manifest: _SUCCESS, every shard's size, sha256 and row count.
+
+    Prints a report listing every problem; exits 2 when there is any (rerun `handsoff synthesize SPEC` to repair).
+    """
+    from handsoff_ray.pipeline.inspect import verify_dataset_uri
+
+    report = verify_dataset_uri(uri, endpoint_url=endpoint_url)
+    click.echo(yaml.safe_dump(report, sort_keys=False, width=10_000))  # one problem per line
+    if not report["ok"]:
+        click.echo(f"Error: {len(report['problems'])} problem(s) in {uri}: {report['problems'][0]}", err=True)
+        sys.exit(2)
 
 
 @main.command()
 @click.argument("uri", metavar="DATASET")
 @click.option("--out", type=click.Path(dir_okay=False), default="preview.png", show_default=True)
 @click.option("-n", "count", type=click.IntRange(1, 256), default=8, show_default=True, help="Pairs to show.")
-@click.option("--endpoint-url", default=None, metavar="URL", help="S3 endpoint (else AWS_ENDPOINT_URL).")
+@endpoint_option
+@allow_incomplete_option
 @_fail_on_user_error
-def preview(uri: str, out: str, count: int, endpoint_url: str | None) -> None:
+@_warn_incomplete
+def preview(uri: str, out: str, count: int, endpoint_url: str | None, allow_incomplete: bool) -> None:
     """A grid of the first pairs of DATASET: image | label overlay (with keypoints)."""
     from handsoff_ray.pipeline.inspect import preview_dataset
 
-    click.echo(json.dumps(preview_dataset(uri, out, count, endpoint_url=endpoint_url)))
+    click.echo(json.dumps(preview_dataset(uri, out, count, endpoint_url=endpoint_url,
+                                          allow_incomplete=allow_incomplete)))
 
 
 def _policy(policy: str, keep: float | None):
@@ -276,7 +326,8 @@ _POLICY_OPTIONS = [
                  help="Instead: keep the quantile Q of the least uncertain pairs."),
     click.option("--task", type=click.Choice(["segmentation", "keypoints", "depth"]), default=None,
                  help="Whose uncertainty filters (default: segmentation when present)."),
-    click.option("--endpoint-url", default=None, metavar="URL", help="S3 endpoint (else AWS_ENDPOINT_URL)."),
+    endpoint_option,
+    allow_incomplete_option,
 ]
 
 
@@ -293,13 +344,17 @@ def _policy_options(fn):
 @click.option("--limit", type=click.IntRange(1), default=None, metavar="N", help="Export the first N kept pairs.")
 @_policy_options
 @_fail_on_user_error
+@_warn_incomplete
 def export(uri: str, fmt: str, out: str, limit: int | None, policy: str, keep: float | None, task: str | None,
-           endpoint_url: str | None) -> None:
-    """Write DATASET as a labeled-set PNG folder or as COCO (RLE masks, keypoints)."""
+           endpoint_url: str | None, allow_incomplete: bool) -> None:
+    """Write DATASET as a labeled-set PNG folder or as COCO (RLE masks, keypoints).
+
+    The files go to a hidden folder beside OUT that becomes OUT only when the export is complete.
+    """
     from handsoff_ray.pipeline.export import export_dataset
 
     click.echo(json.dumps(export_dataset(uri, out, fmt, uncertainty_filter=_policy(policy, keep), filter_task=task,
-                                         limit=limit, endpoint_url=endpoint_url)))
+                                         limit=limit, endpoint_url=endpoint_url, allow_incomplete=allow_incomplete)))
 
 
 @main.command("filter")
@@ -307,12 +362,14 @@ def export(uri: str, fmt: str, out: str, limit: int | None, policy: str, keep: f
 @click.option("--out", required=True, metavar="URI", help="Where the filtered dataset goes (path or s3://).")
 @_policy_options
 @_fail_on_user_error
-def filter_cmd(uri: str, out: str, policy: str, keep: float | None, task: str | None, endpoint_url: str | None) -> None:
+@_warn_incomplete
+def filter_cmd(uri: str, out: str, policy: str, keep: float | None, task: str | None, endpoint_url: str | None,
+               allow_incomplete: bool) -> None:
     """Write the pairs of DATASET that an uncertainty policy keeps as a new dataset."""
     from handsoff_ray.pipeline.export import filter_dataset
 
     click.echo(json.dumps(filter_dataset(uri, out, uncertainty_filter=_policy(policy, keep), filter_task=task,
-                                         endpoint_url=endpoint_url)))
+                                         endpoint_url=endpoint_url, allow_incomplete=allow_incomplete)))
 
 
 @main.group()

@@ -97,10 +97,10 @@ def run_synthesize_ray(spec: JobSpec, *, progress=None) -> dict:
     """Write every missing shard with `resources.synthesis_actors` Ray actors; then manifest, _SUCCESS, card."""
     import ray.data
 
-    from handsoff_ray.pipeline.synthesize import DATASET, finish_dataset, prepare_synthesis, shard_name
+    from handsoff_ray.pipeline.manifest import MANIFEST
+    from handsoff_ray.pipeline.synthesize import DATASET, finish_dataset, prepare_synthesis
 
-    store, meta, manifest, ranges = prepare_synthesis(spec)
-    todo = [k for k in range(len(ranges)) if not store.exists(shard_name(k))]
+    store, meta, manifest, ranges, todo = prepare_synthesis(spec)
     t0 = time.time()
     if todo:
         ensure_ray(spec)
@@ -119,7 +119,7 @@ def run_synthesize_ray(spec: JobSpec, *, progress=None) -> dict:
         for n_done, row in enumerate(ds.iter_rows(), 1):
             entry = json.loads(row["entry"])
             manifest["shards"][str(entry["shard"])] = entry
-            store.write_json(f"{DATASET}/_manifest.json", manifest)
+            store.write_json(f"{DATASET}/{MANIFEST}", manifest)
             if progress:
                 progress(n_done, len(todo), entry)
     finish_dataset(store, spec, manifest, meta)

@@ -18,6 +18,7 @@ standard AWS retry strategy so brief object-store outages do not fail a run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
@@ -28,7 +29,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-__all__ = ["RunStore", "StorageError", "resolve_filesystem"]
+__all__ = ["RunStore", "StorageError", "list_sizes", "resolve_filesystem", "sha256_file"]
 
 # Waits between attempts of one object-store operation (about 15 s of outage ridden out in all).
 RETRY_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
@@ -58,6 +59,25 @@ def resolve_filesystem(
             kwargs["scheme"] = ep.scheme or "http"
         return pafs.S3FileSystem(**kwargs), f"{parsed.netloc}{parsed.path}".rstrip("/")
     raise StorageError(f"unsupported storage URI {uri!r}: use a local path, file:// or s3://")
+
+
+_CHUNK = 8 << 20  # streamed reads move this much at a time: memory stays flat whatever the file size
+
+
+def sha256_file(fs: pafs.FileSystem, path: str) -> tuple[str, int]:
+    """(sha256 hex, size) of one file, streamed."""
+    h, size = hashlib.sha256(), 0
+    with fs.open_input_stream(path) as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def list_sizes(fs: pafs.FileSystem, folder: str) -> dict[str, int]:
+    """{file name: size} of the files directly under folder, from one listing ({} when it does not exist)."""
+    infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    return {posixpath.basename(i.path): i.size for i in infos if i.type == pafs.FileType.File}
 
 
 @dataclass
@@ -105,9 +125,19 @@ class RunStore:
 
     def list(self, rel: str) -> list[str]:
         """Names (not paths) of the files directly under rel; [] when rel does not exist."""
-        info = self._remote("list", rel, lambda: self.fs.get_file_info(
-            pafs.FileSelector(self.path(rel), allow_not_found=True)))
-        return sorted(posixpath.basename(i.path) for i in info if i.type == pafs.FileType.File)
+        return sorted(self.sizes(rel))
+
+    def sizes(self, rel: str) -> dict[str, int]:
+        """{name: size} of the files directly under rel, from one listing; {} when rel does not exist."""
+        return self._remote("list", rel, lambda: list_sizes(self.fs, self.path(rel)))
+
+    def sha256(self, rel: str) -> tuple[str, int]:
+        """(sha256 hex, size) of the file at rel, streamed."""
+        return self._remote("read", rel, lambda: sha256_file(self.fs, self.path(rel)))
+
+    def delete(self, rel: str) -> None:
+        if self.exists(rel):
+            self._remote("delete", rel, lambda: self.fs.delete_file(self.path(rel)))
 
     def read_bytes(self, rel: str) -> bytes:
         def read() -> bytes:
@@ -204,6 +234,11 @@ class RunStore:
             return self.path(rel)
         os.makedirs(dest_dir, exist_ok=True)
         dest = os.path.join(dest_dir, posixpath.basename(rel))
-        with open(dest, "wb") as f:
-            f.write(self.read_bytes(rel))
+
+        def copy() -> None:
+            with self.fs.open_input_stream(self.path(rel)) as src, open(dest, "wb") as dst:
+                while chunk := src.read(_CHUNK):
+                    dst.write(chunk)
+
+        self._remote("read", rel, copy)
         return dest
