@@ -174,7 +174,12 @@ class SynthesisSpec(_Section):
 class S3Spec(_Section):
     endpoint_url: str | None = None  # else AWS_ENDPOINT_URL
     region: str | None = None  # else AWS_REGION / AWS_DEFAULT_REGION
-    max_attempts: int = Field(10, ge=1, le=100)
+    # Attempts of one HTTP request inside pyarrow (about a second in all); retry_seconds rides out longer outages.
+    max_attempts: int = Field(3, ge=1, le=100)
+    retry_seconds: float = Field(
+        60, ge=0, le=86_400,
+        description="How long one storage operation is retried through an outage before the run stops "
+        "(finished work is kept; rerun to resume). Raise it for flaky links; 0 = fail at the first error.")
 
 
 class StorageSpec(_Section):

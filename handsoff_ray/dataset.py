@@ -30,7 +30,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from handsoff_ray.pipeline.manifest import DatasetError, check_dataset
 from handsoff_ray.pipeline.schema import decode_row, schema_meta
-from handsoff_ray.pipeline.storage import resolve_filesystem
+from handsoff_ray.pipeline.storage import StorageError, resolve_filesystem, retry_remote
 
 __all__ = ["SyntheticDataset"]
 
@@ -48,7 +48,8 @@ class SyntheticDataset(IterableDataset):
         self.uri = uri
         self.fs, root = resolve_filesystem(uri, endpoint_url=endpoint_url)
         self.root = root.rstrip("/")
-        found = check_dataset(self.fs, self.root, uri, allow_incomplete=allow_incomplete)
+        found = retry_remote("open", uri, lambda: check_dataset(self.fs, self.root, uri,
+                                                                allow_incomplete=allow_incomplete))
         self.files, self._rows, self.warnings = found.paths, found.rows, found.warnings
         for message in self.warnings:
             warnings.warn(f"reading an incomplete dataset: {message}", stacklevel=2)
@@ -80,7 +81,10 @@ class SyntheticDataset(IterableDataset):
     def _where(self, path: str) -> str:
         return f"{self.uri.rstrip('/')}/data/{posixpath.basename(path)}"
 
-    def _unreadable(self, path: str, err: Exception) -> DatasetError:
+    def _unreadable(self, path: str, err: Exception) -> DatasetError | StorageError:
+        if "AWS Error" in str(err):  # the object store failed, not the file
+            return StorageError(f"read {self._where(path)}: the object store failed ({err}); rerun once it is "
+                                "reachable")
         return DatasetError(f"{self._where(path)}: not a readable Parquet file ({err}); "
                             "rerun `handsoff synthesize SPEC` to rewrite it")
 

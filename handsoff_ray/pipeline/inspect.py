@@ -18,10 +18,10 @@ __all__ = ["inspect_dataset", "preview_dataset", "verify_dataset_uri"]
 def verify_dataset_uri(uri: str, *, endpoint_url: str | None = None) -> dict:
     """`handsoff verify`: every shard of the dataset at uri against its manifest (see pipeline.manifest)."""
     from handsoff_ray.pipeline.manifest import verify_dataset
-    from handsoff_ray.pipeline.storage import resolve_filesystem
+    from handsoff_ray.pipeline.storage import resolve_filesystem, retry_remote
 
     fs, root = resolve_filesystem(uri, endpoint_url=endpoint_url)
-    return verify_dataset(fs, root.rstrip("/"), uri)
+    return retry_remote("verify", uri, lambda: verify_dataset(fs, root.rstrip("/"), uri))
 
 
 def inspect_dataset(uri: str, *, endpoint_url: str | None = None, allow_incomplete: bool = False) -> dict:

@@ -63,7 +63,7 @@ def open_run(spec: JobSpec) -> RunStore:
     s3 = spec.storage.s3
     return RunStore.open(
         spec.storage.output, run_id=spec.run_id, endpoint_url=s3.endpoint_url, region=s3.region,
-        max_attempts=s3.max_attempts,
+        max_attempts=s3.max_attempts, retry_seconds=s3.retry_seconds,
     )
 
 
