@@ -9,8 +9,12 @@
     handsoff checkpoint sample ffhq.pt --seeds 0-7 --out grid.png
     handsoff data check ./labeled                  # validate a labeled set, print a summary
 
-Every command validates its inputs before computing anything and exits 2 with a one-line cause on bad
-input (a spec error lists one line per problem).
+Every command validates its inputs before computing anything. Exit codes, the same for every command:
+
+    0   done
+    2   bad input: a spec, labeled set, checkpoint, storage location or dataset the user must fix, or a bad
+        option; stderr says which file (and line) and what to do, one line per problem, no traceback
+    1   an internal failure (a bug): the traceback is printed
 """
 
 from __future__ import annotations
@@ -37,11 +41,26 @@ def _parse_set(values: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+class BadInput(click.ClickException):
+    """Input the user must fix: printed as `Error: ...`, exit code 2 (see the module docstring)."""
+
+    exit_code = 2
+
+
 def _load(spec_path: str, sets: tuple[str, ...]) -> JobSpec:
     try:
         return load_spec(spec_path, _parse_set(sets))
     except SpecError as err:
-        raise click.ClickException(str(err)) from None
+        raise BadInput(str(err)) from None
+
+
+def _preflight(job: JobSpec, stages: tuple[str, ...] = ("invert", "fit", "synthesize", "evaluate")) -> None:
+    """Every input check the stages make before computing; BadInput listing the problems."""
+    from handsoff_ray.pipeline.preflight import preflight
+
+    problems = preflight(job, stages)
+    if problems:
+        raise BadInput(f"{len(problems)} problem(s): " + "; ".join(problems))
 
 
 def _checkpoint_path(ctx, param, value: str) -> str:
@@ -51,6 +70,8 @@ def _checkpoint_path(ctx, param, value: str) -> str:
     from handsoff_ray.pipeline.plan import resolve_checkpoint
 
     path = resolve_checkpoint(value)
+    if os.path.isdir(path):
+        raise click.BadParameter(f"{path} is a folder; pass the checkpoint file (.pt, .pkl or .safetensors)")
     if not os.path.isfile(path):
         raise click.BadParameter(f"no such file: {path}")
     return path
@@ -89,13 +110,17 @@ def main() -> None:
 @spec_argument
 @set_option
 def validate(spec: str, sets: tuple[str, ...]) -> None:
-    """Validate SPEC and print the resolved plan (no compute). Exits 1 when an input is missing."""
+    """Validate SPEC and print the resolved plan (no compute, nothing written).
+
+    Runs every input check `handsoff run` makes before it computes (labeled set, checkpoint, device,
+    LPIPS trunk, storage, evaluation set); exits 2 listing the problems when there are any.
+    """
     from handsoff_ray.pipeline.plan import make_plan
 
-    plan = make_plan(_load(spec, sets))
+    job = _load(spec, sets)
+    plan = make_plan(job)
     click.echo(yaml.safe_dump(plan, sort_keys=False))
-    if plan["problems"]:
-        raise click.ClickException(f"{len(plan['problems'])} problem(s): " + "; ".join(plan["problems"]))
+    _preflight(job)
 
 
 @main.command()
@@ -122,6 +147,7 @@ def run(spec: str, sets: tuple[str, ...], dry_run: bool, stages: str) -> None:
         wanted = select_stages(job, [s.strip() for s in stages.split(",") if s.strip()])
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--stages") from None
+    _preflight(job, tuple(wanted))
     # Progress on stderr; stdout stays one JSON line per finished stage.
     results = run_stages(
         job, wanted, spec_hash=plan["spec_hash"],
@@ -170,7 +196,7 @@ def demo(quick: bool, out: str, report: str | None, generator: str) -> None:
     try:
         run_demo(out, quick=quick, report=report, generator=generator, log=lambda m: click.echo(m, err=True))
     except FileNotFoundError as err:
-        raise click.ClickException(str(err)) from None
+        raise BadInput(str(err)) from None
 
 
 # Options are train_gan's own (argparse): `--help` is passed through so it lists them.

@@ -98,6 +98,9 @@ def _problems(fs: pafs.FileSystem, root: str, uri: str) -> tuple[list[str], dict
 def check_dataset(fs: pafs.FileSystem, root: str, uri: str, *, allow_incomplete: bool = False) -> DatasetFiles:
     """The shards a reader may open; DatasetError (one line, naming the first bad file) unless all is whole."""
     problems, manifest, sizes = _problems(fs, root, uri)
+    if manifest is None and not sizes and len(problems) == 2:  # no _SUCCESS, no manifest, no shards
+        raise DatasetError(f"{uri}: no handsoff dataset here (no {MANIFEST}, {SUCCESS} or data/*.parquet); "
+                           "pass the dataset folder of a run, e.g. RUN/dataset")
     if problems and not allow_incomplete:
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise DatasetError(
