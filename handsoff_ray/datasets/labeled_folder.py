@@ -71,7 +71,10 @@ class LabeledSetError(ValueError):
         self.root = str(root)
         self.problems = list(problems)
         n = len(self.problems)
-        lines = [f"{n} problem{'s' if n != 1 else ''} in {self.root}:"]
+        if n == 1:  # one problem, one line
+            super().__init__(f"{self.root}: {self.problems[0]}")
+            return
+        lines = [f"{n} problems in {self.root}:"]
         lines += [f"  {p}" for p in self.problems[:_MAX_PROBLEM_LINES]]
         if n > _MAX_PROBLEM_LINES:
             lines.append(f"  ... and {n - _MAX_PROBLEM_LINES} more")

@@ -50,8 +50,14 @@ def checkpoint_summary(path: str) -> dict:
 def convert_checkpoint(src: str, dst: str) -> dict:
     from handsoff_ray.core.checkpoint import load_generator, save_generator
 
+    from handsoff_ray.pipeline.errors import UserError
+
     G = load_generator(src)
-    save_generator(G, dst, metadata={"converted_from": os.path.basename(src), "converted_from_sha256": file_sha256(src)})
+    try:
+        save_generator(G, dst, metadata={"converted_from": os.path.basename(src),
+                                         "converted_from_sha256": file_sha256(src)})
+    except OSError as err:
+        raise UserError(f"cannot write {dst}: {err.strerror or err}; pick another destination") from None
     # Prove the conversion: the written file must reproduce the source's images.
     z = torch.randn(2, G.style_dim, generator=torch.Generator().manual_seed(0))
     G2 = load_generator(dst)

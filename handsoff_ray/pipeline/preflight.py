@@ -68,8 +68,10 @@ def _lpips_trunk(spec: JobSpec) -> None:
 
 def _storage(spec: JobSpec) -> None:
     """The output URI resolves, a local one can be created, and the run id holds no other spec's outputs."""
+    import pyarrow.fs as pafs
+
     from handsoff_ray.pipeline.stages import check_stage_owner, open_run
-    from handsoff_ray.pipeline.storage import StorageError
+    from handsoff_ray.pipeline.storage import StorageError, retry_remote
 
     store = open_run(spec)  # an unsupported scheme fails here
     if "://" not in store.uri():
@@ -78,6 +80,13 @@ def _storage(spec: JobSpec) -> None:
             existing = os.path.dirname(existing)
         if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
             raise StorageError(f"storage.output: cannot create {store.root}: {existing} is not a writable folder")
+    else:
+        bucket = store.root.split("/", 1)[0]
+        info = retry_remote("stat", f"s3://{bucket}", lambda: store.fs.get_file_info(bucket),
+                            budget_s=store.retry_seconds)
+        if info.type == pafs.FileType.NotFound:
+            raise StorageError(f"storage.output: bucket s3://{bucket} does not exist: create it, or fix the bucket "
+                               "name")
     for stage in ("invert", "fit", "synthesize"):
         check_stage_owner(store, stage, spec)  # also reaches the object store, retrying as a run would
 

@@ -8,48 +8,6 @@ import pytest
 from handsoff_ray.pipeline.storage import RunStore, StorageError, resolve_filesystem
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                 aws_secret_access_key="testing").create_bucket(Bucket="handsoff-test")
-    yield endpoint
-    server.stop()
-
-
-@pytest.fixture
-def denying_endpoint():
-    """An S3 endpoint on 127.0.0.1 that answers every request 403 InvalidAccessKeyId, as AWS does for bad keys."""
-    import http.server
-    import threading
-
-    class Deny(http.server.BaseHTTPRequestHandler):
-        def _deny(self):
-            body = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InvalidAccessKeyId</Code><Message>The AWS '
-                    b"Access Key Id you provided does not exist in our records.</Message></Error>")
-            self.send_response(403)
-            self.send_header("Content-Type", "application/xml")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
-        do_GET = do_HEAD = do_PUT = do_POST = _deny
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Deny)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-
-
 def _stores(tmp_path, s3_endpoint):
     return [RunStore.open(str(tmp_path / "out"), run_id="r1"),
             RunStore.open("s3://handsoff-test/out", run_id="r1", endpoint_url=s3_endpoint)]
