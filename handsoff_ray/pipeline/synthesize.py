@@ -151,7 +151,8 @@ def verify_committed(store, manifest: dict, ranges: list[tuple[int, int]], meta:
 
     sizes = store.sizes(f"{DATASET}/data")
     names = [posixpath.basename(shard_name(k)) for k in range(len(ranges))]
-    strangers = sorted(n for n in sizes if not n.startswith(".") and n not in set(names))
+    known = set(names)
+    strangers = sorted(n for n in sizes if not n.startswith(".") and n not in known)
     if strangers:
         raise UserError(f"{store.uri(f'{DATASET}/data/{strangers[0]}')}: not a shard of this dataset "
                         f"({len(strangers)} such file(s)); move it out of {store.uri(DATASET)} and rerun")
