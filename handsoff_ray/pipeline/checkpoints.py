@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 
@@ -18,12 +17,12 @@ from PIL import Image
 __all__ = ["checkpoint_summary", "convert_checkpoint", "sample_grid", "parse_seeds", "file_sha256", "to_uint8"]
 
 
-def file_sha256(path: str, *, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def file_sha256(path: str) -> str:
+    import pyarrow.fs as pafs
+
+    from handsoff_ray.pipeline.storage import sha256_file
+
+    return sha256_file(pafs.LocalFileSystem(), os.path.abspath(path))[0]
 
 
 def checkpoint_summary(path: str) -> dict:
