@@ -279,13 +279,18 @@ def _warn_incomplete(fn):
     def wrapper(*args, **kwargs):
         import warnings
 
+        from handsoff_ray.pipeline.manifest import IncompleteDatasetWarning
+
         with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+            warnings.simplefilter("always", IncompleteDatasetWarning)
             try:
                 return fn(*args, **kwargs)
             finally:
                 for w in caught:
-                    click.echo(f"Warning: {w.message}", err=True)
+                    if issubclass(w.category, IncompleteDatasetWarning):
+                        click.echo(f"Warning: {w.message}", err=True)
+                    else:  # anyone else's warning, shown as Python would have
+                        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
     return wrapper
 

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from handsoff_ray.pipeline.manifest import DatasetError, check_dataset
+from handsoff_ray.pipeline.manifest import DatasetError, IncompleteDatasetWarning, check_dataset
 from handsoff_ray.pipeline.schema import decode_row, schema_meta
 from handsoff_ray.pipeline.storage import StorageError, resolve_filesystem, retry_remote
 
@@ -52,7 +52,7 @@ class SyntheticDataset(IterableDataset):
                                                                 allow_incomplete=allow_incomplete))
         self.files, self._rows, self.warnings = found.paths, found.rows, found.warnings
         for message in self.warnings:
-            warnings.warn(f"reading an incomplete dataset: {message}", stacklevel=2)
+            warnings.warn(f"reading an incomplete dataset: {message}", IncompleteDatasetWarning, stacklevel=2)
         self.meta = schema_meta(self.open_shard(self.files[0]).schema_arrow)
         self.batch_rows = batch_rows
         self.filter_task = filter_task or self._default_task()  # whose uncertainty the policy reads

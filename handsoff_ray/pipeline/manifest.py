@@ -23,7 +23,7 @@ from handsoff_ray.pipeline.errors import UserError
 from handsoff_ray.pipeline.storage import list_sizes, sha256_file
 
 __all__ = [
-    "MANIFEST", "SUCCESS", "DatasetError", "DatasetFiles", "check_dataset", "manifest_files", "parse_manifest",
+    "MANIFEST", "SUCCESS", "DatasetError", "DatasetFiles", "IncompleteDatasetWarning", "check_dataset", "manifest_files", "parse_manifest",
     "read_manifest", "verify_dataset",
 ]
 
@@ -32,6 +32,10 @@ MANIFEST, SUCCESS = "_manifest.json", "_SUCCESS"
 
 class DatasetError(UserError):
     """A synthetic dataset that is incomplete or disagrees with its manifest; the message names the file."""
+
+
+class IncompleteDatasetWarning(UserWarning):
+    """Raised (as a warning) for each problem of a dataset read with allow_incomplete=True."""
 
 
 def read_manifest(fs: pafs.FileSystem, root: str, uri: str) -> dict:
