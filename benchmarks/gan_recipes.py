@@ -16,6 +16,9 @@ Recipes:
 `--init toy` starts every recipe's G from the shipped 82-kimg generator instead of random weights.
 `--channel-base 4096` measures generator capacity (64 instead of 32 channels at 64 px, 128 at 32 px).
 State lives under --work/<recipe>; rerunning resumes and re-measures only marks not yet in the JSON.
+
+`--states 'DIR/state_*.pt'` instead measures KID of training states saved along a long run (copies of
+its state.pt), giving that run's KID curve against its CPU-seconds and images seen.
 """
 
 from __future__ import annotations
@@ -51,9 +54,13 @@ def main(argv=None) -> dict:
     p.add_argument("--kid-n", type=int, default=1000, help="images per KID set")
     p.add_argument("--threads", type=int, default=1, help="torch threads for training")
     p.add_argument("--work", default=".toygan/recipes", help="state folders")
+    p.add_argument("--states", default=None, help="glob of saved state.pt copies: measure their KID curve")
     a = p.parse_args(argv)
     from handsoff_ray.toy.quality import measure_kid
     from handsoff_ray.toy.train_gan import GanTrainConfig, load_state_generator, train_gan
+
+    if a.states:
+        return _state_curve(a, measure_kid)
 
     tag = f"init-{a.init}" if a.init else "scratch"
     result = {"budget_cpu_s": a.budget, "init": a.init, "channel_base": a.channel_base, "threads": a.threads,
@@ -85,6 +92,31 @@ def main(argv=None) -> dict:
             with open(points_file, "w") as f:
                 json.dump(points, f)
         result["recipes"][name] = sorted(points, key=lambda pt: pt["mark_cpu_s"])
+    print(json.dumps(result, indent=None if a.json else 2))
+    return result
+
+
+def _state_curve(a, measure_kid) -> dict:
+    import glob
+    import shutil
+    import tempfile
+
+    from handsoff_ray.toy.train_gan import load_state_generator
+
+    curve = []
+    for path in sorted(glob.glob(a.states)):
+        with tempfile.TemporaryDirectory() as d:  # load_state_generator reads DIR/state.pt
+            shutil.copy(path, os.path.join(d, "state.pt"))
+            G, state = load_state_generator(d)
+        prog = state["progress"]
+        q = measure_kid(G, n=a.kid_n, subset_size=min(500, a.kid_n), log=log)
+        pt = {"state": os.path.basename(path), "cpu_s": round(prog["cpu_s"], 1),
+              "kimg": round(prog["images_seen"] / 1000, 2), "kid": round(q["kid"], 5), "kid_std": round(q["kid_std"], 5),
+              "kid_real_vs_real": round(q["kid_real_vs_real"], 5), "config": {k: state["config"].get(k) for k in (
+                  "discriminator", "projected_trunk", "init", "channel_base")}}
+        log(json.dumps(pt))
+        curve.append(pt)
+    result = {"states": a.states, "kid_n": a.kid_n, "curve": sorted(curve, key=lambda pt: pt["cpu_s"])}
     print(json.dumps(result, indent=None if a.json else 2))
     return result
 

@@ -9,8 +9,12 @@
     handsoff checkpoint sample ffhq.pt --seeds 0-7 --out grid.png
     handsoff data check ./labeled                  # validate a labeled set, print a summary
 
-Every command validates its inputs before computing anything and exits 2 with a one-line cause on bad
-input (a spec error lists one line per problem).
+Every command validates its inputs before computing anything. Exit codes, the same for every command:
+
+    0   done
+    2   bad input: a spec, labeled set, checkpoint, storage location or dataset the user must fix, or a bad
+        option; stderr says which file (and line) and what to do, one line per problem, no traceback
+    1   an internal failure (a bug): the traceback is printed
 """
 
 from __future__ import annotations
@@ -37,11 +41,26 @@ def _parse_set(values: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+class BadInput(click.ClickException):
+    """Input the user must fix: printed as `Error: ...`, exit code 2 (see the module docstring)."""
+
+    exit_code = 2
+
+
 def _load(spec_path: str, sets: tuple[str, ...]) -> JobSpec:
     try:
         return load_spec(spec_path, _parse_set(sets))
     except SpecError as err:
-        raise click.ClickException(str(err)) from None
+        raise BadInput(str(err)) from None
+
+
+def _preflight(job: JobSpec, stages: tuple[str, ...] = ("invert", "fit", "synthesize", "evaluate")) -> None:
+    """Every input check the stages make before computing; BadInput listing the problems."""
+    from handsoff_ray.pipeline.preflight import preflight
+
+    problems = preflight(job, stages)
+    if problems:
+        raise BadInput(f"{len(problems)} problem(s): " + "; ".join(problems))
 
 
 def _checkpoint_path(ctx, param, value: str) -> str:
@@ -51,6 +70,8 @@ def _checkpoint_path(ctx, param, value: str) -> str:
     from handsoff_ray.pipeline.plan import resolve_checkpoint
 
     path = resolve_checkpoint(value)
+    if os.path.isdir(path):
+        raise click.BadParameter(f"{path} is a folder; pass the checkpoint file (.pt, .pkl or .safetensors)")
     if not os.path.isfile(path):
         raise click.BadParameter(f"no such file: {path}")
     return path
@@ -99,13 +120,17 @@ def main() -> None:
 @spec_argument
 @set_option
 def validate(spec: str, sets: tuple[str, ...]) -> None:
-    """Validate SPEC and print the resolved plan (no compute). Exits 1 when an input is missing."""
+    """Validate SPEC and print the resolved plan (no compute, nothing written).
+
+    Runs every input check `handsoff run` makes before it computes (labeled set, checkpoint, device,
+    LPIPS trunk, storage, evaluation set); exits 2 listing the problems when there are any.
+    """
     from handsoff_ray.pipeline.plan import make_plan
 
-    plan = make_plan(_load(spec, sets))
+    job = _load(spec, sets)
+    plan = make_plan(job)
     click.echo(yaml.safe_dump(plan, sort_keys=False))
-    if plan["problems"]:
-        raise click.ClickException(f"{len(plan['problems'])} problem(s): " + "; ".join(plan["problems"]))
+    _preflight(job)
 
 
 @main.command()
@@ -133,6 +158,7 @@ def run(spec: str, sets: tuple[str, ...], dry_run: bool, stages: str) -> None:
         wanted = select_stages(job, [s.strip() for s in stages.split(",") if s.strip()])
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--stages") from None
+    _preflight(job, tuple(wanted))
     # Progress on stderr (pipeline/progress.py); stdout stays one JSON line per finished stage.
     results = run_stages(
         job, wanted, spec_hash=plan["spec_hash"],
@@ -180,7 +206,7 @@ def demo(quick: bool, out: str, report: str | None, generator: str) -> None:
     try:
         run_demo(out, quick=quick, report=report, generator=generator, log=lambda m: click.echo(m, err=True))
     except FileNotFoundError as err:
-        raise click.ClickException(str(err)) from None
+        raise BadInput(str(err)) from None
 
 
 # Options are train_gan's own (argparse): `--help` is passed through so it lists them.
@@ -249,15 +275,67 @@ def checkpoint_sample(path: str, seeds: str, truncation_psi: float, noise_mode: 
     click.echo(json.dumps(sample_grid(path, seed_list, out, truncation_psi, noise_mode, device)))
 
 
+endpoint_option = click.option("--endpoint-url", default=None, metavar="URL",
+                               help="S3 endpoint (else AWS_ENDPOINT_URL).")
+allow_incomplete_option = click.option(
+    "--allow-incomplete", is_flag=True,
+    help="Read the shards that match the manifest even without _SUCCESS or with damaged shards (warns).")
+
+
+def _warn_incomplete(fn):
+    """Show the warnings a dataset reader raises (--allow-incomplete) as one stderr line each."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import warnings
+
+        from handsoff_ray.pipeline.manifest import IncompleteDatasetWarning
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", IncompleteDatasetWarning)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                for w in caught:
+                    if issubclass(w.category, IncompleteDatasetWarning):
+                        click.echo(f"Warning: {w.message}", err=True)
+                    else:  # anyone else's warning, shown as Python would have
+                        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+    return wrapper
+
+
 @main.command()
 @click.argument("uri", metavar="DATASET")
-@click.option("--endpoint-url", default=None, metavar="URL", help="S3 endpoint (else AWS_ENDPOINT_URL).")
+@endpoint_option
+@allow_incomplete_option
 @_fail_on_user_error
-def inspect(uri: str, endpoint_url: str | None) -> None:
+@_warn_incomplete
+def inspect(uri: str, endpoint_url: str | None, allow_incomplete: bool) -> None:
     """Counts, schema and histograms of a synthetic DATASET folder (local or s3://)."""
     from handsoff_ray.pipeline.inspect import inspect_dataset
 
-    click.echo(yaml.safe_dump(inspect_dataset(uri, endpoint_url=endpoint_url), sort_keys=False))
+    click.echo(yaml.safe_dump(inspect_dataset(uri, endpoint_url=endpoint_url, allow_incomplete=allow_incomplete),
+                              sort_keys=False))
+
+
+@main.command()
+@click.argument("uri", metavar="DATASET")
+@endpoint_option
+@_fail_on_user_error
+def verify(uri: str, endpoint_url: str | None) -> None:
+    """Check DATASET against its manifest: _SUCCESS, every shard's size, sha256 and row count.
+
+    Prints a report listing every problem; exits 2 when there is any (rerun `handsoff synthesize SPEC` to repair).
+    """
+    from handsoff_ray.pipeline.inspect import verify_dataset_uri
+
+    report = verify_dataset_uri(uri, endpoint_url=endpoint_url)
+    click.echo(yaml.safe_dump(report, sort_keys=False, width=10_000))  # one problem per line
+    if not report["ok"]:
+        click.echo(f"Error: {len(report['problems'])} problem(s) in {uri}: {report['problems'][0]}", err=True)
+        sys.exit(2)
 
 
 @main.command()
@@ -265,13 +343,16 @@ def inspect(uri: str, endpoint_url: str | None) -> None:
 @click.option("--out", type=click.Path(dir_okay=False), default="preview.png", show_default=True)
 @click.option("-n", "count", type=click.IntRange(1, 256), default=8, show_default=True, help="Pairs to show.")
 @click.option("--columns", type=click.IntRange(1, 64), default=2, show_default=True, help="Pairs per grid row.")
-@click.option("--endpoint-url", default=None, metavar="URL", help="S3 endpoint (else AWS_ENDPOINT_URL).")
+@endpoint_option
+@allow_incomplete_option
 @_fail_on_user_error
-def preview(uri: str, out: str, count: int, columns: int, endpoint_url: str | None) -> None:
+@_warn_incomplete
+def preview(uri: str, out: str, count: int, columns: int, endpoint_url: str | None, allow_incomplete: bool) -> None:
     """A grid of the first pairs of DATASET: image | class overlay | keypoints | uncertainty, and a legend."""
     from handsoff_ray.pipeline.inspect import preview_dataset
 
-    click.echo(json.dumps(preview_dataset(uri, out, count, columns=columns, endpoint_url=endpoint_url)))
+    click.echo(json.dumps(preview_dataset(uri, out, count, columns=columns, endpoint_url=endpoint_url,
+                                          allow_incomplete=allow_incomplete)))
 
 
 def _policy(policy: str, keep: float | None):
@@ -288,7 +369,8 @@ _POLICY_OPTIONS = [
                  help="Instead: keep the quantile Q of the least uncertain pairs."),
     click.option("--task", type=click.Choice(["segmentation", "keypoints", "depth"]), default=None,
                  help="Whose uncertainty filters (default: segmentation when present)."),
-    click.option("--endpoint-url", default=None, metavar="URL", help="S3 endpoint (else AWS_ENDPOINT_URL)."),
+    endpoint_option,
+    allow_incomplete_option,
 ]
 
 
@@ -305,13 +387,17 @@ def _policy_options(fn):
 @click.option("--limit", type=click.IntRange(1), default=None, metavar="N", help="Export the first N kept pairs.")
 @_policy_options
 @_fail_on_user_error
+@_warn_incomplete
 def export(uri: str, fmt: str, out: str, limit: int | None, policy: str, keep: float | None, task: str | None,
-           endpoint_url: str | None) -> None:
-    """Write DATASET as a labeled-set PNG folder or as COCO (RLE masks, keypoints)."""
+           endpoint_url: str | None, allow_incomplete: bool) -> None:
+    """Write DATASET as a labeled-set PNG folder or as COCO (RLE masks, keypoints).
+
+    The files go to a hidden folder beside OUT that becomes OUT only when the export is complete.
+    """
     from handsoff_ray.pipeline.export import export_dataset
 
     click.echo(json.dumps(export_dataset(uri, out, fmt, uncertainty_filter=_policy(policy, keep), filter_task=task,
-                                         limit=limit, endpoint_url=endpoint_url)))
+                                         limit=limit, endpoint_url=endpoint_url, allow_incomplete=allow_incomplete)))
 
 
 @main.command("filter")
@@ -319,12 +405,14 @@ def export(uri: str, fmt: str, out: str, limit: int | None, policy: str, keep: f
 @click.option("--out", required=True, metavar="URI", help="Where the filtered dataset goes (path or s3://).")
 @_policy_options
 @_fail_on_user_error
-def filter_cmd(uri: str, out: str, policy: str, keep: float | None, task: str | None, endpoint_url: str | None) -> None:
+@_warn_incomplete
+def filter_cmd(uri: str, out: str, policy: str, keep: float | None, task: str | None, endpoint_url: str | None,
+               allow_incomplete: bool) -> None:
     """Write the pairs of DATASET that an uncertainty policy keeps as a new dataset."""
     from handsoff_ray.pipeline.export import filter_dataset
 
     click.echo(json.dumps(filter_dataset(uri, out, uncertainty_filter=_policy(policy, keep), filter_task=task,
-                                         endpoint_url=endpoint_url)))
+                                         endpoint_url=endpoint_url, allow_incomplete=allow_incomplete)))
 
 
 @main.group()

@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 __all__ = [
     "JobSpec",
@@ -71,9 +74,41 @@ class SpecError(ValueError):
     """A job spec that cannot run. The message lists every problem, one per line."""
 
 
+def _kind(annotation: Any) -> str | None:
+    """'int', 'bool', 'float' or 'ints' (a tuple of ints) for the field types whose silent coercions we refuse."""
+    if annotation in (int, bool, float):
+        return annotation.__name__
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        return _kind(args[0])
+    if typing.get_origin(annotation) is tuple and args and all(a is int for a in args):
+        return "ints"
+    return None
+
+
+def _refuse_coercion(kind: str | None, value: Any) -> None:
+    """pydantic's lax mode turns `steps: true` into 1 and `steps: 2.0` into 2; a spec must say what it means."""
+    if kind == "int" and (isinstance(value, (bool, float, str))):
+        raise PydanticCustomError("int_strict", "expected an integer, got {got}", {"got": json.dumps(value)})
+    if kind == "bool" and not isinstance(value, bool):
+        raise PydanticCustomError("bool_strict", "expected true or false, got {got}", {"got": json.dumps(value)})
+    if kind == "float" and isinstance(value, bool):
+        raise PydanticCustomError("float_strict", "expected a number, got {got}", {"got": json.dumps(value)})
+    if kind == "ints" and isinstance(value, (list, tuple)):
+        for v in value:
+            _refuse_coercion("int", v)
+
+
 class _Section(BaseModel):
     # extra="forbid" is what turns a typo into an error instead of a silently ignored key.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_silent_coercion(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None:
+            _refuse_coercion(_kind(cls.model_fields[info.field_name].annotation), value)
+        return value
 
 
 class GeneratorSpec(_Section):
@@ -195,6 +230,10 @@ class LabelGeneratorSpec(_Section):
     batch_pixels: int = Field(2048, ge=8, le=1_000_000, description="Pixels per step (reference: 64).")
     max_steps: int = Field(3000, ge=1, le=10_000_000)
     lr: float = Field(1e-3, gt=0, le=1)
+    # cosine decays the rate to 0 at max_steps (benchmarks/labelgen_fit.py measures what it buys)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    # true: every present segmentation class is drawn equally often (rare small parts are learnt in
+    # fewer steps; the reference samples uniformly)
     class_balanced: bool = False
     val_fraction: float = Field(0.1, gt=0, lt=1, description="Held-out pixel split for early stopping.")
     patience: int = Field(10, ge=1, description="Validation checks without improvement before stopping.")
@@ -220,7 +259,12 @@ class SynthesisSpec(_Section):
 class S3Spec(_Section):
     endpoint_url: str | None = None  # else AWS_ENDPOINT_URL
     region: str | None = None  # else AWS_REGION / AWS_DEFAULT_REGION
-    max_attempts: int = Field(10, ge=1, le=100)
+    # Attempts of one HTTP request inside pyarrow (about a second in all); retry_seconds rides out longer outages.
+    max_attempts: int = Field(3, ge=1, le=100)
+    retry_seconds: float = Field(
+        60, ge=0, le=86_400,
+        description="How long one storage operation is retried through an outage before the run stops "
+        "(finished work is kept; rerun to resume). Raise it for flaky links; 0 = fail at the first error.")
 
 
 class StorageSpec(_Section):
@@ -264,7 +308,9 @@ class ResourcesSpec(_Section):
     engine: Literal["ray", "local"] = Field(
         "ray", description="ray: synthesis fans out to Ray Data actors (a local Ray when no address); "
         "local: everything in this process (same outputs, byte for byte).")
-    ray_address: str | None = Field(None, description="None = start a local Ray; 'auto' = the cluster.")
+    ray_address: str | None = Field(
+        None, description="None = the Ray job's cluster inside `ray job submit`, else a private local Ray; "
+        "'auto' or host:port = that cluster.")
     num_workers: int = Field(1, ge=1, le=4096, description="Ray Train workers for invert and fit.")
     use_gpu: bool = False
     cpus_per_worker: float = Field(1, gt=0, le=256)
@@ -296,16 +342,19 @@ class JobSpec(_Section):
         return self.storage.run_id or self.name
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = []
+def _format_errors(err: ValidationError, source: str, lines: dict[tuple, int] | None = None) -> str:
+    out = []
     for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = tuple(str(p) for p in e["loc"])
+        path = ".".join(loc) or "(top level)"
+        where = f"{source}:{_line_of(loc, lines or {})}" if lines else source
         if e["type"] == "extra_forbidden":
-            lines.append(f"{source}: {path}: unknown key{_nearest_key(e['loc'])} "
-                         "(`handsoff spec defaults` lists every key)")
+            out.append(f"{where}: {path}: unknown key{_nearest_key(loc)} (`handsoff spec defaults` lists every key)")
+        elif e["type"].endswith("_strict"):
+            out.append(f"{where}: {path}: {e['msg']}")
         else:
-            lines.append(f"{source}: {path}: {e['msg']} (got {e.get('input')!r})")
-    return "\n".join(lines)
+            out.append(f"{where}: {path}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(out)
 
 
 def _nearest_key(loc: tuple) -> str:
@@ -322,8 +371,17 @@ def _nearest_key(loc: tuple) -> str:
     return f"; did you mean `{'.'.join(map(str, (*loc[:-1], close[0])))}`?" if close else ""
 
 
-def parse_spec(data: dict[str, Any] | None, *, source: str = "<spec>") -> JobSpec:
-    """Validate a spec dict; raise SpecError naming every bad field by its dotted path."""
+def _line_of(loc: tuple, lines: dict[tuple, int]) -> int:
+    """The line of the deepest key of loc the YAML file holds (1 for a problem of the whole document)."""
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return 1
+
+
+def parse_spec(data: dict[str, Any] | None, *, source: str = "<spec>", lines: dict[tuple, int] | None = None
+               ) -> JobSpec:
+    """Validate a spec dict; raise SpecError naming every bad field by its dotted path (and line, given lines)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -331,21 +389,55 @@ def parse_spec(data: dict[str, Any] | None, *, source: str = "<spec>") -> JobSpe
     try:
         return JobSpec.model_validate(data)
     except ValidationError as err:
-        raise SpecError(_format_errors(err, source)) from None
+        raise SpecError(_format_errors(err, source, lines)) from None
+
+
+def _key_lines(node: yaml.Node, source: str, prefix: tuple = ()) -> dict[tuple, int]:
+    """{key path: 1-based line} of every mapping key under node; SpecError on a key given twice."""
+    lines: dict[tuple, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = (*prefix, str(key_node.value))
+            line = key_node.start_mark.line + 1
+            if key in lines:
+                raise SpecError(f"{source}:{line}: {'.'.join(key)}: duplicate key (first on line {lines[key]}); "
+                                "keep one")
+            lines[key] = line
+            lines.update(_key_lines(value_node, source, key))
+    return lines
 
 
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> JobSpec:
-    """Read a YAML spec from disk; `overrides` maps dotted keys to values (CLI `--set a.b=c`)."""
+    """Read a YAML spec from disk; `overrides` maps dotted keys to values (CLI `--set a.b=c`).
+
+    Errors name the file and line: bytes that are not UTF-8, YAML syntax (line and column), a key given
+    twice, and every field that does not validate.
+    """
     path = Path(path)
     if not path.is_file():
-        raise SpecError(f"{path}: no such spec file")
+        raise SpecError(f"{path}: no such spec file" if not path.exists() else f"{path}: not a file")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        raise SpecError(f"{path}:{line}:{column}: not UTF-8 text (byte 0x{raw[err.start]:02x}); "
+                        "save the spec as UTF-8") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text) or {}
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise SpecError(f"{where}: not valid YAML: {err.problem or err.context}") from None
     except yaml.YAMLError as err:
         raise SpecError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    lines = _key_lines(node, str(path)) if node is not None else {}
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)
-    return parse_spec(data, source=str(path))
+        lines.pop(tuple(dotted.split(".")), None)  # the value comes from --set, not from that line
+    return parse_spec(data, source=str(path), lines=lines)
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

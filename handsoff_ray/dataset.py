@@ -21,33 +21,72 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import warnings
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from handsoff_ray.pipeline.manifest import DatasetError, IncompleteDatasetWarning, check_dataset
 from handsoff_ray.pipeline.schema import decode_row, schema_meta
-from handsoff_ray.pipeline.storage import resolve_filesystem
+from handsoff_ray.pipeline.storage import StorageError, resolve_filesystem, retry_remote
 
 __all__ = ["SyntheticDataset"]
 
 
 class SyntheticDataset(IterableDataset):
     def __init__(self, uri: str | os.PathLike, *, uncertainty_filter: str | float | None = "reference",
-                 filter_task: str | None = None, endpoint_url: str | None = None, batch_rows: int = 64):
-        """uri: the dataset folder (holding data/ and _manifest.json), local or s3://."""
+                 filter_task: str | None = None, endpoint_url: str | None = None, batch_rows: int = 64,
+                 allow_incomplete: bool = False):
+        """uri: the dataset folder (holding data/, _manifest.json and _SUCCESS), local or s3://.
+
+        A dataset without _SUCCESS, or whose shards disagree with its manifest, raises DatasetError naming
+        the file; allow_incomplete=True reads the shards that match instead and warns about the rest.
+        """
         uri = os.fspath(uri)
+        self.uri = uri
         self.fs, root = resolve_filesystem(uri, endpoint_url=endpoint_url)
         self.root = root.rstrip("/")
-        info = self.fs.get_file_info(pq_selector(self.root))
-        self.files = sorted(i.path for i in info if i.path.endswith(".parquet"))
-        if not self.files:
-            raise FileNotFoundError(f"no Parquet shards under {uri}/data; is this a handsoff dataset folder?")
-        self.meta = schema_meta(pq.read_schema(self.fs.open_input_file(self.files[0])))
+        found = retry_remote("open", uri, lambda: check_dataset(self.fs, self.root, uri,
+                                                                allow_incomplete=allow_incomplete))
+        self.files, self._rows, self.warnings = found.paths, found.rows, found.warnings
+        for message in self.warnings:
+            warnings.warn(f"reading an incomplete dataset: {message}", IncompleteDatasetWarning, stacklevel=2)
+        self.meta = schema_meta(self.open_shard(self.files[0]).schema_arrow)
         self.batch_rows = batch_rows
         self.filter_task = filter_task or self._default_task()  # whose uncertainty the policy reads
         self.keep = self._keep_set(uncertainty_filter, self.filter_task)
+
+    def open_shard(self, path: str) -> pq.ParquetFile:
+        """One shard, checked against the row count its manifest entry records; DatasetError names the file."""
+        try:
+            pf = pq.ParquetFile(self.fs.open_input_file(path))
+        except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+            raise self._unreadable(path, err) from None
+        expected = self._rows.get(path)
+        if expected is not None and pf.metadata.num_rows != expected:
+            raise DatasetError(f"{self._where(path)}: {pf.metadata.num_rows} rows, the manifest records {expected}; "
+                               "rerun `handsoff synthesize SPEC` to rewrite it")
+        return pf
+
+    def read_shard(self, path: str, columns: list[str] | None = None):
+        """One whole shard (or some of its columns) as an Arrow table."""
+        pf = self.open_shard(path)
+        try:
+            return pf.read(columns=columns)
+        except (OSError, ValueError) as err:
+            raise self._unreadable(path, err) from None
+
+    def _where(self, path: str) -> str:
+        return f"{self.uri.rstrip('/')}/data/{posixpath.basename(path)}"
+
+    def _unreadable(self, path: str, err: Exception) -> DatasetError | StorageError:
+        if "AWS Error" in str(err):  # the object store failed, not the file
+            return StorageError(f"read {self._where(path)}: the object store failed ({err}); rerun once it is "
+                                "reachable")
+        return DatasetError(f"{self._where(path)}: not a readable Parquet file ({err}); "
+                            "rerun `handsoff synthesize SPEC` to rewrite it")
 
     def _default_task(self) -> str:
         tasks = self.meta["tasks"]
@@ -58,7 +97,7 @@ class SyntheticDataset(IterableDataset):
             return None
         column = f"uncertainty_{task}"
         # Only two narrow columns are read to decide the filter, never the images.
-        tables = [pq.read_table(self.fs.open_input_file(f), columns=["sample_id", column]) for f in self.files]
+        tables = [self.read_shard(f, ["sample_id", column]) for f in self.files]
         ids = np.concatenate([t.column("sample_id").to_numpy() for t in tables])
         scores = np.concatenate([t.column(column).to_numpy(zero_copy_only=False) for t in tables])
         if policy == "reference":
@@ -88,7 +127,7 @@ class SyntheticDataset(IterableDataset):
     def __len__(self) -> int:
         if self.keep is not None:
             return len(self.keep)
-        return sum(pq.ParquetFile(self.fs.open_input_file(f)).metadata.num_rows for f in self.files)
+        return sum(self.open_shard(f).metadata.num_rows for f in self.files)
 
     def _my_files(self) -> list[str]:
         rank, world = 0, 1
@@ -102,8 +141,14 @@ class SyntheticDataset(IterableDataset):
         """The kept rows of this rank's / worker's shards, decoded to numpy arrays, in sample-id order
         within one process (shards in name order, rows in id order)."""
         for path in self._my_files():
-            pf = pq.ParquetFile(self.fs.open_input_file(path))
-            for batch in pf.iter_batches(batch_size=self.batch_rows):
+            batches = self.open_shard(path).iter_batches(batch_size=self.batch_rows)
+            while True:
+                try:
+                    batch = next(batches, None)
+                except (OSError, ValueError) as err:
+                    raise self._unreadable(path, err) from None
+                if batch is None:
+                    break
                 for row in batch.to_pylist():
                     if self.keep is None or row["sample_id"] in self.keep:
                         yield decode_row(row, self.meta)
@@ -113,8 +158,3 @@ class SyntheticDataset(IterableDataset):
             yield {k: (torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v)
                    for k, v in out.items()}
 
-
-def pq_selector(root: str):
-    import pyarrow.fs as pafs
-
-    return pafs.FileSelector(posixpath.join(root, "data"), allow_not_found=True)

@@ -45,14 +45,14 @@ class TestValidate:
         spec = tmp_path / "s.yaml"
         spec.write_text(f"generator: {{checkpoint: {tmp_path}/none.pt}}\ndata: {{path: {tmp_path}/nodata}}\n")
         res = runner.invoke(main, ["validate", str(spec)])
-        assert res.exit_code == 1
+        assert res.exit_code == 2  # bad input (module docstring of cli.py)
         assert "2 problem(s)" in res.output and "none.pt" in res.output and "nodata" in res.output
 
     def test_unknown_key_fails_with_dotted_path(self, runner, tmp_path):
         spec = tmp_path / "s.yaml"
         spec.write_text("inversion:\n  stepz: 3\n")
         res = runner.invoke(main, ["validate", str(spec)])
-        assert res.exit_code == 1
+        assert res.exit_code == 2
         assert "inversion.stepz: unknown key" in res.output
 
     def test_set_overrides(self, runner, tmp_path):

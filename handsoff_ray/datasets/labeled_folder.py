@@ -71,7 +71,10 @@ class LabeledSetError(ValueError):
         self.root = str(root)
         self.problems = list(problems)
         n = len(self.problems)
-        lines = [f"{n} problem{'s' if n != 1 else ''} in {self.root}:"]
+        if n == 1:  # one problem, one line
+            super().__init__(f"{self.root}: {self.problems[0]}")
+            return
+        lines = [f"{n} problems in {self.root}:"]
         lines += [f"  {p}" for p in self.problems[:_MAX_PROBLEM_LINES]]
         if n > _MAX_PROBLEM_LINES:
             lines.append(f"  ... and {n - _MAX_PROBLEM_LINES} more")
@@ -341,6 +344,19 @@ def _bad_keypoint_rows(pts: list[Any]) -> str | None:
     return None
 
 
+def _check_visible_inside(sid: str, pts: np.ndarray, names: Sequence[str], hw: tuple[int, int],
+                          problems: list[str]) -> None:
+    """Points marked visible (v=2) must lie on the image: pixel centres are integers, so [-0.5, W-0.5]."""
+    h, w = hw
+    x, y, v = pts[:, 0], pts[:, 1], pts[:, 2]
+    outside = np.flatnonzero((v == 2) & ((x < -0.5) | (x > w - 0.5) | (y < -0.5) | (y > h - 0.5)))
+    if outside.size:
+        k = int(outside[0])
+        more = f" (and {outside.size - 1} more)" if outside.size > 1 else ""
+        problems.append(f"keypoints.json: {sid!r} point {k} ({names[k]}) at ({x[k]:g}, {y[k]:g}) is marked visible "
+                        f"but lies outside images/{sid}.png ({w}x{h}){more}; fix it, or set v to 0 (unlabeled)")
+
+
 def _check_pairs(part_dir: str, part_ids: set[str], image_ids: set[str], what: str, problems: list[str]) -> None:
     for sid in sorted(image_ids - part_ids):
         problems.append(f"images/{sid}.png has no {what}: expected {part_dir}/{sid}.png")
@@ -433,6 +449,8 @@ def open_labeled_set(root: str | Path, *, require: Sequence[str] = ("segmentatio
     names, points = None, {}
     if present["keypoints"]:
         names, points = _read_keypoints(root, image_ids, problems)
+        for sid in sorted(set(points) & set(images)):
+            _check_visible_inside(sid, points[sid], names, images[sid].shape[:2], problems)
 
     scale = None
     if present["depth"]:

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 
@@ -20,12 +19,12 @@ from handsoff_ray.config import parse_seeds  # noqa: F401 - re-exported: `checkp
 __all__ = ["checkpoint_summary", "convert_checkpoint", "sample_grid", "parse_seeds", "file_sha256", "to_uint8"]
 
 
-def file_sha256(path: str, *, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def file_sha256(path: str) -> str:
+    import pyarrow.fs as pafs
+
+    from handsoff_ray.pipeline.storage import sha256_file
+
+    return sha256_file(pafs.LocalFileSystem(), os.path.abspath(path))[0]
 
 
 def checkpoint_summary(path: str) -> dict:
@@ -59,7 +58,11 @@ def convert_checkpoint(src: str, dst: str, *, force: bool = False) -> dict:
     if os.path.exists(dst) and not force:
         raise UserError(f"{dst} exists; pass --force to overwrite it, or choose another destination")
     G = load_generator(src)
-    save_generator(G, dst, metadata={"converted_from": os.path.basename(src), "converted_from_sha256": file_sha256(src)})
+    try:
+        save_generator(G, dst, metadata={"converted_from": os.path.basename(src),
+                                         "converted_from_sha256": file_sha256(src)})
+    except OSError as err:
+        raise UserError(f"cannot write {dst}: {err.strerror or err}; pick another destination") from None
     # Prove the conversion: the written file must reproduce the source's images.
     z = torch.randn(2, G.style_dim, generator=torch.Generator().manual_seed(0))
     G2 = load_generator(dst)

@@ -20,35 +20,55 @@ the same dataset with the same policy is the same files.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
 import json
 import posixpath
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
 
 from handsoff_ray.pipeline.errors import UserError
+from handsoff_ray.pipeline.manifest import MANIFEST, SUCCESS, sha256_file
 
 __all__ = ["export_dataset", "filter_dataset", "FORMATS"]
 
 FORMATS = ("png-folder", "coco")
 
 
-def _open(uri: str, policy, task: str | None, endpoint_url: str | None):
+def _open(uri: str, policy, task: str | None, endpoint_url: str | None, allow_incomplete: bool):
     from handsoff_ray.dataset import SyntheticDataset
 
-    try:
-        return SyntheticDataset(uri, uncertainty_filter=policy, filter_task=task, endpoint_url=endpoint_url)
-    except FileNotFoundError as err:
-        raise UserError(str(err)) from None
+    return SyntheticDataset(uri, uncertainty_filter=policy, filter_task=task, endpoint_url=endpoint_url,
+                            allow_incomplete=allow_incomplete)
 
 
-def _empty_out(out: Path) -> None:
+@contextlib.contextmanager
+def _staged_folder(out: Path):
+    """Yield a hidden folder beside out to write into; it becomes out only when the block completes.
+
+    A failure midway removes it, so out never holds half an export and a retry starts clean.
+    """
+    if out.is_file():
+        raise UserError(f"{out} is a file; pass a folder that does not exist yet")
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} is not empty; export into a new folder so nothing already there is overwritten")
-    out.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        staging.mkdir(parents=True)
+    except OSError as err:
+        raise UserError(f"cannot write under {out.parent}: {err.strerror}; pick another --out") from None
+    try:
+        yield staging
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _sample_name(sample_id: int) -> str:
@@ -56,13 +76,12 @@ def _sample_name(sample_id: int) -> str:
 
 
 def export_dataset(uri: str, out: str, fmt: str, *, uncertainty_filter="reference", filter_task: str | None = None,
-                   limit: int | None = None, endpoint_url: str | None = None) -> dict:
+                   limit: int | None = None, endpoint_url: str | None = None, allow_incomplete: bool = False) -> dict:
     """Write the (filtered) dataset at uri into the local folder out as `fmt`; returns a summary."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
-    ds = _open(uri, uncertainty_filter, filter_task, endpoint_url)  # validates before anything is written
+    ds = _open(uri, uncertainty_filter, filter_task, endpoint_url, allow_incomplete)  # checked before any write
     out_path = Path(out)
-    _empty_out(out_path)
     tasks = [t for t in ("segmentation", "keypoints", "depth") if t in ds.meta["tasks"]]
     scores: list[list] = []
 
@@ -72,11 +91,12 @@ def export_dataset(uri: str, out: str, fmt: str, *, uncertainty_filter="referenc
             yield r
 
     writer = _write_png_folder if fmt == "png-folder" else _write_coco
-    writer(out_path, rows(), ds.meta)
-    with open(out_path / "uncertainty.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "sample_id", *[f"uncertainty_{t}" for t in tasks]])
-        w.writerows(scores)
+    with _staged_folder(out_path) as staging:
+        writer(staging, rows(), ds.meta)
+        with open(staging / "uncertainty.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "sample_id", *[f"uncertainty_{t}" for t in tasks]])
+            w.writerows(scores)
     return {"format": fmt, "out": str(out_path), "rows": len(scores), "source": uri,
             "uncertainty_filter": uncertainty_filter}
 
@@ -146,38 +166,58 @@ def _write_coco(out: Path, rows, meta: dict) -> None:
 
 
 def filter_dataset(uri: str, out: str, *, uncertainty_filter="reference", filter_task: str | None = None,
-                   endpoint_url: str | None = None) -> dict:
-    """Write the rows the policy keeps as a new dataset at out (local or s3://), shard by shard."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+                   endpoint_url: str | None = None, allow_incomplete: bool = False) -> dict:
+    """Write the rows the policy keeps as a new dataset at out (local or s3://), shard by shard.
 
-    from handsoff_ray.pipeline.storage import RunStore, resolve_filesystem
+    Locally the dataset is written into a hidden folder that is renamed to out when complete; on S3 its
+    _SUCCESS, written last, is what readers wait for.
+    """
+    import pyarrow.fs as pafs
+
+    from handsoff_ray.pipeline.storage import resolve_filesystem
 
     if uncertainty_filter is None:
         raise UserError("filter needs a policy: --keep QUANTILE or --policy reference")
-    ds = _open(uri, uncertainty_filter, filter_task, endpoint_url)
+    ds = _open(uri, uncertainty_filter, filter_task, endpoint_url, allow_incomplete)
     fs, root = resolve_filesystem(out, endpoint_url=endpoint_url)
-    store = RunStore(fs=fs, root=root, run_id=posixpath.basename(root))  # atomic commits, S3 retries
-    if store.exists("_SUCCESS"):
+    if fs.get_file_info(posixpath.join(root, SUCCESS)).type != pafs.FileType.NotFound:
         raise UserError(f"{out} already holds a finished dataset; pick a new --out")
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return {"out": out, **_write_filtered(ds, fs, root, uri, uncertainty_filter)}
+    with _staged_folder(Path(root)) as staging:
+        summary = _write_filtered(ds, fs, str(staging), uri, uncertainty_filter)
+    return {"out": out, **summary}
+
+
+def _write_filtered(ds, fs, root: str, uri: str, uncertainty_filter) -> dict:
+    """The kept rows of every shard of ds under root, each recorded like a synthesized shard, then _SUCCESS."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    from handsoff_ray.pipeline.storage import RunStore
+
+    store = RunStore(fs=fs, root=root, run_id=posixpath.basename(root))  # atomic commits, S3 retries
     keep = pa.array(sorted(ds.keep), pa.int64())
     shards, kept_total, total = {}, 0, 0
-    for path in ds.files:
-        table = pq.read_table(ds.fs.open_input_file(path))
+    for k, path in enumerate(ds.files):
+        table = ds.read_shard(path)
         kept = table.filter(pc.is_in(table.column("sample_id"), value_set=keep))
         name = posixpath.basename(path)
         with tempfile.TemporaryDirectory(prefix="handsoff-filter-") as tmp:
             pq.write_table(kept, f"{tmp}/{name}", row_group_size=256)
+            digest, size = sha256_file(pafs.LocalFileSystem(), f"{tmp}/{name}")
             store.put_file(f"data/{name}", f"{tmp}/{name}")
-        shards[name] = {"rows": kept.num_rows, "source_rows": table.num_rows}
+        shards[str(k)] = {"file": f"data/{name}", "rows": kept.num_rows, "bytes": size, "sha256": digest,
+                          "source_rows": table.num_rows}
         kept_total, total = kept_total + kept.num_rows, total + table.num_rows
     policy = {"uncertainty_filter": uncertainty_filter, "task": ds.filter_task, "source": uri}
     manifest = {"filtered_from": policy, "shards": shards, "num_samples": kept_total, "meta": ds.meta}
     card = (f"# Filtered HandsOff dataset\n\nRows of `{uri}` kept by the uncertainty policy "
             f"`{uncertainty_filter}` on task `{policy['task']}`: {kept_total} of {total}.\n"
             "Open it with `SyntheticDataset(uri, uncertainty_filter=None)`; it is already filtered.\n")
-    store.write_json("_manifest.json", manifest)
+    store.write_json(MANIFEST, manifest)
     store.write_bytes("README.md", card.encode())
-    store.write_bytes("_SUCCESS", b"")
-    return {"out": out, "rows": kept_total, "source_rows": total, **policy}
+    store.write_bytes(SUCCESS, b"")
+    return {"rows": kept_total, "source_rows": total, **policy}

@@ -1,6 +1,7 @@
-"""`handsoff inspect` and `handsoff preview`: look at a synthetic dataset without training on it.
+"""`handsoff inspect`, `verify` and `preview`: look at a synthetic dataset without training on it.
 
     handsoff inspect handsoff-demo/runs/toy-demo/dataset
+    handsoff verify handsoff-demo/runs/toy-demo/dataset      # every shard's sha256 against the manifest
     handsoff preview handsoff-demo/runs/toy-demo/dataset --out grid.png -n 16
 """
 
@@ -9,24 +10,32 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import pyarrow.parquet as pq
 from PIL import Image
 
-__all__ = ["inspect_dataset", "preview_dataset"]
+__all__ = ["inspect_dataset", "preview_dataset", "verify_dataset_uri"]
 
 
-def inspect_dataset(uri: str, *, endpoint_url: str | None = None) -> dict:
+def verify_dataset_uri(uri: str, *, endpoint_url: str | None = None) -> dict:
+    """`handsoff verify`: every shard of the dataset at uri against its manifest (see pipeline.manifest)."""
+    from handsoff_ray.pipeline.manifest import verify_dataset
+    from handsoff_ray.pipeline.storage import resolve_filesystem, retry_remote
+
+    fs, root = resolve_filesystem(uri, endpoint_url=endpoint_url)
+    return retry_remote("verify", uri, lambda: verify_dataset(fs, root.rstrip("/"), uri))
+
+
+def inspect_dataset(uri: str, *, endpoint_url: str | None = None, allow_incomplete: bool = False) -> dict:
     from handsoff_ray.dataset import SyntheticDataset
 
-    ds = SyntheticDataset(uri, uncertainty_filter=None, endpoint_url=endpoint_url)
+    ds = SyntheticDataset(uri, uncertainty_filter=None, endpoint_url=endpoint_url, allow_incomplete=allow_incomplete)
     rows, uncertainty = 0, {}
     columns = [f"uncertainty_{t}" for t in ds.meta["tasks"]]
     for f in ds.files:
-        t = pq.read_table(ds.fs.open_input_file(f), columns=columns)
+        t = ds.read_shard(f, columns)
         rows += t.num_rows
         for c in columns:
             uncertainty.setdefault(c, []).append(t.column(c).to_numpy(zero_copy_only=False))
-    schema = pq.read_schema(ds.fs.open_input_file(ds.files[0]))
+    schema = ds.open_shard(ds.files[0]).schema_arrow
     hist = {}
     for c, parts in uncertainty.items():
         v = np.concatenate(parts).astype(np.float64)
@@ -36,16 +45,17 @@ def inspect_dataset(uri: str, *, endpoint_url: str | None = None) -> dict:
         "dataset": uri, "shards": len(ds.files), "rows": rows, "tasks": ds.meta["tasks"],
         "classes": ds.meta.get("classes"), "keypoints": ds.meta.get("keypoint_names"),
         "image_size": ds.meta.get("image_size"), "uncertainty": hist,
-        "schema": {f.name: str(f.type) for f in schema},
+        "schema": {f.name: str(f.type) for f in schema}, **({"incomplete": ds.warnings} if ds.warnings else {}),
     }
 
 
-def preview_dataset(uri: str, out: str, count: int, *, columns: int = 2, endpoint_url: str | None = None) -> dict:
+def preview_dataset(uri: str, out: str, count: int, *, columns: int = 2, endpoint_url: str | None = None,
+                    allow_incomplete: bool = False) -> dict:
     """The first `count` pairs of a dataset as a preview grid (pipeline/preview.py) written to `out`."""
     from handsoff_ray.dataset import SyntheticDataset
     from handsoff_ray.pipeline.preview import preview_grid
 
-    ds = SyntheticDataset(uri, uncertainty_filter=None, endpoint_url=endpoint_url)
+    ds = SyntheticDataset(uri, uncertainty_filter=None, endpoint_url=endpoint_url, allow_incomplete=allow_incomplete)
     rows = []
     for row in ds:
         rows.append(row)

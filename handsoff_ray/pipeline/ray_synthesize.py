@@ -14,26 +14,48 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import numpy as np
 
 from handsoff_ray.config import JobSpec
 
-__all__ = ["ensure_ray", "enter_driver_cwd", "run_synthesize_ray"]
+__all__ = ["ensure_ray", "enter_driver_cwd", "ray_init_args", "run_synthesize_ray"]
 
 
-def ensure_ray(spec: JobSpec) -> None:
-    """Join the cluster the spec names, or start a local one sized to this machine."""
+def ray_init_args(spec: JobSpec, environ=os.environ) -> tuple[dict, str]:
+    """(ray.init keyword arguments, a line saying what they do) for this spec in this environment.
+
+    - `resources.ray_address` set: join that cluster (its own resources; none are passed).
+    - else RAY_ADDRESS holds a cluster address: this driver runs inside a Ray job (`ray job submit`
+      sets it to the cluster's GCS address), so join that cluster.
+    - else start a private local Ray. `address="local"` is what keeps `ray.init` from attaching to a
+      head some other `ray start` left running (or a stale address file one left behind in Ray's temp dir).
+    """
+    if spec.resources.ray_address:
+        return ({"address": spec.resources.ray_address},
+                f"joining the Ray cluster at {spec.resources.ray_address} (resources.ray_address)")
+    env_address = environ.get("RAY_ADDRESS", "")
+    # An http(s):// RAY_ADDRESS is a dashboard URL meant for `ray job submit`, not a cluster to join.
+    if env_address and "://" not in env_address:
+        return {"address": env_address}, f"joining the Ray cluster at {env_address} (RAY_ADDRESS: inside a Ray job)"
+    cpus = os.cpu_count()
+    return ({"address": "local", "num_cpus": cpus, "include_dashboard": False,
+             "object_store_memory": 512 * 2**20},
+            f"starting a private local Ray ({cpus} CPUs); set resources.ray_address to use a cluster")
+
+
+def ensure_ray(spec: JobSpec) -> str:
+    """Join the cluster the spec or the Ray job names, or start a private local Ray; says which on stderr."""
     import ray
 
-    if ray.is_initialized():
-        return
-    if spec.resources.ray_address:
-        ray.init(address=spec.resources.ray_address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 object_store_memory=512 * 2**20)
+    if ray.is_initialized():  # inside a Ray worker, or a caller that initialised Ray itself
+        return "using the Ray this process is already connected to"
+    kwargs, what = ray_init_args(spec)
+    print(f"handsoff: {what}", file=sys.stderr, flush=True)
+    ray.init(log_to_driver=False, **kwargs)
+    return what
 
 
 def enter_driver_cwd(cwd: str) -> None:
@@ -73,10 +95,10 @@ class _ShardWriter:
 
 def run_synthesize_ray(spec: JobSpec, *, progress=None) -> dict:
     """Write every missing shard with `resources.synthesis_actors` Ray actors; then manifest, _SUCCESS, card."""
-    from handsoff_ray.pipeline.synthesize import DATASET, finish_dataset, prepare_synthesis, shard_name
+    from handsoff_ray.pipeline.manifest import MANIFEST
+    from handsoff_ray.pipeline.synthesize import DATASET, finish_dataset, prepare_synthesis
 
-    store, meta, manifest, ranges = prepare_synthesis(spec)
-    todo = [k for k in range(len(ranges)) if not store.exists(shard_name(k))]
+    store, meta, manifest, ranges, todo = prepare_synthesis(spec)
     t0 = time.time()
     if todo:  # else neither Ray nor Ray Data is imported or started
         import ray.data
@@ -100,7 +122,7 @@ def run_synthesize_ray(spec: JobSpec, *, progress=None) -> dict:
         for n_done, row in enumerate(ds.iter_rows(), 1):
             entry = json.loads(row["entry"])
             manifest["shards"][str(entry["shard"])] = entry
-            store.write_json(f"{DATASET}/_manifest.json", manifest)
+            store.write_json(f"{DATASET}/{MANIFEST}", manifest)
             if progress:
                 progress(n_done, len(todo), entry)
     finish_dataset(store, spec, manifest, meta)

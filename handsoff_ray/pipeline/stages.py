@@ -59,24 +59,35 @@ def open_run(spec: JobSpec) -> RunStore:
     s3 = spec.storage.s3
     return RunStore.open(
         spec.storage.output, run_id=spec.run_id, endpoint_url=s3.endpoint_url, region=s3.region,
-        max_attempts=s3.max_attempts,
+        max_attempts=s3.max_attempts, retry_seconds=s3.retry_seconds,
     )
 
 
 def claim_stage(store: RunStore, stage: str, spec: JobSpec) -> str:
     """Record which spec owns <run>/<stage>/; refuse to mix two specs' outputs under one run id."""
     h = stage_hash(spec, stage)
-    folder = {"invert": LATENTS, "fit": LABEL_GENERATOR, "synthesize": "dataset"}[stage]
-    marker = f"{folder}/_stage.json"
-    existing = store.read_json(marker)
+    marker = f"{_STAGE_FOLDERS[stage]}/_stage.json"
+    existing = check_stage_owner(store, stage, spec)
     if existing is None:
         store.write_json(marker, {"stage": stage, "stage_hash": h, "spec": spec.model_dump(mode="json")})
-    elif existing["stage_hash"] != h:
+    return h
+
+
+_STAGE_FOLDERS = {"invert": LATENTS, "fit": LABEL_GENERATOR, "synthesize": "dataset"}
+
+
+def check_stage_owner(store: RunStore, stage: str, spec: JobSpec) -> dict | None:
+    """The stage's marker when this spec owns <run>/<stage>/ (None when nobody does yet); UserError when
+    another spec's outputs are there."""
+    h = stage_hash(spec, stage)
+    folder = _STAGE_FOLDERS[stage]
+    existing = store.read_json(f"{folder}/_stage.json")
+    if existing is not None and existing.get("stage_hash") != h:
         raise UserError(
-            f"{store.uri(folder)} holds {stage} output of another spec (hash {existing['stage_hash']}, this spec "
+            f"{store.uri(folder)} holds {stage} output of another spec (hash {existing.get('stage_hash')}, this spec "
             f"{h}); set storage.run_id to a new id, or delete that folder to recompute"
         )
-    return h
+    return existing
 
 
 def _cached_checkpoint(spec: JobSpec, uri: str) -> str:
@@ -375,6 +386,7 @@ def fit_members(spec: JobSpec, ids: list[str], members: list[int], *,
         lg, _ = fit_label_generator(
             features, targets, tasks, out_size=out_size, ensemble_size=lg_spec.ensemble_size, members=[m],
             max_steps=lg_spec.max_steps, batch_pixels=lg_spec.batch_pixels, lr=lg_spec.lr,
+            lr_schedule=lg_spec.lr_schedule,
             class_balanced=lg_spec.class_balanced, val_fraction=lg_spec.val_fraction, patience=lg_spec.patience,
             seed=spec.seed, device=device,
         )

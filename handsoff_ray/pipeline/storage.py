@@ -12,26 +12,37 @@ Layout (one run = one prefix)::
     <output>/<run_id>/eval/              evaluation reports
 
 S3 settings come from the spec (`storage.s3`) or the usual environment (AWS_ENDPOINT_URL,
-AWS_REGION / AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY); retries use pyarrow's
-standard AWS retry strategy so brief object-store outages do not fail a run.
+AWS_REGION / AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY). Each object-store operation
+is retried through an outage (a refused connection, a name that does not resolve, a dropped upload) for
+`storage.s3.retry_seconds` (default 60 s), saying so on stderr at the first failure; rejected credentials
+and missing buckets fail at once, since no retry fixes them. Local paths that cannot be written (a
+read-only or missing parent, a file in the way) are one-line StorageErrors.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
+import sys
 import time
 import uuid
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
+import tenacity
 
-__all__ = ["RunStore", "StorageError", "resolve_filesystem"]
+__all__ = ["RunStore", "StorageError", "list_sizes", "resolve_filesystem", "retry_remote", "sha256_file"]
 
-# Waits between attempts of one object-store operation (about 15 s of outage ridden out in all).
+# Waits between attempts of one object-store operation; the last repeats until the retry budget is spent.
 RETRY_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+DEFAULT_RETRY_SECONDS = 60.0  # storage.s3.retry_seconds: an unreachable endpoint fails in about a minute
+# AWS error codes (as pyarrow names them) that no retry can fix.
+_CREDENTIAL_ERRORS = ("ACCESS_DENIED", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH", "EXPIRED_TOKEN",
+                      "INVALID_CLIENT_TOKEN_ID", "MISSING_AUTHENTICATION_TOKEN")
+_BUCKET_ERRORS = ("NO_SUCH_BUCKET", "INVALID_BUCKET_NAME")
 
 
 class StorageError(RuntimeError):
@@ -39,7 +50,7 @@ class StorageError(RuntimeError):
 
 
 def resolve_filesystem(
-    uri: str, *, endpoint_url: str | None = None, region: str | None = None, max_attempts: int = 10
+    uri: str, *, endpoint_url: str | None = None, region: str | None = None, max_attempts: int = 3
 ) -> tuple[pafs.FileSystem, str]:
     """Map a path or URI to (filesystem, path inside it)."""
     parsed = urlparse(uri)
@@ -60,11 +71,90 @@ def resolve_filesystem(
     raise StorageError(f"unsupported storage URI {uri!r}: use a local path, file:// or s3://")
 
 
+_CHUNK = 8 << 20  # streamed reads move this much at a time: memory stays flat whatever the file size
+
+
+def sha256_file(fs: pafs.FileSystem, path: str) -> tuple[str, int]:
+    """(sha256 hex, size) of one file, streamed."""
+    h, size = hashlib.sha256(), 0
+    with fs.open_input_stream(path) as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def list_sizes(fs: pafs.FileSystem, folder: str) -> dict[str, int]:
+    """{file name: size} of the files directly under folder, from one listing ({} when it does not exist)."""
+    infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    return {posixpath.basename(i.path): i.size for i in infos if i.type == pafs.FileType.File}
+
+
+def _short(err: BaseException) -> str:
+    """The informative part of a pyarrow S3 error ("AWS Error NETWORK_CONNECTION ...: Could not resolve ...")."""
+    text = str(err)
+    text = text[text.find("AWS Error"):] if "AWS Error" in text else text
+    return text.split("; Details")[0].split(" (Request ID")[0]
+
+
+def _permanent(err: OSError) -> str | None:
+    """What to do about an error no retry fixes, or None when an outage may explain it."""
+    text = str(err)
+    if any(code in text for code in _CREDENTIAL_ERRORS):
+        return ("the object store refused the credentials: set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
+                "(or AWS_PROFILE) for this endpoint")
+    if any(code in text for code in _BUCKET_ERRORS):
+        return "the bucket does not exist: create it, or fix the bucket name in storage.output"
+    return None
+
+
+def _backoff(state: tenacity.RetryCallState) -> float:
+    return RETRY_BACKOFF_S[min(state.attempt_number, len(RETRY_BACKOFF_S)) - 1]
+
+
+def retry_remote(what: str, where: str, op, *, budget_s: float | None = None, on_retry=None):
+    """Run op() against an object store, retrying an outage for up to budget_s seconds.
+
+    pyarrow's retry strategy already retries each HTTP request a few times within about a second; this
+    rides out an endpoint that is gone for longer (a restart, a network blip). The first failure is
+    reported on stderr at once, with what is being retried and for how long. FileNotFoundError passes
+    through; credentials and missing buckets, and an outage longer than the budget, raise StorageError.
+    budget_s defaults to DEFAULT_RETRY_SECONDS (readers, which have no spec).
+    """
+    budget_s = DEFAULT_RETRY_SECONDS if budget_s is None else budget_s
+    t0 = time.monotonic()
+
+    def report(state: tenacity.RetryCallState) -> None:
+        if state.attempt_number == 1:
+            print(f"handsoff: storage: {what} {where} failed ({_short(state.outcome.exception())}); "
+                  f"retrying for up to {budget_s:.0f} s (storage.s3.retry_seconds)", file=sys.stderr, flush=True)
+        if on_retry:
+            on_retry()
+
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_delay(budget_s), wait=_backoff, before_sleep=report, reraise=True,
+        retry=tenacity.retry_if_exception(
+            lambda e: isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and not _permanent(e)))
+    try:
+        return retrying(op)
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        advice = _permanent(err)
+        if advice:
+            raise StorageError(f"{what} {where}: {advice} ({_short(err)})") from err
+        raise StorageError(
+            f"{what} {where} failed for {time.monotonic() - t0:.0f} s ({_short(err)}); finished work is kept: "
+            "rerun the same command once the object store is reachable"
+        ) from err
+
+
 @dataclass
 class RunStore:
     fs: pafs.FileSystem
     root: str  # <output>/<run_id> inside fs
     run_id: str
+    retry_seconds: float = DEFAULT_RETRY_SECONDS  # how long one object-store operation rides out an outage
 
     @classmethod
     def open(
@@ -76,11 +166,12 @@ class RunStore:
         spec_hash: str | None = None,
         endpoint_url: str | None = None,
         region: str | None = None,
-        max_attempts: int = 10,
+        max_attempts: int = 3,
+        retry_seconds: float = DEFAULT_RETRY_SECONDS,
     ) -> "RunStore":
         """Open (creating if needed) the run prefix; refuse a run id that holds another spec's outputs."""
         fs, base = resolve_filesystem(output, endpoint_url=endpoint_url, region=region, max_attempts=max_attempts)
-        store = cls(fs=fs, root=posixpath.join(base, run_id), run_id=run_id)
+        store = cls(fs=fs, root=posixpath.join(base, run_id), run_id=run_id, retry_seconds=retry_seconds)
         if spec_hash is not None:
             existing = store.read_json("_run.json")
             if existing is None:
@@ -105,9 +196,19 @@ class RunStore:
 
     def list(self, rel: str) -> list[str]:
         """Names (not paths) of the files directly under rel; [] when rel does not exist."""
-        info = self._remote("list", rel, lambda: self.fs.get_file_info(
-            pafs.FileSelector(self.path(rel), allow_not_found=True)))
-        return sorted(posixpath.basename(i.path) for i in info if i.type == pafs.FileType.File)
+        return sorted(self.sizes(rel))
+
+    def sizes(self, rel: str) -> dict[str, int]:
+        """{name: size} of the files directly under rel, from one listing; {} when rel does not exist."""
+        return self._remote("list", rel, lambda: list_sizes(self.fs, self.path(rel)))
+
+    def sha256(self, rel: str) -> tuple[str, int]:
+        """(sha256 hex, size) of the file at rel, streamed."""
+        return self._remote("read", rel, lambda: sha256_file(self.fs, self.path(rel)))
+
+    def delete(self, rel: str) -> None:
+        if self.exists(rel):
+            self._remote("delete", rel, lambda: self.fs.delete_file(self.path(rel)))
 
     def read_bytes(self, rel: str) -> bytes:
         def read() -> bytes:
@@ -144,11 +245,14 @@ class RunStore:
         """
         final = self.path(rel)
         if isinstance(self.fs, pafs.LocalFileSystem):
-            self.fs.create_dir(posixpath.dirname(final), recursive=True)
-            tmp = posixpath.join(posixpath.dirname(final), f".{posixpath.basename(final)}.{uuid.uuid4().hex}.tmp")
-            with self.fs.open_output_stream(tmp) as f:
-                write(f)
-            self.fs.move(tmp, final)
+            def write_and_rename() -> None:
+                self.fs.create_dir(posixpath.dirname(final), recursive=True)
+                tmp = posixpath.join(posixpath.dirname(final), f".{posixpath.basename(final)}.{uuid.uuid4().hex}.tmp")
+                with self.fs.open_output_stream(tmp) as f:
+                    write(f)
+                self.fs.move(tmp, final)
+
+            self._remote("write", rel, write_and_rename)
             return
 
         def upload() -> None:
@@ -158,28 +262,26 @@ class RunStore:
         self._remote("write", rel, upload)
 
     def _remote(self, what: str, rel: str, op):
-        """Run one object-store operation, retrying an outage for up to sum(RETRY_BACKOFF_S) seconds.
-
-        pyarrow's retry strategy already retries each HTTP request a few times within about a second;
-        this outer loop rides out an endpoint that is gone for several seconds (a restart, a network
-        blip). Each retry is counted in the `handsoff_write_retries_total` metric.
-        """
+        """Run one storage operation: retried through object-store outages (retry_remote, each retry counted
+        in `handsoff_write_retries_total`); locally, an unwritable path is a one-line StorageError."""
         if isinstance(self.fs, pafs.LocalFileSystem):
-            return op()
-        t0 = time.monotonic()
-        for attempt, delay in enumerate((*RETRY_BACKOFF_S, None), 1):
             try:
                 return op()
+            except FileNotFoundError:
+                if what != "write":
+                    raise
+                raise StorageError(f"cannot {what} {self.path(rel)}: a parent folder cannot be created there; "
+                                   "pick another storage.output") from None
             except OSError as err:
-                if delay is None:
-                    raise StorageError(
-                        f"{what} {self.uri(rel)} failed {attempt} times over {time.monotonic() - t0:.0f} s ({err}); "
-                        "finished work is kept: rerun the same command once the object store is reachable"
-                    ) from err
-                from handsoff_ray.pipeline.metrics import metrics
+                raise StorageError(f"cannot {what} {self.path(rel)}: {err.strerror or err}; "
+                                   "pick a writable storage.output") from None
 
-                metrics().inc("write_retries", 1, run_id=self.run_id)
-                time.sleep(delay)
+        def counted() -> None:
+            from handsoff_ray.pipeline.metrics import metrics
+
+            metrics().inc("write_retries", 1, run_id=self.run_id)
+
+        return retry_remote(what, self.uri(rel), op, budget_s=self.retry_seconds, on_retry=counted)
 
     def sweep_temporaries(self, rel: str) -> int:
         """Delete the hidden temporaries of local writes that died mid-way under rel; returns how many.
@@ -204,6 +306,11 @@ class RunStore:
             return self.path(rel)
         os.makedirs(dest_dir, exist_ok=True)
         dest = os.path.join(dest_dir, posixpath.basename(rel))
-        with open(dest, "wb") as f:
-            f.write(self.read_bytes(rel))
+
+        def copy() -> None:
+            with self.fs.open_input_stream(self.path(rel)) as src, open(dest, "wb") as dst:
+                while chunk := src.read(_CHUNK):
+                    dst.write(chunk)
+
+        self._remote("read", rel, copy)
         return dest

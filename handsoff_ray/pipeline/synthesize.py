@@ -5,8 +5,10 @@
 Work units are shards of consecutive sample ids (`synthesis.shard_size`); shard k is written as
 `dataset/data/part-{k:06d}.parquet` and appears under that name only when complete (see RunStore.write_bytes),
 then is recorded in `dataset/_manifest.json`. Because every sample's seed comes from (run seed,
-sample id), a shard's bytes do not depend on who writes it or in which order: rerunning writes only
-the shards that are missing. The run ends with `_SUCCESS` and a `README.md` dataset card.
+sample id), a shard's bytes do not depend on who writes it or in which order. A rerun first verifies
+every committed shard against the manifest (size and sha256, `verify_committed`), rebuilds a lost or
+unreadable manifest from the shards, and writes only what is missing or does not match. The run ends
+with `_SUCCESS` and a `README.md` dataset card.
 
 `write_shard` is the unit of work; `run_synthesize` runs shards one after another in this process,
 `ray_synthesize.run_synthesize_ray` fans them out to Ray Data actors. Both give the same bytes.
@@ -14,20 +16,25 @@ the shards that are missing. The run ends with `_SUCCESS` and a `README.md` data
 
 from __future__ import annotations
 
-import hashlib
 import json
+import posixpath
+import sys
 import tempfile
 import time
 
 import numpy as np
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from handsoff_ray.config import JobSpec
+from handsoff_ray.pipeline.manifest import MANIFEST, SUCCESS
 from handsoff_ray.pipeline.plan import stage_hash
+from handsoff_ray.pipeline.schema import TASK_COLUMNS
+from handsoff_ray.pipeline.storage import sha256_file
 
 __all__ = [
     "DATASET", "shard_ranges", "shard_name", "write_shard", "load_synthesis_models", "prepare_synthesis",
-    "finish_dataset", "run_synthesize", "synthesize_stage",
+    "finish_dataset", "run_synthesize", "synthesize_stage", "verify_committed",
 ]
 
 DATASET = "dataset"
@@ -77,25 +84,101 @@ def write_shard(store, k: int, start: int, stop: int, G, lg, spec: JobSpec, meta
             writer.write_table(table, row_group_size=_ROW_GROUP)
             for t, s in pairs.uncertainty.items():
                 scores.setdefault(t, []).extend(s.tolist())
-            if "segmentation" in pairs.labels and len(class_pixels):
-                class_pixels += np.bincount(pairs.labels["segmentation"].reshape(-1), minlength=len(class_pixels))[
-                    : len(class_pixels)]
+            if "segmentation" in pairs.labels:
+                _count_classes(class_pixels, pairs.labels["segmentation"])
         writer.close()
-        digest, size = _sha256_file(local)
+        digest, size = sha256_file(pafs.LocalFileSystem(), local)
         store.put_file(shard_name(k), local)
     _record_shard(spec.run_id, stop - start, time.time() - t0, scores)
+    return _entry(k, start, stop, size, digest, time.time() - t0, scores, class_pixels)
+
+
+def _count_classes(class_pixels: np.ndarray, segmentation: np.ndarray) -> None:
+    """Add the pixels of each class in segmentation ([N, H, W] class ids) to class_pixels, in place."""
+    if len(class_pixels):
+        class_pixels += np.bincount(segmentation.reshape(-1), minlength=len(class_pixels))[: len(class_pixels)]
+
+
+def _entry(k: int, start: int, stop: int, size: int, digest: str, seconds: float, scores: dict[str, list[float]],
+           class_pixels: np.ndarray) -> dict:
+    """Shard k's manifest entry."""
     return {"shard": k, "file": shard_name(k).split("/", 1)[1], "start": start, "stop": stop, "rows": stop - start,
-            "bytes": size, "sha256": digest, "seconds": round(time.time() - t0, 2),
+            "bytes": size, "sha256": digest, "seconds": round(seconds, 2),
             "uncertainty": {t: _histogram(v) for t, v in scores.items()}, "class_pixels": class_pixels.tolist()}
 
 
-def _sha256_file(path: str) -> tuple[str, int]:
-    h, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
+def _rebuilt_entry(store, k: int, start: int, stop: int, meta: dict, h: str) -> dict | None:
+    """Shard k's manifest entry recomputed from the committed file, or None when it is not a whole shard
+    of this spec (unreadable, other sample ids, another spec's rows). Streams the shard a row group at a time."""
+    from handsoff_ray.pipeline.schema import decode_png
+
+    scores: dict[str, list[float]] = {}
+    class_pixels = np.zeros(len(meta.get("classes") or []), np.int64)
+    ids: list[int] = []
+    with tempfile.TemporaryDirectory(prefix="handsoff-verify-") as tmp:
+        local = store.local_copy(shard_name(k), tmp)
+        digest, size = sha256_file(pafs.LocalFileSystem(), local)
+        try:
+            pf = pq.ParquetFile(local)
+            for batch in pf.iter_batches(batch_size=_ROW_GROUP):
+                if set(batch.column("spec_hash").to_pylist()) != {h}:
+                    return None
+                ids += batch.column("sample_id").to_pylist()
+                for t in TASK_COLUMNS:
+                    values = [v for v in batch.column(f"uncertainty_{t}").to_pylist() if v is not None]
+                    if values:
+                        scores.setdefault(t, []).extend(values)
+                masks = [decode_png(m) for m in batch.column("segmentation").to_pylist() if m is not None]
+                if masks:
+                    _count_classes(class_pixels, np.stack(masks))
+        except (OSError, ValueError, KeyError):  # not Parquet, or not this schema
+            return None
+    if ids != list(range(start, stop)):
+        return None
+    return _entry(k, start, stop, size, digest, 0.0, scores, class_pixels)
+
+
+def verify_committed(store, manifest: dict, ranges: list[tuple[int, int]], meta: dict, h: str) -> tuple[list[int], list[str]]:
+    """(shard ids still to write, one note per shard repaired) after checking what a previous run committed.
+
+    One listing of dataset/data/ finds the committed shards. Each one with a manifest entry must match it
+    in size and sha256 (streamed); one without (the driver died between commit and manifest, or the
+    manifest was lost) is taken in when it is a whole shard of this spec, its entry recomputed. Anything
+    else is dropped from the manifest and written again; a file that is no shard of this dataset stops
+    the run before any compute, so nothing of the user's is overwritten.
+    """
+    from handsoff_ray.pipeline.errors import UserError
+
+    sizes = store.sizes(f"{DATASET}/data")
+    names = [posixpath.basename(shard_name(k)) for k in range(len(ranges))]
+    known = set(names)
+    strangers = sorted(n for n in sizes if not n.startswith(".") and n not in known)
+    if strangers:
+        raise UserError(f"{store.uri(f'{DATASET}/data/{strangers[0]}')}: not a shard of this dataset "
+                        f"({len(strangers)} such file(s)); move it out of {store.uri(DATASET)} and rerun")
+    todo, notes = [], []
+    for k, (start, stop) in enumerate(ranges):
+        entry = manifest["shards"].pop(str(k), None)
+        if names[k] not in sizes:
+            if entry is not None:
+                notes.append(f"{store.uri(shard_name(k))}: missing (the manifest lists it); writing it again")
+            todo.append(k)
+            continue
+        if entry is not None:
+            if (entry.get("bytes") == sizes[names[k]] and (entry.get("start"), entry.get("stop")) == (start, stop)
+                    and store.sha256(shard_name(k))[0] == entry.get("sha256")):
+                manifest["shards"][str(k)] = entry
+                continue
+            notes.append(f"{store.uri(shard_name(k))}: differs from its manifest entry (size or sha256); "
+                         "writing it again")
+        else:
+            rebuilt = _rebuilt_entry(store, k, start, stop, meta, h)
+            if rebuilt is not None:
+                manifest["shards"][str(k)] = rebuilt
+                continue
+            notes.append(f"{store.uri(shard_name(k))}: not a whole shard of this spec; writing it again")
+        todo.append(k)
+    return todo, notes
 
 
 def _record_shard(run_id: str, rows: int, seconds: float, scores: dict[str, list[float]]) -> None:
@@ -111,7 +194,8 @@ def _record_shard(run_id: str, rows: int, seconds: float, scores: dict[str, list
 
 
 def prepare_synthesis(spec: JobSpec) -> tuple:
-    """Validate inputs and claim the dataset folder: (store, schema meta, manifest so far, shard ranges)."""
+    """Validate inputs, claim the dataset folder and verify what an earlier run committed:
+    (store, schema meta, manifest so far, shard ranges, shard ids to write)."""
     from handsoff_ray.pipeline.errors import UserError
     from handsoff_ray.pipeline.stages import LABEL_GENERATOR, claim_stage, open_run, open_spec_labeled_set
 
@@ -130,13 +214,32 @@ def prepare_synthesis(spec: JobSpec) -> tuple:
         image_size = [rows.stop - rows.start, image_size[1]]
     meta = {"classes": list(labeled.classes or []), "keypoint_names": list(labeled.keypoint_names or []),
             "depth_scale": float(labeled.depth_scale or 1000.0), "image_size": image_size}
-    manifest = store.read_json(f"{DATASET}/_manifest.json") or {"stage_hash": h, "shards": {}}
+    manifest, notes = _load_manifest(store, h)
     manifest["stage_hash"] = h
     ranges = shard_ranges(spec.synthesis.num_samples, spec.synthesis.shard_size)
+    todo, repaired = verify_committed(store, manifest, ranges, meta, h)
+    notes += repaired
+    if todo and store.exists(f"{DATASET}/{SUCCESS}"):
+        store.delete(f"{DATASET}/{SUCCESS}")  # finished no longer: readers wait until the repair is done
+    for note in notes:
+        print(f"handsoff: {note}", file=sys.stderr, flush=True)
     from handsoff_ray.pipeline.metrics import metrics
 
     metrics().set("shards_planned", len(ranges), run_id=spec.run_id)
-    return store, meta, manifest, ranges
+    return store, meta, manifest, ranges, todo
+
+
+def _load_manifest(store, h: str) -> tuple[dict, list[str]]:
+    """(the manifest a previous run left, or a new one; a note when it was unreadable and will be rebuilt)."""
+    from handsoff_ray.pipeline.manifest import DatasetError, parse_manifest
+
+    rel = f"{DATASET}/{MANIFEST}"
+    if not store.exists(rel):
+        return {"stage_hash": h, "shards": {}}, []
+    try:
+        return parse_manifest(store.read_bytes(rel), store.uri(DATASET)), []
+    except DatasetError as err:
+        return {"stage_hash": h, "shards": {}}, [f"{err}; rebuilding it from the verified shards"]
 
 
 def _generator_height(spec: JobSpec) -> int:
@@ -152,9 +255,9 @@ def finish_dataset(store, spec: JobSpec, manifest: dict, meta: dict) -> None:
     """Final manifest, the README.md card, then _SUCCESS (last, so it marks a complete dataset)."""
     manifest["num_samples"], manifest["meta"] = spec.synthesis.num_samples, meta
     store.sweep_temporaries(f"{DATASET}/data")  # left by writers killed mid-shard (their shards were redone)
-    store.write_json(f"{DATASET}/_manifest.json", manifest)
+    store.write_json(f"{DATASET}/{MANIFEST}", manifest)
     store.write_bytes(f"{DATASET}/README.md", dataset_card(spec, manifest).encode())
-    store.write_bytes(f"{DATASET}/_SUCCESS", b"")
+    store.write_bytes(f"{DATASET}/{SUCCESS}", b"")
 
 
 def load_synthesis_models(spec: JobSpec, store):
@@ -173,15 +276,14 @@ def load_synthesis_models(spec: JobSpec, store):
 
 def run_synthesize(spec: JobSpec, *, progress=None) -> dict:
     """Write every missing shard in this process (Ray Data: `ray_synthesize.run_synthesize_ray`)."""
-    store, meta, manifest, ranges = prepare_synthesis(spec)
-    todo = [k for k in range(len(ranges)) if not store.exists(shard_name(k))]
+    store, meta, manifest, ranges, todo = prepare_synthesis(spec)
     t0 = time.time()
     if todo:
         G, lg = load_synthesis_models(spec, store)
         for n_done, k in enumerate(todo, 1):
             entry = write_shard(store, k, *ranges[k], G, lg, spec, meta)
             manifest["shards"][str(k)] = entry
-            store.write_json(f"{DATASET}/_manifest.json", manifest)
+            store.write_json(f"{DATASET}/{MANIFEST}", manifest)
             if progress:
                 progress(n_done, len(todo), entry)
     finish_dataset(store, spec, manifest, meta)

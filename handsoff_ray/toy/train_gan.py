@@ -487,11 +487,16 @@ def load_state_generator(out: str, device: str | torch.device = "cpu") -> tuple[
     return G.to(device).eval().requires_grad_(False), state
 
 
-def model_card(state: dict[str, Any], quality: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What the shipped checkpoint carries about how it was made (JSON-serialisable)."""
+def model_card(state: dict[str, Any], quality: dict[str, Any] | None = None,
+               kid_curve: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """What the shipped checkpoint carries about how it was made (JSON-serialisable).
+
+    A run started from another generator (`init`) carries that generator's own card under
+    `initialised_from`, and the totals over both runs: images seen and CPU time from random weights.
+    """
     prog = state["progress"]
     cfg = dict(state["config"], out=None)
-    return {
+    card = {
         "model": "handsoff_ray toy StyleGAN2 (trained on handsoff_ray.toy.world)",
         "config": cfg,
         "r1_gamma_used": GanTrainConfig.from_dict(state["config"]).gamma(),
@@ -504,9 +509,21 @@ def model_card(state: dict[str, Any], quality: dict[str, Any] | None = None) -> 
         "quality": quality or {},
         "final_losses": prog["history"][-1] if prog["history"] else {},
     }
+    if kid_curve:
+        card["kid_curve"] = kid_curve
+    if cfg.get("init"):
+        from handsoff_ray.core.checkpoint import load_generator
+
+        parent = (load_generator(_resolve_init(cfg["init"])).metadata.get("model_card") or {})
+        card["initialised_from"] = {"checkpoint": cfg["init"], **{k: parent.get(k) for k in (
+            "config", "images_seen", "wall_time_s", "cpu_time_s", "machine", "quality")}}
+        card["images_seen_total"] = prog["images_seen"] + (parent.get("images_seen") or 0)
+        card["cpu_time_s_total"] = round(prog["cpu_s"] + (parent.get("cpu_time_s") or 0), 1)
+    return card
 
 
 def export_generator(out: str, path: str | os.PathLike, *, kid: bool = True, grid: str | None = None,
+                     kid_curve: list[dict[str, Any]] | None = None,
                      log: Callable[[str], None] = print) -> dict[str, Any]:
     """Write out/state.pt's EMA generator to `path` (own safetensors) with the model card; return the card."""
     from handsoff_ray.core.checkpoint import save_generator
@@ -517,7 +534,7 @@ def export_generator(out: str, path: str | os.PathLike, *, kid: bool = True, gri
         from handsoff_ray.toy.quality import measure_kid
 
         quality = measure_kid(G, log=log)
-    card = model_card(state, quality)
+    card = model_card(state, quality, kid_curve)
     G.metadata = {}
     written = save_generator(G, path, metadata={"model_card": card})
     size_mb = os.path.getsize(written) / 1e6
@@ -570,6 +587,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m handsoff_r
                     help="write the EMA generator + model card (with KID) to this .safetensors and exit")
     ap.add_argument("--no-kid", action="store_true", help="with --export: skip measuring KID (~2 CPU-minutes)")
     ap.add_argument("--grid", metavar="PNG", help="with --export: also write an 8x8 sample grid")
+    ap.add_argument("--kid-curve", metavar="JSON",
+                    help="with --export: a benchmarks/gan_recipes.py --states result to store in the model card")
     ap.add_argument("--resolution", metavar="PX", type=int, default=d.resolution,
                     help="8..1024, power of two (default %(default)s)")
     ap.add_argument("--channel-base", metavar="N", type=int, default=d.channel_base, help="default %(default)s")
@@ -600,10 +619,11 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m handsoff_r
     ap.add_argument("--max-minutes", metavar="M", type=float, default=None, help="stop this invocation after M minutes")
     a = ap.parse_args(argv)
     if a.export:
-        export_generator(a.out, a.export, kid=not a.no_kid, grid=a.grid)
+        curve = json.load(open(a.kid_curve))["curve"] if a.kid_curve else None
+        export_generator(a.out, a.export, kid=not a.no_kid, grid=a.grid, kid_curve=curve)
         return
-    if a.no_kid or a.grid:
-        ap.error("--no-kid and --grid go with --export PATH")
+    if a.no_kid or a.grid or a.kid_curve:
+        ap.error("--no-kid, --grid and --kid-curve go with --export PATH")
     cfg = GanTrainConfig(
         out=a.out, resolution=a.resolution, channel_base=a.channel_base, channel_max=a.channel_max,
         style_dim=a.style_dim, n_mlp=a.n_mlp, batch_size=a.batch_size, kimg=a.kimg, lr=a.lr, r1_gamma=a.r1_gamma,

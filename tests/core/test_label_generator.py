@@ -227,6 +227,32 @@ class TestFit:
         assert all(torch.equal(final[k], snapshots[1][k]) for k in final)
         assert not torch.equal(final["0.weight"], snapshots[-1]["0.weight"])
 
+    def test_cosine_schedule_decays_the_rate_to_zero_at_max_steps(self, monkeypatch):
+        _, per_image, masks = _separable_problem()
+        tasks = {"seg": TaskSpec("segmentation", 2, hidden=SMALL, min_pixels=0)}
+        rates = []
+        real_step = torch.optim.Adam.step
+
+        def spy(self, *a, **kw):
+            rates.append(self.param_groups[0]["lr"])
+            return real_step(self, *a, **kw)
+
+        monkeypatch.setattr(torch.optim.Adam, "step", spy)
+        fit_label_generator(per_image, {"seg": masks}, tasks, out_size=(16, 16), ensemble_size=1,
+                            lr_schedule="cosine", **{**FIT, "max_steps": 40, "patience": 100})
+        assert len(rates) == 40 and rates[0] == pytest.approx(1e-3)
+        assert all(a > b for a, b in zip(rates, rates[1:])) and rates[-1] < 1e-5
+        rates.clear()
+        fit_label_generator(per_image, {"seg": masks}, tasks, out_size=(16, 16), ensemble_size=1,
+                            **{**FIT, "max_steps": 40, "patience": 100})
+        assert rates == [1e-3] * 40
+
+    def test_rejects_unknown_lr_schedule(self):
+        _, per_image, masks = _separable_problem()
+        tasks = {"seg": TaskSpec("segmentation", 2, hidden=SMALL, min_pixels=0)}
+        with pytest.raises(ValueError, match="lr_schedule must be constant or cosine"):
+            fit_label_generator(per_image, {"seg": masks}, tasks, out_size=(16, 16), lr_schedule="step", **FIT)
+
     def test_validation_pixels_are_never_sampled_for_training(self):
         masks = torch.randint(0, 3, (2, 16, 16))
         is_val = torch.rand(2 * 16 * 16, generator=torch.Generator().manual_seed(0)) < 0.3

@@ -267,11 +267,10 @@ class TestObjectStoreOutage:
         _assert_complete(open_run(spec), reference)
 
     def test_a_long_outage_fails_clearly_and_a_rerun_resumes(self, s3, reference, monkeypatch):
-        import handsoff_ray.pipeline.storage as storage
         import handsoff_ray.pipeline.synthesize as synthesize
 
         spec, outage = s3
-        monkeypatch.setattr(storage, "RETRY_BACKOFF_S", (0.2, 0.2))  # give up quickly
+        spec.storage.s3.retry_seconds = 1  # give up quickly
         real_write_shard = synthesize.write_shard
 
         def write_then_lose_the_store(store, k, *args):

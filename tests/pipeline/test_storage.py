@@ -8,20 +8,6 @@ import pytest
 from handsoff_ray.pipeline.storage import RunStore, StorageError, resolve_filesystem
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                 aws_secret_access_key="testing").create_bucket(Bucket="handsoff-test")
-    yield endpoint
-    server.stop()
-
-
 def _stores(tmp_path, s3_endpoint):
     return [RunStore.open(str(tmp_path / "out"), run_id="r1"),
             RunStore.open("s3://handsoff-test/out", run_id="r1", endpoint_url=s3_endpoint)]
@@ -93,3 +79,52 @@ def test_whole_pipeline_on_s3(s3_endpoint, aws_env, tiny_generator_path, toy_lab
     assert run_synthesize(spec)["shards"] == 2
     ds = SyntheticDataset("s3://handsoff-test/runs/s3run/dataset", endpoint_url=s3_endpoint, uncertainty_filter=None)
     assert sorted(int(r["sample_id"]) for r in ds) == list(range(5))
+
+
+class TestFailsFast:
+    """Unreachable, unresolvable and refusing object stores; unwritable local paths."""
+
+    @pytest.mark.parametrize("endpoint, cause", [
+        ("http://127.0.0.1:{dead}", "Could not connect"),
+        ("http://no-such-host.invalid:9000", "resolve"),
+    ])
+    def test_unreachable_endpoint_is_reported_at_the_first_failure_then_ends(self, endpoint, cause, capsys, aws_env):
+        from tests.support import free_port
+
+        store = RunStore.open("s3://b/out", run_id="r", endpoint_url=endpoint.format(dead=free_port()),
+                              retry_seconds=2)
+        with pytest.raises(StorageError, match=rf"stat s3://b/out/r/x failed for \d+ s .*{cause}.*rerun the same"):
+            store.exists("x")
+        err = capsys.readouterr().err
+        # One line at the first failure says what is retried and for how long, before the run ends.
+        assert err.count("retrying for up to 2 s (storage.s3.retry_seconds)") == 1 and cause in err
+
+    def test_rejected_credentials_fail_at_once_without_retries(self, denying_endpoint, capsys, aws_env):
+        store = RunStore.open("s3://b/out", run_id="r", endpoint_url=denying_endpoint, retry_seconds=600)
+        with pytest.raises(StorageError, match="refused the credentials: set AWS_ACCESS_KEY_ID"):
+            store.write_bytes("x", b"1")
+        assert "retrying" not in capsys.readouterr().err
+
+    def test_missing_bucket_fails_at_once(self, s3_endpoint, aws_env, capsys):
+        store = RunStore.open("s3://no-such-bucket/out", run_id="r", endpoint_url=s3_endpoint, retry_seconds=600)
+        with pytest.raises(StorageError, match="bucket does not exist: create it"):
+            store.write_bytes("x", b"1")
+        assert "retrying" not in capsys.readouterr().err
+
+    def test_retry_budget_is_a_spec_field_of_about_a_minute(self, tmp_path):
+        from handsoff_ray.config import parse_spec
+        from handsoff_ray.pipeline.stages import open_run
+
+        assert parse_spec({}).storage.s3.retry_seconds == 60
+        spec = parse_spec({"storage": {"output": str(tmp_path), "s3": {"retry_seconds": 5}}})
+        assert open_run(spec).retry_seconds == 5
+
+    @pytest.mark.parametrize("output, cause", [
+        ("{file}/runs", "Not a directory"),                    # a file where a folder should be
+        ("/proc/handsoff-runs", "a parent folder cannot be created"),  # a folder nobody can create
+    ])
+    def test_unwritable_local_output_is_one_line(self, tmp_path, output, cause):
+        (tmp_path / "file").write_text("")
+        store = RunStore.open(output.format(file=tmp_path / "file"), run_id="r")
+        with pytest.raises(StorageError, match=f"cannot write .*{cause}.*storage.output"):
+            store.write_json("_stage.json", {})

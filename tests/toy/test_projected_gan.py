@@ -122,6 +122,21 @@ class TestProjectedTraining:
         for k, v in src.state_dict().items():
             assert torch.equal(state["G"][k], v) and torch.equal(G.state_dict()[k], v)
 
+    def test_model_card_of_a_refined_generator_counts_both_runs(self, tmp_path):
+        from handsoff_ray.core.checkpoint import load_generator
+        from handsoff_ray.toy.train_gan import export_generator
+
+        train_gan(_cfg(tmp_path / "src", 2, discriminator="stylegan2"), log=lambda s: None)
+        export_generator(str(tmp_path / "src"), tmp_path / "src.safetensors", kid=False, log=lambda s: None)
+        train_gan(_cfg(tmp_path / "run", 3, init=str(tmp_path / "src.safetensors")), log=lambda s: None)
+        curve = [{"kimg": 0.012, "kid": 0.5}]
+        card = export_generator(str(tmp_path / "run"), tmp_path / "run.safetensors", kid=False, kid_curve=curve,
+                                log=lambda s: None)
+        assert card["initialised_from"]["images_seen"] == 8 and card["images_seen"] == 12
+        assert card["images_seen_total"] == 20 and card["kid_curve"] == curve
+        assert card["config"]["discriminator"] == "projected"
+        assert load_generator(tmp_path / "run.safetensors").metadata["model_card"]["images_seen_total"] == 20
+
     def test_init_refuses_another_architecture(self, tmp_path):
         train_gan(_cfg(tmp_path / "src", 1, discriminator="stylegan2"), log=lambda s: None)
         src, _ = load_state_generator(str(tmp_path / "src"))

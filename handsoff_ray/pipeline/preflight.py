@@ -1,0 +1,101 @@
+"""Every input check a run makes before it computes, in one place: `handsoff validate` and `handsoff run` call it.
+
+    problems = preflight(spec)        # [] when the run would get past every input check
+
+Beyond the plan's cheap checks (files and folders exist) it opens what the stages would open: the labeled set
+(every file decoded, data.ids known), the checkpoint (its header and weights), the device, the LPIPS trunk,
+the storage URI (scheme, a writable local folder, a reachable object store, no other spec's outputs under this
+run id) and the evaluation test set. Nothing is written.
+"""
+
+from __future__ import annotations
+
+import os
+
+from handsoff_ray.config import JobSpec
+
+__all__ = ["preflight"]
+
+
+def preflight(spec: JobSpec, stages: tuple[str, ...] = ("invert", "fit", "synthesize", "evaluate")) -> list[str]:
+    """One line per problem the spec's inputs have for these stages; [] when there is none."""
+    from handsoff_ray.pipeline.errors import user_errors
+    from handsoff_ray.pipeline.plan import make_plan
+
+    problems = list(make_plan(spec)["problems"])
+    checks = [_labeled_set, _checkpoint, _device, _storage]
+    if "invert" in stages and spec.inversion.lpips_weight > 0:
+        checks.append(_lpips_trunk)
+    if "evaluate" in stages and spec.evaluation.enabled:
+        checks.append(_test_set)
+    for check in checks:
+        try:
+            check(spec)
+        except user_errors() as err:
+            problems.append(str(err).replace("\n", "; "))
+    return list(dict.fromkeys(problems))  # a missing folder is reported by the plan and by the reader
+
+
+def _labeled_set(spec: JobSpec) -> None:
+    from handsoff_ray.pipeline.labeled import open_spec_labeled_set
+
+    if spec.data.format == "toy" or os.path.isdir(spec.data.path):  # a missing folder is already a plan problem
+        open_spec_labeled_set(spec)
+
+
+def _checkpoint(spec: JobSpec) -> None:
+    import torch
+
+    from handsoff_ray.pipeline.plan import resolve_checkpoint
+    from handsoff_ray.pipeline.stages import _check_crop_rows, load_spec_generator
+
+    path = resolve_checkpoint(spec.generator.checkpoint)
+    if "://" in path or os.path.isfile(path):
+        _check_crop_rows(spec, load_spec_generator(spec, torch.device("cpu")))
+
+
+def _device(spec: JobSpec) -> None:
+    from handsoff_ray.pipeline.stages import resolve_device
+
+    resolve_device(spec)
+
+
+def _lpips_trunk(spec: JobSpec) -> None:
+    from handsoff_ray.pipeline.stages import _lpips
+
+    _lpips(spec.inversion.lpips.net, spec.inversion.lpips.trunk_path, "cpu")
+
+
+def _storage(spec: JobSpec) -> None:
+    """The output URI resolves, a local one can be created, and the run id holds no other spec's outputs."""
+    import pyarrow.fs as pafs
+
+    from handsoff_ray.pipeline.stages import check_stage_owner, open_run
+    from handsoff_ray.pipeline.storage import StorageError, retry_remote
+
+    store = open_run(spec)  # an unsupported scheme fails here
+    if "://" not in store.uri():
+        existing = store.root
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+            raise StorageError(f"storage.output: cannot create {store.root}: {existing} is not a writable folder")
+    else:
+        bucket = store.root.split("/", 1)[0]
+        info = retry_remote("stat", f"s3://{bucket}", lambda: store.fs.get_file_info(bucket),
+                            budget_s=store.retry_seconds)
+        if info.type == pafs.FileType.NotFound:
+            raise StorageError(f"storage.output: bucket s3://{bucket} does not exist: create it, or fix the bucket "
+                               "name")
+    for stage in ("invert", "fit", "synthesize"):
+        check_stage_owner(store, stage, spec)  # also reaches the object store, retrying as a run would
+
+
+def _test_set(spec: JobSpec) -> None:
+    from handsoff_ray.datasets.public import open_public_set
+
+    ev = spec.evaluation
+    if ev.test_format == "toy":
+        open_public_set(None, "toy", ids=ev.test_ids, seeds=ev.test_seeds)
+    elif ev.test_path and os.path.isdir(ev.test_path):
+        open_public_set(ev.test_path, ev.test_format, ids=ev.test_ids, split=ev.test_split)
