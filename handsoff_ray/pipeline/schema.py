@@ -59,8 +59,9 @@ def encode_png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def decode_png(data: bytes) -> np.ndarray:
-    img = Image.open(io.BytesIO(data))
+def decode_png(data: bytes | dict) -> np.ndarray:
+    """PNG bytes, or an image cell {bytes, path} of this schema, -> uint8 / uint16 array."""
+    img = Image.open(io.BytesIO(_png_bytes(data)))
     arr = np.array(img)  # writable: readers hand it to torch.from_numpy
     return arr.astype(np.uint16) if img.mode.startswith("I") else arr
 
@@ -123,13 +124,13 @@ def _png_bytes(cell) -> bytes:
 
 def decode_row(row: dict, meta: dict) -> dict:
     """One Parquet row (as a dict) -> numpy arrays: image, segmentation, keypoints [J, 3], depth."""
-    out = {"sample_id": row["sample_id"], "image": decode_png(_png_bytes(row["image"]))}
+    out = {"sample_id": row["sample_id"], "image": decode_png(row["image"])}
     if row.get("segmentation") is not None:
-        out["segmentation"] = decode_png(_png_bytes(row["segmentation"]))
+        out["segmentation"] = decode_png(row["segmentation"])
     if row.get("keypoints") is not None:
         out["keypoints"] = np.asarray(row["keypoints"], dtype=np.float32).reshape(-1, 3)
     if row.get("depth") is not None:
-        out["depth"] = decode_png(_png_bytes(row["depth"])).astype(np.float32) / float(meta.get("depth_scale") or 1000.0)
+        out["depth"] = decode_png(row["depth"]).astype(np.float32) / float(meta.get("depth_scale") or 1000.0)
     for t in TASK_COLUMNS:
         if row.get(f"uncertainty_{t}") is not None:
             out[f"uncertainty_{t}"] = row[f"uncertainty_{t}"]
