@@ -197,14 +197,32 @@ _stage_command("evaluate", "Train a downstream network on the run's synthetic pa
 @click.option("--report", type=click.Path(dir_okay=False), default=None, help="Write the JSON report here.")
 @click.option("--generator", default="toy", show_default=True, metavar="PATH",
               help="Generator checkpoint; 'toy' is the one shipped with the package.")
+@click.option("--labeled-seeds", default="0-15", show_default=True, metavar="A-B",
+              help="Toy faces that play the labeled images (HandsOff's and the baseline's training set).")
+@click.option("--test-seeds", default=None, metavar="A-B",
+              help="Held-out test faces [default: 1000000 on, 500 (--quick: 100)].")
+@click.option("--oracle-seeds", default=None, metavar="A-B",
+              help="The oracle's real training faces [default: 2000000 on, 2000 (--quick: 300)].")
 @verbose_option
 @_fail_on_user_error
-def demo(quick: bool, out: str, report: str | None, generator: str) -> None:
-    """16 labeled toy faces -> invert -> fit -> synthesise -> HandsOff vs baseline vs oracle."""
-    from handsoff_ray.toy.demo import run_demo
+def demo(quick: bool, out: str, report: str | None, generator: str, labeled_seeds: str, test_seeds: str | None,
+         oracle_seeds: str | None) -> None:
+    """16 labeled toy faces -> invert -> fit -> synthesise -> HandsOff vs baseline vs oracle.
+
+    The three seed ranges must be disjoint and below 10,000,000 (the toy GAN's training faces).
+    """
+    from handsoff_ray.toy.demo import FULL, QUICK, DemoSeeds, parse_seed_range, run_demo
 
     try:
-        run_demo(out, quick=quick, report=report, generator=generator, log=lambda m: click.echo(m, err=True))
+        seeds = DemoSeeds(parse_seed_range(labeled_seeds),
+                          parse_seed_range(test_seeds) if test_seeds else None,
+                          parse_seed_range(oracle_seeds) if oracle_seeds else None)
+        seeds.resolve(QUICK if quick else FULL)  # bad ranges fail here, before any compute
+    except ValueError as err:
+        raise BadInput(str(err)) from None
+    try:
+        run_demo(out, quick=quick, report=report, generator=generator, seeds=seeds,
+                 log=lambda m: click.echo(m, err=True))
     except FileNotFoundError as err:
         raise BadInput(str(err)) from None
 

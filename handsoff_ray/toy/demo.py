@@ -25,6 +25,7 @@ __all__ = ["DemoSize", "demo_spec", "run_demo"]
 
 # Seed ranges of the toy world's "real" images; the toy GAN trains on seeds >= 10,000,000.
 LABELED_SEEDS, TEST_SEED0, ORACLE_SEED0 = range(16), 1_000_000, 2_000_000
+GAN_SEED0 = 10_000_000  # toy.train_gan's world_seed_offset: no labeled, test or oracle face may come from here on
 
 
 @dataclass(frozen=True)
@@ -39,25 +40,68 @@ class DemoSize:
 
 
 # Sized for 2 CPU cores: FULL measured 726 s, QUICK 155 s (2026-11-26; budgets 15 and 3 minutes).
-FULL = DemoSize(n_test=500, n_oracle=2000, n_synthetic=2000, invert_steps=150, fit_steps=300, ensemble=10,
+FULL = DemoSize(n_test=500, n_oracle=2000, n_synthetic=2000, invert_steps=150, fit_steps=1500, ensemble=10,
                 downstream_steps=600)
-QUICK = DemoSize(n_test=100, n_oracle=300, n_synthetic=200, invert_steps=40, fit_steps=100, ensemble=4,
+QUICK = DemoSize(n_test=100, n_oracle=300, n_synthetic=200, invert_steps=40, fit_steps=400, ensemble=4,
                  downstream_steps=150)
 
 
-def demo_spec(out: str, size: DemoSize, generator: str = "toy") -> dict:
-    """The demo's job spec: jobs/specs/toy.yaml with the demo's paths and sizes."""
+@dataclass(frozen=True)
+class DemoSeeds:
+    """Which toy faces play the 16 labeled images, the held-out test set and the oracle's training set."""
+
+    labeled: range = LABELED_SEEDS
+    test: range | None = None  # None: TEST_SEED0 onwards, as many as the size's n_test
+    oracle: range | None = None  # None: ORACLE_SEED0 onwards, as many as the size's n_oracle
+
+    def resolve(self, size: DemoSize) -> DemoSeeds:
+        seeds = DemoSeeds(self.labeled, self.test or range(TEST_SEED0, TEST_SEED0 + size.n_test),
+                          self.oracle or range(ORACLE_SEED0, ORACLE_SEED0 + size.n_oracle))
+        named = {"labeled": seeds.labeled, "test": seeds.test, "oracle": seeds.oracle}
+        for name, r in named.items():
+            if len(r) == 0 or r.start < 0 or r.stop > GAN_SEED0:
+                raise ValueError(f"--{name}-seeds {_seed_range(r) if len(r) else r}: give a non-empty range A-B "
+                                 f"within 0-{GAN_SEED0 - 1} (the toy GAN trained on seeds from {GAN_SEED0:,} on)")
+        pairs = [("labeled", "test"), ("labeled", "oracle"), ("test", "oracle")]
+        for a, b in pairs:
+            ra, rb = named[a], named[b]
+            if ra.start < rb.stop and rb.start < ra.stop:
+                raise ValueError(f"--{a}-seeds {_seed_range(ra)} and --{b}-seeds {_seed_range(rb)} overlap: "
+                                 f"test faces must never be trained on")
+        return seeds
+
+
+def parse_seed_range(text: str) -> range:
+    """'A-B' (inclusive) or 'A' -> range; ValueError with the expected form otherwise."""
+    a, sep, b = text.partition("-")
+    try:
+        lo, hi = int(a), int(b) if sep else int(a)
+    except ValueError:
+        raise ValueError(f"seed range {text!r}: expected A-B with integers A <= B, e.g. 0-15") from None
+    if hi < lo:
+        raise ValueError(f"seed range {text!r}: expected A-B with A <= B")
+    return range(lo, hi + 1)
+
+
+def demo_spec(out: str, size: DemoSize, generator: str = "toy", seeds: DemoSeeds | None = None) -> dict:
+    """The demo's job spec: jobs/specs/toy.yaml with the demo's paths, sizes and seed ranges."""
+    seeds = (seeds or DemoSeeds()).resolve(size)
     return {
         "name": "toy-demo",
         "seed": 0,
         "generator": {"checkpoint": generator},
         # toy faces rendered from seeds wherever a stage runs: nothing to write or upload first
-        "data": {"format": "toy", "seeds": _seed_range(LABELED_SEEDS), "limit": len(LABELED_SEEDS)},
+        "data": {"format": "toy", "seeds": _seed_range(seeds.labeled), "limit": len(seeds.labeled)},
         # Losses at half the generator's resolution, the reference's ratio (512 for its 1024 generator):
         # VGG-LPIPS at 32 px costs a quarter of 64 px, and inversion dominates the demo's CPU time.
         "inversion": {"steps": size.invert_steps, "batch_size": 16, "loss_resolution": 32},
         "label_generator": {
-            "ensemble_size": size.ensemble, "max_steps": size.fit_steps, "batch_pixels": 512,
+            # Measured by benchmarks/labelgen_fit.py on the 16 inverted faces: class-balanced batches and a
+            # cosine decay learn nose, eye, brow, ear and mouth (0.2-0.7 % of the pixels each), which uniform
+            # sampling at a constant rate left at IoU 0 after 300 x 512 pixels; 128-pixel batches buy
+            # more updates for the same pixel count (the reference uses 64).
+            "ensemble_size": size.ensemble, "max_steps": size.fit_steps, "batch_pixels": 128,
+            "class_balanced": True, "lr_schedule": "cosine",
             # min_pixels 0: the reference's "classes under 30 px become background" is meant for 512-1024 px
             # masks; at 64 px it erased every eye, brow, ear, mouth and nose (7-27 px each) from training.
             "tasks": {"segmentation": {"hidden": [256, 32], "min_pixels": 0},
@@ -68,7 +112,7 @@ def demo_spec(out: str, size: DemoSize, generator: str = "toy") -> dict:
         "storage": {"output": f"{out}/runs"},
         # two single-threaded Ray Train workers / Ray Data actors on 2 cores
         "resources": {"num_workers": 2, "synthesis_actors": 2, "torch_threads": 1},
-        "evaluation": {"enabled": True, "test_format": "toy", "test_seeds": _seed_range(_test_seeds(size)),
+        "evaluation": {"enabled": True, "test_format": "toy", "test_seeds": _seed_range(seeds.test),
                        "model": "unet", "unet_width": 16,
                        # epochs at the maximum so that max_steps decides: every network, the 16-image
                        # baseline included, gets the same number of optimiser steps.
@@ -78,10 +122,6 @@ def demo_spec(out: str, size: DemoSize, generator: str = "toy") -> dict:
 
 def _seed_range(seeds: range) -> str:
     return f"{seeds.start}-{seeds.stop - 1}"
-
-
-def _test_seeds(size: DemoSize) -> range:
-    return range(TEST_SEED0, TEST_SEED0 + size.n_test)
 
 
 def _card_summary(card: dict) -> dict:
@@ -99,7 +139,7 @@ def _table(rows: dict[str, dict[str, float]]) -> str:
 
 
 def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | None = None,
-             generator: str = "toy", log=print) -> dict:
+             generator: str = "toy", seeds: DemoSeeds | None = None, log=print) -> dict:
     """Run the whole demo; returns the report dict (also written to `report` when given)."""
     from PIL import Image
 
@@ -118,7 +158,8 @@ def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | N
 
     size = QUICK if quick else FULL
     out_dir = Path(out)
-    spec = parse_spec(demo_spec(str(out_dir), size, generator), source="demo")
+    seeds = (seeds or DemoSeeds()).resolve(size)
+    spec = parse_spec(demo_spec(str(out_dir), size, generator, seeds), source="demo")
     ckpt = resolve_checkpoint(spec.generator.checkpoint)
     if not os.path.isfile(ckpt):
         raise FileNotFoundError(f"toy generator {ckpt} is missing; train one with `handsoff train-gan` "
@@ -127,9 +168,10 @@ def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | N
     G = load_spec_generator(spec, device)
     res = G.resolution
     # The toy sets are seed ranges (data.format toy): each stage renders the faces it reads.
-    step(f"[1/6] toy world at {res}x{res}: labeled {len(LABELED_SEEDS)}, oracle {size.n_oracle}, test {size.n_test}")
+    step(f"[1/6] toy world at {res}x{res}: labeled {len(seeds.labeled)} (seeds {_seed_range(seeds.labeled)}), "
+         f"oracle {len(seeds.oracle)} ({_seed_range(seeds.oracle)}), test {len(seeds.test)} ({_seed_range(seeds.test)})")
 
-    step(f"[2/6] invert {len(LABELED_SEEDS)} images into the toy StyleGAN2 ({size.invert_steps} steps)")
+    step(f"[2/6] invert {len(seeds.labeled)} images into the toy StyleGAN2 ({size.invert_steps} steps)")
     inv = invert_stage(spec)
     log(f"      mean PSNR {inv['mean_psnr']:.2f} dB, mean LPIPS {inv['mean_lpips']:.4f}")
     step(f"[3/6] fit the label generator ({size.ensemble} members x 3 tasks)")
@@ -157,10 +199,9 @@ def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | N
     def toy(seeds: range):
         return load_real(None, hw, tasks, format="toy", seeds=_seed_range(seeds))
 
-    test = toy(_test_seeds(size))
+    test = toy(seeds.test)
     scores = {}
-    for name, train in (("handsoff", synthetic), ("baseline", toy(LABELED_SEEDS)),
-                        ("oracle", toy(range(ORACLE_SEED0, ORACLE_SEED0 + size.n_oracle)))):
+    for name, train in (("handsoff", synthetic), ("baseline", toy(seeds.labeled)), ("oracle", toy(seeds.oracle))):
         scores[name] = train_and_score(train, test, spec, label=f"train {name}", **kw)
         log(f"      {name:9s} trained on {len(train):5d} images: mIoU {scores[name]['miou']:.4f}, "
             f"PCK {scores[name]['pck']:.4f}, depth RMSE {scores[name]['depth_rmse']:.4f}")
@@ -169,7 +210,8 @@ def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | N
     pick = lambda key: {k: float(scores[k][key]) for k in ("handsoff", "baseline", "oracle")}  # noqa: E731
     result = {
         "miou": pick("miou"), "pck": pick("pck"), "depth_rmse": pick("depth_rmse"),
-        "n_labeled": len(LABELED_SEEDS), "n_synthetic": int(syn["samples"]), "n_test": size.n_test,
+        "n_labeled": len(seeds.labeled), "n_synthetic": int(syn["samples"]), "n_test": len(seeds.test),
+        "seeds": {k: _seed_range(getattr(seeds, k)) for k in ("labeled", "test", "oracle")},
         "n_synthetic_after_filter": len(synthetic), "seconds": round(time.time() - t_start, 1),
         "quick": quick, "inversion": {"mean_psnr": inv["mean_psnr"], "mean_lpips": inv["mean_lpips"]},
         "generator": {"path": ckpt, **_card_summary(G.metadata.get("model_card") or {})},

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from handsoff_ray.config import load_spec, parse_spec
 from handsoff_ray.toy.demo import FULL, demo_spec
 
@@ -14,3 +16,59 @@ def test_demo_runs_the_shipped_toy_spec():
     for section in ("seed", "generator", "data", "inversion", "label_generator", "synthesis", "evaluation"):
         assert getattr(demo, section) == getattr(shipped, section), section
     assert demo.data.format == demo.evaluation.test_format == "toy"  # nothing on disk to prepare or upload
+
+
+class TestSeedRanges:
+    """`handsoff demo --labeled-seeds/--test-seeds/--oracle-seeds`: any disjoint ranges the GAN never saw."""
+
+    def test_defaults_are_the_documented_ranges(self):
+        from handsoff_ray.toy.demo import QUICK, DemoSeeds
+
+        full, quick = DemoSeeds().resolve(FULL), DemoSeeds().resolve(QUICK)
+        assert (full.labeled, full.test, full.oracle) == (range(16), range(1_000_000, 1_000_500),
+                                                          range(2_000_000, 2_002_000))
+        assert (len(quick.test), len(quick.oracle)) == (100, 300)
+
+    def test_other_ranges_reach_every_stage_of_the_spec(self):
+        from handsoff_ray.toy.demo import DemoSeeds
+
+        seeds = DemoSeeds(range(100, 124), range(5_000, 5_050), range(7_000, 7_400))
+        spec = parse_spec(demo_spec("./d", FULL, seeds=seeds))
+        assert spec.data.seeds == "100-123" and spec.data.limit == 24
+        assert spec.evaluation.test_seeds == "5000-5049"
+
+    @pytest.mark.parametrize(("kw", "match"), [
+        ({"test": range(10, 20)}, "--labeled-seeds 0-15 and --test-seeds 10-19 overlap"),
+        ({"oracle": range(1_000_100, 1_000_200)}, "--test-seeds .* and --oracle-seeds .* overlap"),
+        ({"oracle": range(9_999_990, 10_000_010)}, "within 0-9999999 .* toy GAN trained on seeds from 10,000,000"),
+        ({"labeled": range(0)}, "give a non-empty range"),
+    ])
+    def test_overlapping_or_gan_seen_ranges_are_refused(self, kw, match):
+        from handsoff_ray.toy.demo import DemoSeeds
+
+        with pytest.raises(ValueError, match=match):
+            DemoSeeds(**kw).resolve(FULL)
+
+    @pytest.mark.parametrize(("text", "expected"), [("0-15", range(16)), ("7", range(7, 8)), ("10-10", range(10, 11))])
+    def test_parse_seed_range(self, text, expected):
+        from handsoff_ray.toy.demo import parse_seed_range
+
+        assert parse_seed_range(text) == expected
+
+    @pytest.mark.parametrize("text", ["a-b", "5-3", "1-2-3", ""])
+    def test_parse_seed_range_rejects(self, text):
+        from handsoff_ray.toy.demo import parse_seed_range
+
+        with pytest.raises(ValueError, match="seed range"):
+            parse_seed_range(text)
+
+    def test_cli_refuses_bad_ranges_before_any_compute(self, tmp_path):
+        from click.testing import CliRunner
+
+        from handsoff_ray.cli import main
+
+        out = tmp_path / "demo"
+        res = CliRunner().invoke(main, ["demo", "--out", str(out), "--test-seeds", "0-99"])
+        assert res.exit_code == 2
+        assert "--labeled-seeds 0-15 and --test-seeds 0-99 overlap" in res.output
+        assert not out.exists()
