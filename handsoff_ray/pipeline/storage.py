@@ -125,14 +125,18 @@ def retry_remote(what: str, where: str, op, *, budget_s: float | None = None, on
     t0 = time.monotonic()
 
     def report(state: tenacity.RetryCallState) -> None:
+        # `after` runs on every retryable failure, before the stop check: the first one is reported even
+        # when that one attempt (pyarrow's own request retries, a slow DNS timeout) outlasted the budget.
         if state.attempt_number == 1:
             print(f"handsoff: storage: {what} {where} failed ({_short(state.outcome.exception())}); "
                   f"retrying for up to {budget_s:.0f} s (storage.s3.retry_seconds)", file=sys.stderr, flush=True)
+
+    def count(state: tenacity.RetryCallState) -> None:
         if on_retry:
             on_retry()
 
     retrying = tenacity.Retrying(
-        stop=tenacity.stop_after_delay(budget_s), wait=_backoff, before_sleep=report, reraise=True,
+        stop=tenacity.stop_after_delay(budget_s), wait=_backoff, after=report, before_sleep=count, reraise=True,
         retry=tenacity.retry_if_exception(
             lambda e: isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and not _permanent(e)))
     try:
