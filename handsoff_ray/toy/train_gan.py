@@ -207,8 +207,10 @@ def _build(cfg: GanTrainConfig, device: torch.device) -> _Nets:
     return _Nets(G, D, G_ema, opt_G, opt_D)
 
 
-def _init_from(nets: _Nets, cfg: GanTrainConfig, path: str) -> None:
-    """G and G_ema <- a saved generator's weights (W average included); refuses another architecture."""
+def _init_from(nets: _Nets, cfg: GanTrainConfig, path: str) -> dict[str, Any]:
+    """G and G_ema <- a saved generator's weights (W average included); returns its model card.
+
+    Refuses another architecture."""
     from handsoff_ray.core.checkpoint import load_generator
 
     src = load_generator(_resolve_init(path))
@@ -218,6 +220,7 @@ def _init_from(nets: _Nets, cfg: GanTrainConfig, path: str) -> None:
     state = src.state_dict()
     nets.G.load_state_dict(state)
     nets.G_ema.load_state_dict(state)
+    return src.metadata.get("model_card") or {}
 
 
 def _mixed_ws(G: Generator, z: torch.Tensor, mixing_prob: float, gen: torch.Generator) -> torch.Tensor:
@@ -360,11 +363,13 @@ def train_gan(cfg: GanTrainConfig, *, log: Callable[[str], None] = print) -> Gen
     torch.manual_seed(cfg.seed + 1)  # the global generator draws the per-layer noise
 
     state_path = os.path.join(cfg.out, STATE_FILE)
+    init_card = ""  # the starting generator's model card (JSON), kept in every state: "toy" may change later
     if cfg.init and not os.path.exists(state_path):
-        _init_from(nets, cfg, cfg.init)
+        init_card = json.dumps(_init_from(nets, cfg, cfg.init))
         log(json.dumps({"initialised_from": cfg.init}))
     if os.path.exists(state_path):
         state = torch.load(state_path, map_location=device, weights_only=True)
+        init_card = state.get("init_card", "")
         _check_resumable(state["config"], cfg, state_path)
         for name in ("G", "D", "G_ema", "opt_G", "opt_D"):
             getattr(nets, name).load_state_dict(state[name])
@@ -381,6 +386,7 @@ def train_gan(cfg: GanTrainConfig, *, log: Callable[[str], None] = print) -> Gen
             "G_ema": nets.G_ema.state_dict(), "opt_G": nets.opt_G.state_dict(), "opt_D": nets.opt_D.state_dict(),
             "rng": _rng_state(gen), "progress": asdict(prog),
             "machine": machine_description(device, cfg.threads), "precision": str(amp or "fp32"),
+            "init_card": init_card,
         }, state_path)
 
     total = round(cfg.kimg * 1000)
@@ -512,9 +518,12 @@ def model_card(state: dict[str, Any], quality: dict[str, Any] | None = None,
     if kid_curve:
         card["kid_curve"] = kid_curve
     if cfg.get("init"):
-        from handsoff_ray.core.checkpoint import load_generator
+        if state.get("init_card"):
+            parent = json.loads(state["init_card"])
+        else:  # states written before init_card existed: the checkpoint as it is now
+            from handsoff_ray.core.checkpoint import load_generator
 
-        parent = (load_generator(_resolve_init(cfg["init"])).metadata.get("model_card") or {})
+            parent = load_generator(_resolve_init(cfg["init"])).metadata.get("model_card") or {}
         card["initialised_from"] = {"checkpoint": cfg["init"], **{k: parent.get(k) for k in (
             "config", "images_seen", "wall_time_s", "cpu_time_s", "machine", "quality")}}
         card["images_seen_total"] = prog["images_seen"] + (parent.get("images_seen") or 0)
