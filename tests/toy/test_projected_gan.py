@@ -18,13 +18,6 @@ TINY = dict(resolution=16, channel_base=256, channel_max=32, style_dim=32, n_mlp
             threads=1, log_every=0.0, grid_every=1e9, discriminator="projected")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def D16() -> ProjectedDiscriminator:

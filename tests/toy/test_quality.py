@@ -26,13 +26,6 @@ from handsoff_ray.toy.quality import (
 from handsoff_ray.toy.world import sample_params
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def tiny_extractor(tmp_path_factory):

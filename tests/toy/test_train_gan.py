@@ -28,12 +28,6 @@ TINY = dict(resolution=16, channel_base=256, channel_max=32, style_dim=32, n_mlp
             r1_interval=2, threads=1, log_every=0.0, grid_every=1e9)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
 
 def _cfg(out, steps: int, **kw) -> GanTrainConfig:
     return GanTrainConfig(out=str(out), kimg=steps * TINY["batch_size"] / 1000, **{**TINY, **kw})
