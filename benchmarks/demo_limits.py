@@ -37,6 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--refit-steps", type=int, default=1200, metavar="K", help="steps per refitted member")
     p.add_argument("--refit-members", type=int, default=2, metavar="E", help="members refitted (default: 2)")
     p.add_argument("--samples", type=int, default=64, metavar="N", help="fresh samples per truncation")
+    p.add_argument("--psis", default="0.5,0.7,1.0", metavar="LIST", help="truncations to sample at (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, metavar="T", help="torch threads (default: 2)")
     return p.parse_args(argv)
 
@@ -94,6 +95,21 @@ def main(argv=None) -> dict:
     result["fit"] = {"steps": spec.label_generator.max_steps, "members": spec.label_generator.ensemble_size,
                      **on_training_images(G, lg, store, labeled, ids)}
 
+    lg2 = lg
+    if args.refit_members:
+        lg2 = _refit(args, base, spec, store, G, labeled, ids, result)
+    else:
+        log("no refit (--refit-members 0): fresh samples are labelled by the demo's own label generator")
+    _sample_frequencies(args, spec, G, lg2, labeled, ids, result)
+    print(json.dumps(result, indent=None if args.json else 2))
+    return result
+
+
+def _refit(args, base, spec, store, G, labeled, ids, result):
+    from handsoff_ray.config import parse_spec
+    from handsoff_ray.core.label_generator import load_label_generator
+    from handsoff_ray.pipeline.stages import open_run, run_fit
+
     log(f"refit {args.refit_members} members for {args.refit_steps} steps on the same latents")
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copytree(store.path("latents"), os.path.join(tmp, spec.run_id, "latents"))
@@ -107,17 +123,29 @@ def main(argv=None) -> dict:
         lg2 = load_label_generator(open_run(rspec).path("label_generator/label_generator.safetensors"))
         result["refit"] = {"steps": args.refit_steps, "members": args.refit_members,
                            "seconds": round(time.time() - t0, 1), **on_training_images(G, lg2, store, labeled, ids)}
+    return lg2
 
-    log("class frequencies: real labeled images vs fresh samples")
-    real = np.bincount(labeled.load_all(ids).segmentation.reshape(-1), minlength=len(labeled.classes))
-    result["class_frequency"] = {"real": np.round(real / real.sum(), 4).tolist()}
+
+def _sample_frequencies(args, spec, G, lg2, labeled, ids, result) -> None:
+    from handsoff_ray.core.synthesis import synthesize
+
+    from handsoff_ray.toy.demo import ORACLE_SEED0
+    from handsoff_ray.toy.world import render_batch
+
+    log("class frequencies: real faces vs fresh samples")
+    real16 = np.bincount(labeled.load_all(ids).segmentation.reshape(-1), minlength=len(labeled.classes))
+    # The world's own frequencies from as many real faces as samples (the oracle's seeds: no test face)
+    world = render_batch(range(ORACLE_SEED0, ORACLE_SEED0 + args.samples), size=G.resolution).segmentation
+    real = np.bincount(world.reshape(-1), minlength=len(labeled.classes))
+    result["class_frequency"] = {"real_16_labeled": np.round(real16 / real16.sum(), 4).tolist(),
+                                 f"real_{args.samples}_faces": np.round(real / real.sum(), 4).tolist()}
     with torch.no_grad():
-        for psi in (0.5, 0.7, 1.0):
+        for psi in [float(x) for x in args.psis.split(",")]:
             pairs = synthesize(G, lg2, sample_ids=range(args.samples), run_seed=spec.seed, truncation_psi=psi)
             c = np.bincount(pairs.labels["segmentation"].reshape(-1), minlength=len(labeled.classes))
             result["class_frequency"][f"samples_psi_{psi}"] = np.round(c / c.sum(), 4).tolist()
-    print(json.dumps(result, indent=None if args.json else 2))
-    return result
+            ratio = (c / c.sum()) / np.maximum(real / real.sum(), 1e-12)
+            result["class_frequency"][f"samples_over_real_psi_{psi}"] = np.round(ratio, 3).tolist()
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ class DemoSize:
     downstream_steps: int
 
 
-# Sized for 2 CPU cores: FULL measured 726 s, QUICK 155 s (2026-11-26; budgets 15 and 3 minutes).
+# Sized for 2 CPU cores: FULL measured 726 s, QUICK 155 s on a Zen 4 EPYC (2026-11-26); FULL 1,188 s on an
+# EPYC without AVX-512 (2026-12-01, after fit grew from 300 x 512 to 1,500 x 128 pixels; downstream 3 x 160 s).
 FULL = DemoSize(n_test=500, n_oracle=2000, n_synthetic=2000, invert_steps=150, fit_steps=1500, ensemble=10,
                 downstream_steps=600)
 QUICK = DemoSize(n_test=100, n_oracle=300, n_synthetic=200, invert_steps=40, fit_steps=400, ensemble=4,
@@ -126,7 +127,7 @@ def _seed_range(seeds: range) -> str:
 
 def _card_summary(card: dict) -> dict:
     """What the report says about the generator: how long it trained and how good it is."""
-    keys = ("images_seen", "wall_time_s", "cpu_time_s", "machine")
+    keys = ("images_seen", "wall_time_s", "cpu_time_s", "images_seen_total", "cpu_time_s_total", "machine")
     return {k: card[k] for k in keys if k in card} | {"kid": (card.get("quality") or {}).get("kid")}
 
 
