@@ -566,12 +566,15 @@ def _expected_time(cfg: GanTrainConfig) -> str:
     network on a CPU; otherwise where to read the rate. Printed before training starts."""
     from handsoff_ray.core.checkpoint import load_generator
 
-    card = load_generator(_resolve_init("toy")).metadata.get("model_card") or {}
+    shipped = load_generator(_resolve_init("toy")).metadata.get("model_card") or {}
     keys = ("resolution", "channel_base", "channel_max", "style_dim", "n_mlp", "batch_size", "discriminator")
-    same = {k: (card.get("config") or {}).get(k, "stylegan2" if k == "discriminator" else None) for k in keys}
     ours = {k: getattr(cfg, k) for k in keys}
     images = cfg.kimg * 1000
-    if same == ours and _device(cfg.device).type == "cpu" and card.get("wall_time_s"):
+    # The shipped card and the card of the generator it was refined from (each stage has its own recipe)
+    card = next((c for c in (shipped, shipped.get("initialised_from") or {})
+                 if {k: (c.get("config") or {}).get(k, "stylegan2" if k == "discriminator" else None)
+                     for k in keys} == ours), {})
+    if card and _device(cfg.device).type == "cpu" and card.get("wall_time_s"):
         rate = card["images_seen"] / card["wall_time_s"]
         hours = images / rate / 3600
         return (f"expected time: {cfg.kimg:g} kimg at {rate:.1f} images/s, the rate measured for the shipped toy "
