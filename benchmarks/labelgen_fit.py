@@ -47,16 +47,12 @@ def prepare(work: str, generator: str, invert_steps: int, threads: int):
     from handsoff_ray.pipeline.stages import (
         _targets, feature_size, hypercolumn_features, load_spec_generator, open_run, read_latent, run_invert,
     )
-    from handsoff_ray.toy.demo import FULL, LABELED_SEEDS, demo_spec
-    from handsoff_ray.toy.world import write_toy_labeled_set
-    from pathlib import Path
+    from handsoff_ray.toy.demo import FULL, demo_spec
 
     raw = demo_spec(work, FULL, generator=generator)
     raw["inversion"]["steps"] = invert_steps
     raw["resources"] = {"engine": "local", "torch_threads": threads}
     raw["evaluation"] = {"enabled": False}
-    if not (Path(work) / "labeled" / "keypoints.json").exists():
-        write_toy_labeled_set(Path(work) / "labeled", list(LABELED_SEEDS))
     spec = parse_spec(raw)
     t0 = time.process_time()
     inv = run_invert(spec)
@@ -72,39 +68,25 @@ def prepare(work: str, generator: str, invert_steps: int, threads: int):
 
 
 def score(lg, features, targets, tasks) -> dict:
-    """Per-class IoU, PCK@0.05 and depth RMSE of `lg` on the images the features came from."""
+    """Per-class IoU, PCK@0.05 and depth RMSE of `lg` on the images the features came from (core.metrics)."""
+    from handsoff_ray.core.metrics import SegmentationMeter, depth_errors, pck
+
     out = {}
     with torch.no_grad():
         preds = [lg.predict([m[None] if m.dim() == 3 else m for m in f]) for f in features]
     if "segmentation" in tasks:
-        k = tasks["segmentation"].num_outputs
-        inter, union = np.zeros(k), np.zeros(k)
+        meter = SegmentationMeter(tasks["segmentation"].num_outputs)
         for i, p in enumerate(preds):
-            seg = lg.decode("segmentation", p["segmentation"])[0].numpy()
-            ref = targets["segmentation"][i].numpy()
-            for c in range(k):
-                inter[c] += ((seg == c) & (ref == c)).sum()
-                union[c] += ((seg == c) | (ref == c)).sum()
-        iou = inter / np.maximum(union, 1)
+            meter.update(lg.decode("segmentation", p["segmentation"])[0], targets["segmentation"][i])
+        iou = meter.iou().numpy()
         out |= {"iou": np.round(iou, 3).tolist(), "min_iou": round(float(iou.min()), 3),
                 "miou": round(float(iou.mean()), 4)}
     if "keypoints" in tasks:
-        hits = total = 0
-        for i, p in enumerate(preds):
-            kp = lg.decode("keypoints", p["keypoints"])[0].numpy()
-            ref = targets["keypoints"][i].numpy()
-            vis = ref[:, 2] > 0
-            err = np.linalg.norm(kp[vis, :2] - ref[vis, :2], axis=1)
-            hits, total = hits + int((err <= 0.05 * 64).sum()), total + int(vis.sum())
-        out["pck"] = round(hits / max(total, 1), 4)
+        kp = torch.cat([lg.decode("keypoints", p["keypoints"]) for p in preds])
+        out["pck"] = round(pck(kp, targets["keypoints"].float(), image_size=tuple(lg.out_size), alpha=0.05), 4)
     if "depth" in tasks:
-        se = n = 0.0
-        for i, p in enumerate(preds):
-            d = lg.decode("depth", p["depth"])[0].numpy()
-            ref = targets["depth"][i].numpy()
-            valid = ref > 0
-            se, n = se + float(((d[valid] - ref[valid]) ** 2).sum()), n + int(valid.sum())
-        out["depth_rmse"] = round((se / max(n, 1)) ** 0.5, 4)
+        depth = torch.cat([lg.decode("depth", p["depth"]) for p in preds])
+        out["depth_rmse"] = round(depth_errors(depth, targets["depth"].float())["rmse"], 4)
     return out
 
 
