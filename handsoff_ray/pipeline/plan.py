@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 import os
-from importlib import resources
 
 from handsoff_ray.config import JobSpec, spec_hash
+from handsoff_ray.toy import SHIPPED_GENERATOR
 
 __all__ = ["make_plan", "stage_hash", "resolve_checkpoint", "TOY_CHECKPOINT"]
 
@@ -23,7 +23,7 @@ _STAGE_SECTIONS = {
     "evaluate": ("seed", "generator", "data", "inversion", "label_generator", "synthesis", "evaluation"),
 }
 
-TOY_CHECKPOINT = "toy_stylegan2.safetensors"
+TOY_CHECKPOINT = SHIPPED_GENERATOR.name
 
 
 def stage_hash(spec: JobSpec, stage: str) -> str:
@@ -33,7 +33,7 @@ def stage_hash(spec: JobSpec, stage: str) -> str:
 def resolve_checkpoint(name: str) -> str:
     """'toy' -> the generator shipped in handsoff_ray/toy/assets; anything else is a path or URI."""
     if name == "toy":
-        return str(resources.files("handsoff_ray.toy") / "assets" / TOY_CHECKPOINT)
+        return str(SHIPPED_GENERATOR)
     return os.path.expanduser(name)
 
 

@@ -9,7 +9,11 @@ and importing the package (e.g. for its assets/) stays free.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
+
+# The toy generator shipped with the package ('toy' in specs and `train-gan --init toy`).
+SHIPPED_GENERATOR = Path(__file__).parent / "assets" / "toy_stylegan2.safetensors"
 
 __all__ = ["CLASSES", "KEYPOINT_NAMES", "ToyBatch", "ToySample", "render_batch", "render_face", "write_toy_labeled_set"]
 

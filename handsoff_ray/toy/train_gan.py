@@ -587,7 +587,9 @@ def _expected_time(cfg: GanTrainConfig) -> str:
 
 def _resolve_init(init: str | None) -> str | None:
     if init == "toy":  # the shipped toy generator, by the name specs use for it
-        return str(Path(__file__).parent / "assets" / "toy_stylegan2.safetensors")
+        from handsoff_ray.toy import SHIPPED_GENERATOR
+
+        return str(SHIPPED_GENERATOR)
     return init
 
 
