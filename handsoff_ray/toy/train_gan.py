@@ -109,8 +109,8 @@ class GanTrainConfig:
     max_cpu_s: float | None = None  # stop once the whole run has used this much CPU time (benchmarks)
     world_seed_offset: int = 10_000_000  # toy faces for training use seeds far from the demo's labeled ones
     # "stylegan2": the residual D trained from scratch (logistic loss + lazy R1); "projected": small
-    # discriminators over frozen ImageNet VGG16 features (Projected GANs; hinge loss, no R1), which
-    # learns the toy world's small parts in far fewer images (benchmarks/gan_recipes.py measures both).
+    # discriminators over frozen ImageNet features (Projected GANs; hinge loss, no R1), which refined the
+    # shipped generator's small parts in 56 kimg (benchmarks/gan_recipes.py measures both).
     discriminator: str = "stylegan2"
     projected_trunk: str = "alex"  # with discriminator=projected: "alex" (3x cheaper on CPU) or "vgg"
     # A generator checkpoint (same architecture) to start G and G_ema from instead of random weights,
@@ -233,6 +233,13 @@ def _mixed_ws(G: Generator, z: torch.Tensor, mixing_prob: float, gen: torch.Gene
     return ws
 
 
+def _losses(cfg: GanTrainConfig):
+    """(D loss on fake logits, D loss on real logits, G loss on fake logits), each a mean over logits."""
+    if cfg.discriminator == "projected":  # hinge, as Projected GANs train
+        return (lambda f: F.relu(1 + f).mean(), lambda r: F.relu(1 - r).mean(), lambda f: -f.mean())
+    return (lambda f: F.softplus(f).mean(), lambda r: F.softplus(-r).mean(), lambda f: F.softplus(-f).mean())
+
+
 def _d_step(cfg: GanTrainConfig, nets: _Nets, real: torch.Tensor, gen: torch.Generator,
             amp: torch.dtype | None, do_r1: bool) -> float:
     """Logistic loss on fakes and reals; on R1 steps the real pass runs in fp32 with a gradient penalty.
@@ -240,8 +247,8 @@ def _d_step(cfg: GanTrainConfig, nets: _Nets, real: torch.Tensor, gen: torch.Gen
     With the projected discriminator: the hinge loss, and never R1.
     """
     G, D = nets.G, nets.D
-    projected = cfg.discriminator == "projected"
-    do_r1 = do_r1 and not projected
+    d_fake, d_real, _ = _losses(cfg)
+    do_r1 = do_r1 and cfg.discriminator == "stylegan2"  # spectral norm bounds the projected D instead
     G.requires_grad_(False)
     D.requires_grad_(True)
     device = real.device
@@ -250,12 +257,12 @@ def _d_step(cfg: GanTrainConfig, nets: _Nets, real: torch.Tensor, gen: torch.Gen
         fake = G.synthesis(_mixed_ws(G, z, cfg.mixing_prob, gen), noise_mode="random")
     with torch.autocast(device.type, amp or torch.float32, enabled=amp is not None):
         fake_logits = D(fake).float()
-    loss = F.relu(1 + fake_logits).mean() if projected else F.softplus(fake_logits).mean()
+    loss = d_fake(fake_logits)
     # The R1 double backward stays in fp32: a squared gradient norm is where bf16's 8 bits would show.
     with torch.autocast(device.type, amp or torch.float32, enabled=amp is not None and not do_r1):
         real = real.detach().requires_grad_(do_r1)
         real_logits = D(real).float()
-    loss = loss + (F.relu(1 - real_logits).mean() if projected else F.softplus(-real_logits).mean())
+    loss = loss + d_real(real_logits)
     if do_r1:
         (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
         r1 = grad.square().sum(dim=(1, 2, 3)).mean()
@@ -276,7 +283,7 @@ def _g_step(cfg: GanTrainConfig, nets: _Nets, batch: int, gen: torch.Generator,
     ws = _mixed_ws(G, z, cfg.mixing_prob, gen)  # mapping in fp32: tiny, and W is what inversion optimises
     with torch.autocast(device.type, amp or torch.float32, enabled=amp is not None):
         logits = D(G.synthesis(ws, noise_mode="random")).float()
-    loss = -logits.mean() if cfg.discriminator == "projected" else F.softplus(-logits).mean()
+    loss = _losses(cfg)[2](logits)
     nets.opt_G.zero_grad(set_to_none=True)
     loss.backward()
     nets.opt_G.step()
@@ -623,7 +630,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m handsoff_r
     ap.add_argument("--init", metavar="CKPT", default=None,
                     help="start G from this generator checkpoint (same architecture), e.g. toy")
     ap.add_argument("--discriminator", choices=("stylegan2", "projected"), default=d.discriminator,
-                    help="stylegan2: trained from scratch; projected: over frozen VGG16 features (default %(default)s)")
+                    help="stylegan2: trained from scratch; projected: over frozen ImageNet features (default %(default)s)")
     ap.add_argument("--device", metavar="DEV", default=d.device, help="auto | cpu | cuda[:i] (default %(default)s)")
     ap.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=d.precision, help="default %(default)s")
     ap.add_argument("--threads", metavar="N", type=int, default=None, help="torch CPU threads (default: torch's)")
