@@ -47,7 +47,9 @@ def reference(finished, tmp_path_factory):
 
 
 def _shards(store) -> dict[str, bytes]:
-    return {n: store.read_bytes(f"dataset/data/{n}") for n in store.list("dataset/data")}
+    """Committed shards only: a writer killed mid-write may leave its hidden `.part-*.tmp` behind,
+    which no reader sees and the next run deletes (`_assert_complete` checks that it did)."""
+    return {n: store.read_bytes(f"dataset/data/{n}") for n in store.list("dataset/data") if not n.startswith(".")}
 
 
 def _assert_complete(store, reference):
