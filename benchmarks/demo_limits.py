@@ -77,10 +77,10 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     from handsoff_ray.config import parse_spec
     from handsoff_ray.core.label_generator import load_label_generator
-    from handsoff_ray.core.synthesis import synthesize
+    from handsoff_ray.core.pairs import synthesize
     from handsoff_ray.pipeline.labeled import open_spec_labeled_set
     from handsoff_ray.pipeline.stages import load_spec_generator, open_run, run_fit
-    from handsoff_ray.toy.demo import FULL, demo_spec
+    from handsoff_ray.demo import FULL, demo_spec
 
     base = demo_spec(args.demo, FULL)
     spec = parse_spec(base)
@@ -127,9 +127,9 @@ def _refit(args, base, spec, store, G, labeled, ids, result):
 
 
 def _sample_frequencies(args, spec, G, lg2, labeled, ids, result) -> None:
-    from handsoff_ray.core.synthesis import synthesize
+    from handsoff_ray.core.pairs import synthesize
 
-    from handsoff_ray.toy.demo import ORACLE_SEED0
+    from handsoff_ray.demo import ORACLE_SEED0
     from handsoff_ray.toy.world import render_batch
 
     log("class frequencies: real faces vs fresh samples")

@@ -47,7 +47,7 @@ def prepare(work: str, generator: str, invert_steps: int, threads: int):
     from handsoff_ray.pipeline.stages import (
         _targets, feature_size, hypercolumn_features, load_spec_generator, open_run, read_latent, run_invert,
     )
-    from handsoff_ray.toy.demo import FULL, demo_spec
+    from handsoff_ray.demo import FULL, demo_spec
 
     raw = demo_spec(work, FULL, generator=generator)
     raw["inversion"]["steps"] = invert_steps

@@ -8,7 +8,7 @@ Setup (not timed): the shipped toy StyleGAN2 (64x64) and a label generator with 
 (the weights' values do not change the cost). Then, all with the same batch size, device and torch
 threads per process (--threads, default 1: one core per actor on this 2-core machine):
 
-- bare_generator_pairs_per_s: `core.synthesis.synthesize` in a loop in this process: the generator, the
+- bare_generator_pairs_per_s: `core.pairs.synthesize` in a loop in this process: the generator, the
   label generator and the uncertainty scores, i.e. every FLOP a pair needs, nothing else.
 - generator_only_pairs_per_s: `G.synthesis` alone (images + features, no labels), for scale.
 - pipeline_pairs_per_s: `handsoff run --stages synthesize` on Ray Data with one actor, end to end with
@@ -79,7 +79,7 @@ def time_bare(spec, args) -> dict:
 
     from handsoff_ray.core.label_generator import load_label_generator
     from handsoff_ray.core.stylegan2 import z_from_seeds
-    from handsoff_ray.core.synthesis import synthesize
+    from handsoff_ray.core.pairs import synthesize
     from handsoff_ray.pipeline.stages import load_spec_generator, open_run, resolve_device
 
     device = resolve_device(spec)

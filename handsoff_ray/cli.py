@@ -211,7 +211,7 @@ def demo(quick: bool, out: str, report: str | None, generator: str, labeled_seed
 
     The three seed ranges must be disjoint and below 10,000,000 (the toy GAN's training faces).
     """
-    from handsoff_ray.toy.demo import FULL, QUICK, DemoSeeds, parse_seed_range, run_demo
+    from handsoff_ray.demo import FULL, QUICK, DemoSeeds, parse_seed_range, run_demo
 
     try:
         seeds = DemoSeeds(parse_seed_range(labeled_seeds),
@@ -257,7 +257,7 @@ checkpoint_argument = click.argument("path", callback=_checkpoint_path, metavar=
 @_fail_on_user_error
 def checkpoint_info(path: str) -> None:
     """Print the architecture, resolution and hypercolumn feature spec of PATH."""
-    from handsoff_ray.pipeline.checkpoints import checkpoint_summary
+    from handsoff_ray.pipeline.checkpoint_tools import checkpoint_summary
 
     click.echo(yaml.safe_dump(checkpoint_summary(path), sort_keys=False))
 
@@ -269,7 +269,7 @@ def checkpoint_info(path: str) -> None:
 @_fail_on_user_error
 def checkpoint_convert(src: str, dst: str, force: bool) -> None:
     """Convert SRC (any supported format) to the project's own .safetensors format at DST."""
-    from handsoff_ray.pipeline.checkpoints import convert_checkpoint
+    from handsoff_ray.pipeline.checkpoint_tools import convert_checkpoint
 
     click.echo(json.dumps(convert_checkpoint(src, dst, force=force), indent=2))
 
@@ -284,7 +284,7 @@ def checkpoint_convert(src: str, dst: str, force: bool) -> None:
 @_fail_on_user_error
 def checkpoint_sample(path: str, seeds: str, truncation_psi: float, noise_mode: str, out: str, device: str) -> None:
     """Render a grid of samples of PATH, one per seed (a seed always gives the same image)."""
-    from handsoff_ray.pipeline.checkpoints import parse_seeds, sample_grid
+    from handsoff_ray.pipeline.checkpoint_tools import parse_seeds, sample_grid
 
     try:
         seed_list = parse_seeds(seeds)
@@ -332,7 +332,7 @@ def _warn_incomplete(fn):
 @_warn_incomplete
 def inspect(uri: str, endpoint_url: str | None, allow_incomplete: bool) -> None:
     """Counts, schema and histograms of a synthetic DATASET folder (local or s3://)."""
-    from handsoff_ray.pipeline.inspect import inspect_dataset
+    from handsoff_ray.pipeline.inspection import inspect_dataset
 
     click.echo(yaml.safe_dump(inspect_dataset(uri, endpoint_url=endpoint_url, allow_incomplete=allow_incomplete),
                               sort_keys=False))
@@ -347,7 +347,7 @@ def verify(uri: str, endpoint_url: str | None) -> None:
 
     Prints a report listing every problem; exits 2 when there is any (rerun `handsoff synthesize SPEC` to repair).
     """
-    from handsoff_ray.pipeline.inspect import verify_dataset_uri
+    from handsoff_ray.pipeline.inspection import verify_dataset_uri
 
     report = verify_dataset_uri(uri, endpoint_url=endpoint_url)
     click.echo(yaml.safe_dump(report, sort_keys=False, width=10_000))  # one problem per line
@@ -367,7 +367,7 @@ def verify(uri: str, endpoint_url: str | None) -> None:
 @_warn_incomplete
 def preview(uri: str, out: str, count: int, columns: int, endpoint_url: str | None, allow_incomplete: bool) -> None:
     """A grid of the first pairs of DATASET: image | class overlay | keypoints | uncertainty, and a legend."""
-    from handsoff_ray.pipeline.inspect import preview_dataset
+    from handsoff_ray.pipeline.inspection import preview_dataset
 
     click.echo(json.dumps(preview_dataset(uri, out, count, columns=columns, endpoint_url=endpoint_url,
                                           allow_incomplete=allow_incomplete)))

@@ -78,7 +78,7 @@ def main(argv: list[str]) -> int:
     env = dict(os.environ)
     args = build_args(argv[0], argv[1:], env)
     from handsoff_ray.cli import main as cli
-    from handsoff_ray.pipeline.metrics import metrics
+    from handsoff_ray.pipeline.telemetry import metrics
 
     port = env.get("HANDSOFF_DRIVER_METRICS_PORT")
     if port:

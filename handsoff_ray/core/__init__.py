@@ -19,8 +19,8 @@ from handsoff_ray.core.label_generator import (
     save_label_generator,
 )
 from handsoff_ray.core.lpips_offline import load_lpips
+from handsoff_ray.core.pairs import SyntheticPairs, synthesize
 from handsoff_ray.core.stylegan2 import FeatureSpec, Generator, GeneratorConfig, feature_spec, z_from_seeds
-from handsoff_ray.core.synthesis import SyntheticPairs, synthesize
 from handsoff_ray.core.uncertainty import filter_indices, image_scores, pixel_uncertainty
 
 __all__ = [

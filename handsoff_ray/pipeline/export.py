@@ -41,7 +41,7 @@ FORMATS = ("png-folder", "coco")
 
 
 def _open(uri: str, policy, task: str | None, endpoint_url: str | None, allow_incomplete: bool):
-    from handsoff_ray.dataset import SyntheticDataset
+    from handsoff_ray.pipeline.reader import SyntheticDataset
 
     return SyntheticDataset(uri, uncertainty_filter=policy, filter_task=task, endpoint_url=endpoint_url,
                             allow_incomplete=allow_incomplete)

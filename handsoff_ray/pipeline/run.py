@@ -83,7 +83,7 @@ def run_stages(spec: JobSpec, names: list[str], *, spec_hash: str, progress: Pro
     Records run_info and each stage's duration; when the run ends (or fails), pushes this process's
     metrics to the Pushgateway named by HANDSOFF_PUSHGATEWAY, so a finished batch run stays visible.
     """
-    from handsoff_ray.pipeline.metrics import metrics, push_to_gateway
+    from handsoff_ray.pipeline.telemetry import metrics, push_to_gateway
 
     metrics().set("run_info", 1, run_id=spec.run_id, spec_hash=spec_hash)
     try:

@@ -85,7 +85,7 @@ def schema_meta(schema: pa.Schema) -> dict:
 
 
 def pairs_to_table(pairs, *, spec_hash: str, meta: dict) -> pa.Table:
-    """SyntheticPairs (core.synthesis) -> one Arrow table in the schema above."""
+    """SyntheticPairs (core.pairs) -> one Arrow table in the schema above."""
     n = len(pairs.sample_ids)
     tasks = list(pairs.labels)
     cols: dict[str, list] = {

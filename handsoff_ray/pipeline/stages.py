@@ -26,7 +26,7 @@ from safetensors.torch import save as st_save
 from handsoff_ray.config import JobSpec
 from handsoff_ray.pipeline.errors import UserError
 from handsoff_ray.pipeline.labeled import AlignedLabels, align_labels, align_labels_in_content, open_spec_labeled_set
-from handsoff_ray.pipeline.metrics import metrics
+from handsoff_ray.pipeline.telemetry import metrics
 from handsoff_ray.pipeline.plan import resolve_checkpoint, stage_hash
 from handsoff_ray.pipeline.progress import log_event, stage_progress
 from handsoff_ray.pipeline.storage import RunStore
@@ -127,7 +127,7 @@ def _check_crop_rows(spec: JobSpec, G) -> slice | None:
     """The label-map rows generator.crop_rows covers, or UserError naming the field."""
     if spec.generator.crop_rows is None:
         return None
-    from handsoff_ray.core.synthesis import content_rows
+    from handsoff_ray.core.pairs import content_rows
 
     try:
         return content_rows(spec.generator.crop_rows, G.resolution, feature_size(spec, G)[0])

@@ -281,7 +281,7 @@ class RunStore:
                                    "pick a writable storage.output") from None
 
         def counted() -> None:
-            from handsoff_ray.pipeline.metrics import metrics
+            from handsoff_ray.pipeline.telemetry import metrics
 
             metrics().inc("write_retries", 1, run_id=self.run_id)
 

@@ -61,7 +61,7 @@ def shard_ranges(num_samples: int, shard_size: int) -> list[tuple[int, int]]:
 
 def write_shard(store, k: int, start: int, stop: int, G, lg, spec: JobSpec, meta: dict) -> dict:
     """Synthesize sample ids [start, stop) and commit them as shard k; returns its manifest entry."""
-    from handsoff_ray.core.synthesis import synthesize
+    from handsoff_ray.core.pairs import synthesize
     from handsoff_ray.pipeline.schema import pairs_to_table
 
     h = stage_hash(spec, "synthesize")
@@ -182,7 +182,7 @@ def verify_committed(store, manifest: dict, ranges: list[tuple[int, int]], meta:
 
 
 def _record_shard(run_id: str, rows: int, seconds: float, scores: dict[str, list[float]]) -> None:
-    from handsoff_ray.pipeline.metrics import metrics
+    from handsoff_ray.pipeline.telemetry import metrics
 
     m = metrics()
     m.inc("samples_written", rows, run_id=run_id)
@@ -208,7 +208,7 @@ def prepare_synthesis(spec: JobSpec) -> tuple:
     image_size = fit.get("out_size")
     if spec.generator.crop_rows is not None and image_size:
         # Pairs hold only the content rows (e.g. LSUN-car 512: rows 64..448 -> 384 x 512).
-        from handsoff_ray.core.synthesis import content_rows
+        from handsoff_ray.core.pairs import content_rows
 
         rows = content_rows(spec.generator.crop_rows, _generator_height(spec), image_size[0])
         image_size = [rows.stop - rows.start, image_size[1]]
@@ -223,7 +223,7 @@ def prepare_synthesis(spec: JobSpec) -> tuple:
         store.delete(f"{DATASET}/{SUCCESS}")  # finished no longer: readers wait until the repair is done
     for note in notes:
         print(f"handsoff: {note}", file=sys.stderr, flush=True)
-    from handsoff_ray.pipeline.metrics import metrics
+    from handsoff_ray.pipeline.telemetry import metrics
 
     metrics().set("shards_planned", len(ranges), run_id=spec.run_id)
     return store, meta, manifest, ranges, todo

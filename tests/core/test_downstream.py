@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from handsoff_ray.core.downstream import (
+from handsoff_ray.evaluation.downstream import (
     DownstreamData,
     DownstreamNet,
     _flip,

@@ -17,7 +17,7 @@ from handsoff_ray.core.checkpoint import save_generator
 from handsoff_ray.core.inversion import invert
 from handsoff_ray.core.label_generator import load_label_generator
 from handsoff_ray.core.stylegan2 import Generator, GeneratorConfig
-from handsoff_ray.core.synthesis import synthesize
+from handsoff_ray.core.pairs import synthesize
 from handsoff_ray.pipeline.schema import decode_row, schema_meta
 from handsoff_ray.pipeline.stages import load_spec_generator, open_run, run_fit, run_invert
 from handsoff_ray.pipeline.synthesize import run_synthesize

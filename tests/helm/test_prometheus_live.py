@@ -1,7 +1,7 @@
 """A real Prometheus (Debian's package) on 127.0.0.1 scrapes a running HandsOff driver's metrics endpoint and a
 Pushgateway, evaluates deploy/prometheus/handsoff-rules.yaml, and answers through its HTTP API.
 
-The "driver" is a small process that records through handsoff_ray.pipeline.metrics and serves that registry
+The "driver" is a small process that records through handsoff_ray.pipeline.telemetry and serves that registry
 exactly as jobs/entrypoint.py does on the head (start_http_server on the driver registry), then pushes like
 `handsoff run` does at the end and like the entrypoint does after a scheduled success. A real `handsoff run`
 would take 30-60 s here for the same series.
@@ -22,7 +22,7 @@ DRIVER = r"""
 import os, sys, time
 sys.path.insert(0, {jobs!r})
 from prometheus_client import start_http_server
-from handsoff_ray.pipeline.metrics import metrics, push_to_gateway
+from handsoff_ray.pipeline.telemetry import metrics, push_to_gateway
 from entrypoint import push_schedule_success
 
 m = metrics()

@@ -248,7 +248,7 @@ class TestObjectStoreOutage:
         server.stop()
 
     def test_a_short_outage_is_ridden_out_by_retries(self, s3, reference):
-        from handsoff_ray.pipeline.metrics import metrics
+        from handsoff_ray.pipeline.telemetry import metrics
 
         spec, outage = s3
 

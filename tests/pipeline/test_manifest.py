@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from handsoff_ray.cli import main
-from handsoff_ray.dataset import SyntheticDataset
+from handsoff_ray.pipeline.reader import SyntheticDataset
 from handsoff_ray.pipeline.errors import UserError
 from handsoff_ray.pipeline.manifest import DatasetError
 from handsoff_ray.pipeline.stages import open_run

@@ -1,6 +1,6 @@
 """A real Prometheus scrapes Ray's metrics port while the synthesize stage runs on Ray Data actors.
 
-The actors record through `handsoff_ray.pipeline.metrics` (ray.util.metrics inside Ray), Ray exports
+The actors record through `handsoff_ray.pipeline.telemetry` (ray.util.metrics inside Ray), Ray exports
 them on its metrics port with a `ray_` prefix, Prometheus (Debian's package, 127.0.0.1) scrapes that
 port as the chart's PodMonitors do and evaluates deploy/prometheus/handsoff-rules.yaml on it.
 """

@@ -192,7 +192,7 @@ class TestReaders:
     def test_synthetic_dataset_splits_workers_and_filters(self, finished):
         from torch.utils.data import DataLoader
 
-        from handsoff_ray.dataset import SyntheticDataset
+        from handsoff_ray.pipeline.reader import SyntheticDataset
 
         spec, _ = finished
         root = open_run(spec).path("dataset")
@@ -238,7 +238,7 @@ def test_inspect_and_preview_commands(finished, tmp_path):
 def test_stages_record_their_metrics(finished):
     from prometheus_client import generate_latest
 
-    from handsoff_ray.pipeline.metrics import metrics
+    from handsoff_ray.pipeline.telemetry import metrics
 
     m = metrics()
     assert m.backend == "prometheus"  # no Ray worker here
@@ -254,7 +254,7 @@ def test_stages_record_their_metrics(finished):
 
 
 def test_metric_labels_are_checked(monkeypatch):
-    from handsoff_ray.pipeline.metrics import metrics, push_to_gateway
+    from handsoff_ray.pipeline.telemetry import metrics, push_to_gateway
 
     monkeypatch.delenv("HANDSOFF_PUSHGATEWAY", raising=False)
     with pytest.raises(ValueError, match="needs labels"):
@@ -267,7 +267,7 @@ class TestExport:
 
     @staticmethod
     def _source(finished):
-        from handsoff_ray.dataset import SyntheticDataset
+        from handsoff_ray.pipeline.reader import SyntheticDataset
 
         root = open_run(finished[0]).path("dataset")
         rows = {int(r["sample_id"]): {k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in r.items()}
@@ -331,7 +331,7 @@ class TestExport:
         assert [p.name for p in (tmp_path / "x").iterdir()] == ["mine.txt"]
 
     def test_filter_writes_a_dataset_of_the_kept_rows(self, finished, tmp_path):
-        from handsoff_ray.dataset import SyntheticDataset
+        from handsoff_ray.pipeline.reader import SyntheticDataset
 
         root, rows = self._source(finished)
         res = self._cli("filter", root, "--out", tmp_path / "f", "--keep", 0.5, "--task", "depth")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from handsoff_ray.config import load_spec, parse_spec
-from handsoff_ray.toy.demo import FULL, demo_spec
+from handsoff_ray.demo import FULL, demo_spec
 
 SPEC = Path(__file__).parents[2] / "jobs" / "specs" / "toy.yaml"
 
@@ -22,7 +22,7 @@ class TestSeedRanges:
     """`handsoff demo --labeled-seeds/--test-seeds/--oracle-seeds`: any disjoint ranges the GAN never saw."""
 
     def test_defaults_are_the_documented_ranges(self):
-        from handsoff_ray.toy.demo import QUICK, DemoSeeds
+        from handsoff_ray.demo import QUICK, DemoSeeds
 
         full, quick = DemoSeeds().resolve(FULL), DemoSeeds().resolve(QUICK)
         assert (full.labeled, full.test, full.oracle) == (range(16), range(1_000_000, 1_000_500),
@@ -30,7 +30,7 @@ class TestSeedRanges:
         assert (len(quick.test), len(quick.oracle)) == (100, 300)
 
     def test_other_ranges_reach_every_stage_of_the_spec(self):
-        from handsoff_ray.toy.demo import DemoSeeds
+        from handsoff_ray.demo import DemoSeeds
 
         seeds = DemoSeeds(range(100, 124), range(5_000, 5_050), range(7_000, 7_400))
         spec = parse_spec(demo_spec("./d", FULL, seeds=seeds))
@@ -44,20 +44,20 @@ class TestSeedRanges:
         ({"labeled": range(0)}, "give a non-empty range"),
     ])
     def test_overlapping_or_gan_seen_ranges_are_refused(self, kw, match):
-        from handsoff_ray.toy.demo import DemoSeeds
+        from handsoff_ray.demo import DemoSeeds
 
         with pytest.raises(ValueError, match=match):
             DemoSeeds(**kw).resolve(FULL)
 
     @pytest.mark.parametrize(("text", "expected"), [("0-15", range(16)), ("7", range(7, 8)), ("10-10", range(10, 11))])
     def test_parse_seed_range(self, text, expected):
-        from handsoff_ray.toy.demo import parse_seed_range
+        from handsoff_ray.demo import parse_seed_range
 
         assert parse_seed_range(text) == expected
 
     @pytest.mark.parametrize("text", ["a-b", "5-3", "1-2-3", ""])
     def test_parse_seed_range_rejects(self, text):
-        from handsoff_ray.toy.demo import parse_seed_range
+        from handsoff_ray.demo import parse_seed_range
 
         with pytest.raises(ValueError, match="seed range"):
             parse_seed_range(text)

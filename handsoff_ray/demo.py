@@ -145,7 +145,7 @@ def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | N
     from PIL import Image
 
     from handsoff_ray.config import parse_spec
-    from handsoff_ray.core.synthesis import synthesize
+    from handsoff_ray.core.pairs import synthesize
     from handsoff_ray.pipeline.evaluate import load_real, load_synthetic, train_and_score
     from handsoff_ray.pipeline.plan import resolve_checkpoint
     from handsoff_ray.pipeline.preview import preview_grid

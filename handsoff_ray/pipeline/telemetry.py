@@ -1,6 +1,6 @@
 """Every HandsOff metric, defined once; recorded through Ray inside Ray processes, prometheus-client elsewhere.
 
-    from handsoff_ray.pipeline.metrics import metrics
+    from handsoff_ray.pipeline.telemetry import metrics
     metrics().inc("samples_written", 500, run_id="faces-16")
     metrics().observe("shard_commit_seconds", 1.7, run_id="faces-16")
 

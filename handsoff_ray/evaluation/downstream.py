@@ -4,7 +4,7 @@ HandsOff judges a synthetic dataset by the network it trains: a DeepLabV3 is fit
 pairs and scored on held-out *real* labeled images, against the same network fitted only on the few real
 labels (the baseline). This module is that measurement, for any labeled set, on in-memory tensors:
 
-    from handsoff_ray.core.downstream import DownstreamData, build_downstream, train_downstream, evaluate_downstream
+    from handsoff_ray.evaluation.downstream import DownstreamData, build_downstream, train_downstream, evaluate_downstream
     train = DownstreamData.from_batch(synthetic_batch)     # anything with images/segmentation/keypoints/depth
     test = DownstreamData.from_batch(open_labeled_set(root).load_all())
     model = build_downstream("deeplabv3", num_classes=8, backbone="resnet101",

@@ -25,7 +25,7 @@ def verify_dataset_uri(uri: str, *, endpoint_url: str | None = None) -> dict:
 
 
 def inspect_dataset(uri: str, *, endpoint_url: str | None = None, allow_incomplete: bool = False) -> dict:
-    from handsoff_ray.dataset import SyntheticDataset
+    from handsoff_ray.pipeline.reader import SyntheticDataset
 
     ds = SyntheticDataset(uri, uncertainty_filter=None, endpoint_url=endpoint_url, allow_incomplete=allow_incomplete)
     rows, uncertainty = 0, {}
@@ -52,7 +52,7 @@ def inspect_dataset(uri: str, *, endpoint_url: str | None = None, allow_incomple
 def preview_dataset(uri: str, out: str, count: int, *, columns: int = 2, endpoint_url: str | None = None,
                     allow_incomplete: bool = False) -> dict:
     """The first `count` pairs of a dataset as a preview grid (pipeline/preview.py) written to `out`."""
-    from handsoff_ray.dataset import SyntheticDataset
+    from handsoff_ray.pipeline.reader import SyntheticDataset
     from handsoff_ray.pipeline.preview import preview_grid
 
     ds = SyntheticDataset(uri, uncertainty_filter=None, endpoint_url=endpoint_url, allow_incomplete=allow_incomplete)

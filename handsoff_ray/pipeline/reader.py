@@ -1,6 +1,6 @@
 """Read a synthetic HandsOff dataset for training: a torch IterableDataset over local or S3 Parquet.
 
-    from handsoff_ray.dataset import SyntheticDataset
+    from handsoff_ray import SyntheticDataset
     ds = SyntheticDataset("handsoff-demo/runs/toy-demo/dataset", uncertainty_filter="reference")
     loader = torch.utils.data.DataLoader(ds, batch_size=16, num_workers=2)
     for batch in loader:
