@@ -48,7 +48,7 @@ def log(*a) -> None:
 
 def on_training_images(G, lg, store, labeled, ids) -> dict:
     """Per-class IoU (summed over the images) and PCK@0.05 of lg on the inverted training images."""
-    from handsoff_ray.pipeline.stages import read_latent
+    from handsoff_ray.pipeline.stages.invert import read_latent
 
     k = lg.tasks["segmentation"].num_outputs
     inter, union, hits, total = np.zeros(k), np.zeros(k), 0, 0
@@ -79,7 +79,8 @@ def main(argv=None) -> dict:
     from handsoff_ray.core.label_generator import load_label_generator
     from handsoff_ray.core.pairs import synthesize
     from handsoff_ray.pipeline.labeled import open_spec_labeled_set
-    from handsoff_ray.pipeline.stages import load_spec_generator, open_run, run_fit
+    from handsoff_ray.pipeline.context import RunContext, open_run
+    from handsoff_ray.pipeline.run import run_stage
     from handsoff_ray.demo import FULL, demo_spec
 
     base = demo_spec(args.demo, FULL)
@@ -87,7 +88,7 @@ def main(argv=None) -> dict:
     store = open_run(spec)
     if not store.exists("label_generator/label_generator.safetensors"):
         raise SystemExit(f"no finished demo under {args.demo}: run `make demo` (or pass --demo DIR)")
-    G = load_spec_generator(spec, torch.device("cpu"))
+    G = RunContext(spec).generator(torch.device("cpu"))
     labeled, ids = open_spec_labeled_set(spec)
     result: dict = {"demo": args.demo, "classes": list(labeled.classes)}
     log("label generator of the demo on its 16 inverted training images")
@@ -108,7 +109,8 @@ def main(argv=None) -> dict:
 def _refit(args, base, spec, store, G, labeled, ids, result):
     from handsoff_ray.config import parse_spec
     from handsoff_ray.core.label_generator import load_label_generator
-    from handsoff_ray.pipeline.stages import open_run, run_fit
+    from handsoff_ray.pipeline.context import open_run
+    from handsoff_ray.pipeline.run import run_stage
 
     log(f"refit {args.refit_members} members for {args.refit_steps} steps on the same latents")
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,7 +121,7 @@ def _refit(args, base, spec, store, G, labeled, ids, result):
                  "resources": {**base["resources"], "engine": "local", "torch_threads": args.threads}}
         rspec = parse_spec(refit)
         t0 = time.time()
-        run_fit(rspec)
+        run_stage(rspec, "fit", engine="local")
         lg2 = load_label_generator(open_run(rspec).path("label_generator/label_generator.safetensors"))
         result["refit"] = {"steps": args.refit_steps, "members": args.refit_members,
                            "seconds": round(time.time() - t0, 1), **on_training_images(G, lg2, store, labeled, ids)}

@@ -43,11 +43,10 @@ def parse_config(text: str) -> dict:
 def prepare(work: str, generator: str, invert_steps: int, threads: int):
     """Invert the demo's 16 faces once (cached); return (spec, G, features, targets, tasks, aligned)."""
     from handsoff_ray.config import parse_spec
-    from handsoff_ray.pipeline.labeled import align_labels, open_spec_labeled_set
-    from handsoff_ray.pipeline.stages import (
-        _targets, feature_size, hypercolumn_features, load_spec_generator, open_run, read_latent, run_invert,
-    )
     from handsoff_ray.demo import FULL, demo_spec
+    from handsoff_ray.pipeline.context import RunContext
+    from handsoff_ray.pipeline.run import run_stage
+    from handsoff_ray.pipeline.stages.fit import fit_inputs
 
     raw = demo_spec(work, FULL, generator=generator)
     raw["inversion"]["steps"] = invert_steps
@@ -55,16 +54,11 @@ def prepare(work: str, generator: str, invert_steps: int, threads: int):
     raw["evaluation"] = {"enabled": False}
     spec = parse_spec(raw)
     t0 = time.process_time()
-    inv = run_invert(spec)
+    inv = run_stage(spec, "invert", engine="local")
     log(f"inversion: {inv.get('inverted_now', 0)} inverted now ({time.process_time() - t0:.0f} CPU-s)")
-    labeled, ids = open_spec_labeled_set(spec, tasks=spec.label_generator.tasks.enabled())
-    G = load_spec_generator(spec, torch.device("cpu"))
-    store = open_run(spec)
-    ws = torch.stack([read_latent(store, i)[0] for i in ids])
-    features = hypercolumn_features(G, ws)
-    aligned = [align_labels(labeled.load(i), labeled, feature_size(spec, G)) for i in ids]
-    targets, tasks = _targets(spec, aligned)
-    return spec, G, features, targets, tasks, list(labeled.classes)
+    ctx = RunContext(spec)
+    x = fit_inputs(ctx)  # exactly what the fit stage's workers compute (hypercolumns, aligned targets)
+    return spec, ctx.generator(), x["features"], x["targets"], x["tasks"], list(ctx.labeled()[0].classes)
 
 
 def score(lg, features, targets, tasks) -> dict:

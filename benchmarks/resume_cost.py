@@ -7,7 +7,7 @@ For each shard count N: N tiny committed shards (--shard-bytes random bytes each
 parses them) and a manifest recording them are put into a bucket of a ThreadedMotoServer run in a child
 process (so its memory is not the driver's). Then, in this process, the driver side of a rerun:
 
-- rerun_verify: `synthesize.verify_committed`, what every rerun of synthesize does before any compute:
+- rerun_verify: `stages.synthesize.verify_committed`, what every rerun of synthesize does before any compute:
   one listing of dataset/data/, then each shard's size and sha256 (streamed) against its manifest entry.
   Reported: storage calls by kind (the listing is one call; S3 pages it 1,000 keys at a time), seconds,
   ms per shard, and the driver's memory: the tracemalloc peak of the call (the manifest it is handed is
@@ -62,7 +62,7 @@ def _populate(endpoint: str, bucket: str, n: int, size: int) -> dict:
     """N shards under runs/r/dataset/data/ and the manifest that records them; returns the manifest."""
     import boto3
 
-    from handsoff_ray.pipeline.synthesize import shard_name
+    from handsoff_ray.pipeline.layout import DATASET_FILES
 
     client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     client.create_bucket(Bucket=bucket)
@@ -70,8 +70,8 @@ def _populate(endpoint: str, bucket: str, n: int, size: int) -> dict:
 
     def put(k: int) -> None:
         blob = os.urandom(size)
-        client.put_object(Bucket=bucket, Key=f"runs/r/{shard_name(k)}", Body=blob)
-        manifest["shards"][str(k)] = {"shard": k, "file": shard_name(k).split("/", 1)[1], "start": k, "stop": k + 1,
+        client.put_object(Bucket=bucket, Key=f"runs/r/dataset/{DATASET_FILES.shard(k)}", Body=blob)
+        manifest["shards"][str(k)] = {"shard": k, "file": DATASET_FILES.shard(k), "start": k, "stop": k + 1,
                                       "rows": 1, "bytes": size, "sha256": hashlib.sha256(blob).hexdigest()}
 
     with ThreadPoolExecutor(8) as pool:
@@ -99,7 +99,9 @@ class _Counting:
 def measure(endpoint: str, n: int, size: int) -> dict:
     from handsoff_ray.pipeline.manifest import check_dataset
     from handsoff_ray.pipeline.storage import RunStore
-    from handsoff_ray.pipeline.synthesize import shard_name, verify_committed
+    from handsoff_ray.pipeline.dataset_writer import DatasetWriter
+    from handsoff_ray.pipeline.layout import DATASET_FILES
+    from handsoff_ray.pipeline.stages.synthesize import verify_committed
 
     bucket = f"resume-{n}"
     t0 = time.perf_counter()
@@ -113,7 +115,7 @@ def measure(endpoint: str, n: int, size: int) -> dict:
     working = json.loads(json.dumps(manifest))  # what prepare_synthesis would have read
     tracemalloc.start()
     t0 = time.perf_counter()
-    todo, notes = verify_committed(store, working, ranges, {}, "bench")
+    todo, notes = verify_committed(DatasetWriter(store, "dataset"), working, ranges, {}, "bench")
     verify_s = time.perf_counter() - t0
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -128,7 +130,7 @@ def measure(endpoint: str, n: int, size: int) -> dict:
 
     counting.counts.clear()
     t0 = time.perf_counter()
-    assert all(store.exists(shard_name(k)) for k in range(n))
+    assert all(store.exists(f"dataset/{DATASET_FILES.shard(k)}") for k in range(n))
     stat_s = time.perf_counter() - t0
     _log(f"  reader open {open_s:.2f} s; one HEAD per shard {stat_s:.1f} s")
     return {

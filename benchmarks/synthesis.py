@@ -80,10 +80,10 @@ def time_bare(spec, args) -> dict:
     from handsoff_ray.core.label_generator import load_label_generator
     from handsoff_ray.core.stylegan2 import z_from_seeds
     from handsoff_ray.core.pairs import synthesize
-    from handsoff_ray.pipeline.stages import load_spec_generator, open_run, resolve_device
+    from handsoff_ray.pipeline.context import RunContext, open_run, resolve_device
 
     device = resolve_device(spec)
-    G = load_spec_generator(spec, device)
+    G = RunContext(spec).generator(device)
     lg = load_label_generator(open_run(spec).path("label_generator/label_generator.safetensors"), device=device)
     n, b = spec.synthesis.num_samples, spec.synthesis.batch_size
 
@@ -127,14 +127,14 @@ def time_bare_two_processes(root: str, argv: list[str]) -> float:
 
 
 def time_pipeline(spec, actors: int) -> tuple[float, float, dict[str, str]]:
-    from handsoff_ray.pipeline.ray_synthesize import run_synthesize_ray
-    from handsoff_ray.pipeline.stages import open_run
+    from handsoff_ray.pipeline.run import run_stage
+    from handsoff_ray.pipeline.context import open_run
 
     store = open_run(spec)
     shutil.rmtree(store.path("dataset"), ignore_errors=True)
     spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"synthesis_actors": actors})})
     t0 = time.perf_counter()
-    run_synthesize_ray(spec)
+    run_stage(spec, "synthesize", engine="ray")
     seconds = time.perf_counter() - t0
     manifest = store.read_json("dataset/_manifest.json")
     shard_seconds = sum(v["seconds"] for v in manifest["shards"].values()) / len(manifest["shards"])
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
     import torch
 
-    from handsoff_ray.pipeline.stages import run_fit, run_invert
+    from handsoff_ray.pipeline.run import run_stage
     from handsoff_ray.toy.world import write_toy_labeled_set
 
     torch.set_num_threads(args.threads)
@@ -159,8 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
         write_toy_labeled_set(f"{root}/labeled", seeds=range(8), size=64)
     log("setup: invert + fit (few steps; only the label generator's shape matters)")
     local = spec.model_copy(update={"resources": spec.resources.model_copy(update={"engine": "local"})})
-    run_invert(local)
-    run_fit(local)
+    run_stage(local, "invert", engine="local")
+    run_stage(local, "fit", engine="local")
 
     log("timing the bare generator")
     result = time_bare(spec, args)

@@ -175,9 +175,9 @@ def _stage_command(name: str, doc: str) -> None:
     @verbose_option
     @_fail_on_user_error
     def command(spec: str, sets: tuple[str, ...]) -> None:
-        from handsoff_ray.pipeline.run import run_stage
+        from handsoff_ray.pipeline.run import run_stage, stage_summary
 
-        click.echo(json.dumps(run_stage(_load(spec, sets), name), default=str))  # the shape `run` prints
+        click.echo(json.dumps(stage_summary(run_stage(_load(spec, sets), name)), default=str))  # as `run` prints
 
     command.__doc__ = doc
     main.command(name)(command)

@@ -241,6 +241,12 @@ class LabelGeneratorSpec(_Section):
 
 class UncertaintySpec(_Section):
     top_fraction: float = Field(0.1, gt=0, le=1, description="Image score = mean of the top fraction of pixels.")
+
+
+class ReaderSpec(_Section):
+    """Read-time policy: recorded in the dataset's manifest as the readers' defaults, never in a stage hash,
+    so a new policy needs no regeneration (SyntheticDataset(uncertainty_filter="reference") applies it)."""
+
     filter_portion: float = Field(0.1, ge=0, lt=1, description="Fraction of pairs readers drop (reference 0.1).")
     drop_most_certain: int = Field(30, ge=0, description="Of those, how many are the most certain (reference 30).")
 
@@ -327,6 +333,7 @@ class JobSpec(_Section):
     inversion: InversionSpec = InversionSpec()
     label_generator: LabelGeneratorSpec = LabelGeneratorSpec()
     synthesis: SynthesisSpec = SynthesisSpec()
+    reader: ReaderSpec = ReaderSpec()
     storage: StorageSpec = StorageSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
     resources: ResourcesSpec = ResourcesSpec()
@@ -357,10 +364,16 @@ def _format_errors(err: ValidationError, source: str, lines: dict[tuple, int] | 
     return "\n".join(out)
 
 
+# Keys that moved, so a spec written for an earlier version gets told where they went.
+_MOVED = {("synthesis", "uncertainty", k): f"reader.{k}" for k in ("filter_portion", "drop_most_certain")}
+
+
 def _nearest_key(loc: tuple) -> str:
     """'; did you mean `steps`?' for an unknown key at `loc`, from the keys its section allows (difflib)."""
     import difflib
 
+    if tuple(map(str, loc)) in _MOVED:
+        return f"; it moved to `{_MOVED[tuple(map(str, loc))]}`"
     model: Any = JobSpec
     for part in loc[:-1]:
         field = model.model_fields.get(part) if isinstance(part, str) else None
@@ -457,9 +470,10 @@ def spec_hash(spec: JobSpec, *, sections: tuple[str, ...] | None = None) -> str:
     count does not invalidate finished inversions.
     """
     dumped = spec.model_dump(mode="json", exclude={"resources", "storage"})
-    # evaluation changes no dataset: only the evaluate stage's own hash (sections naming it) covers it
+    # evaluation and the reader policy change no dataset: only the evaluate stage's own hash (sections
+    # naming them) covers them
     dumped = {k: v for k, v in dumped.items() if k in sections} if sections is not None else \
-        {k: v for k, v in dumped.items() if k != "evaluation"}
+        {k: v for k, v in dumped.items() if k not in ("evaluation", "reader")}
     blob = json.dumps(dumped, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

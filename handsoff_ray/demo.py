@@ -146,11 +146,12 @@ def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | N
 
     from handsoff_ray.config import parse_spec
     from handsoff_ray.core.pairs import synthesize
-    from handsoff_ray.pipeline.evaluate import load_real, load_synthetic, train_and_score
+    from handsoff_ray.pipeline.context import RunContext
+    from handsoff_ray.pipeline.layout import RUN
     from handsoff_ray.pipeline.plan import resolve_checkpoint
     from handsoff_ray.pipeline.preview import preview_grid
-    from handsoff_ray.pipeline.stages import fit_stage, invert_stage, load_spec_generator, open_run, resolve_device
-    from handsoff_ray.pipeline.synthesize import synthesize_stage
+    from handsoff_ray.pipeline.run import run_stage
+    from handsoff_ray.pipeline.stages.evaluate import load_real, load_synthetic, train_and_score
 
     t_start = time.time()
 
@@ -165,29 +166,30 @@ def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | N
     if not os.path.isfile(ckpt):
         raise FileNotFoundError(f"toy generator {ckpt} is missing; train one with `handsoff train-gan` "
                                 f"and pass it with --generator PATH")
-    device = resolve_device(spec)
-    G = load_spec_generator(spec, device)
+    ctx = RunContext(spec)
+    device = ctx.device
+    G = ctx.generator()
     res = G.resolution
     # The toy sets are seed ranges (data.format toy): each stage renders the faces it reads.
     step(f"[1/6] toy world at {res}x{res}: labeled {len(seeds.labeled)} (seeds {_seed_range(seeds.labeled)}), "
          f"oracle {len(seeds.oracle)} ({_seed_range(seeds.oracle)}), test {len(seeds.test)} ({_seed_range(seeds.test)})")
 
     step(f"[2/6] invert {len(seeds.labeled)} images into the toy StyleGAN2 ({size.invert_steps} steps)")
-    inv = invert_stage(spec)
+    inv = run_stage(spec, "invert", ctx=ctx)
     log(f"      mean PSNR {inv['mean_psnr']:.2f} dB, mean LPIPS {inv['mean_lpips']:.4f}")
     step(f"[3/6] fit the label generator ({size.ensemble} members x 3 tasks)")
-    fit_stage(spec)
+    run_stage(spec, "fit", ctx=ctx)
     step(f"[4/6] synthesise {size.n_synthetic} pairs to Parquet")
-    syn = synthesize_stage(spec)
+    syn = run_stage(spec, "synthesize", ctx=ctx)
 
-    store = open_run(spec)
+    store = ctx.store
     from handsoff_ray.core.label_generator import load_label_generator
 
-    lg = load_label_generator(store.path("label_generator/label_generator.safetensors"), device=device)
+    lg = load_label_generator(store.path(RUN.label_generator_file), device=device)
     pairs = synthesize(G, lg, sample_ids=range(8), run_seed=spec.seed, return_maps=True)
     grid = preview_grid(pairs.images, segmentation=pairs.labels.get("segmentation"),
                         keypoints=pairs.labels.get("keypoints"), uncertainty=pairs.uncertainty_maps["segmentation"],
-                        classes=list(store.read_json("dataset/_manifest.json")["meta"]["classes"]))
+                        classes=list(store.read_json(RUN.fit_summary)["data"]["classes"]))
     preview = out_dir / "preview.png"
     Image.fromarray(grid).save(preview)
 

@@ -14,8 +14,8 @@ the same dataset with the same policy is the same files.
 - coco: images/<id>.png and annotations.json with one annotation per (image, present class), the mask as
   compressed RLE (pycocotools), area and bbox; with keypoints, one extra annotation per image in the
   category "object" carrying the J keypoints (COCO visibility 0/1/2) and their names in the category.
-- filter: the kept rows of every shard under the same shard names, a manifest and a README card naming
-  the policy; it is itself a dataset every reader opens (with `uncertainty_filter=None`, since it is filtered).
+- filter: the kept rows of every shard, one shard each in the same order (DatasetWriter: the names,
+  hashes, manifest and _SUCCESS of a synthesized dataset), and a README card naming the policy; it is itself a dataset every reader opens (with `uncertainty_filter=None`, since it is filtered).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from handsoff_ray.pipeline.errors import UserError
-from handsoff_ray.pipeline.manifest import MANIFEST, SUCCESS, sha256_file
+from handsoff_ray.pipeline.layout import DATASET_FILES
 
 __all__ = ["export_dataset", "filter_dataset", "FORMATS"]
 
@@ -180,7 +180,7 @@ def filter_dataset(uri: str, out: str, *, uncertainty_filter="reference", filter
         raise UserError("filter needs a policy: --keep QUANTILE or --policy reference")
     ds = _open(uri, uncertainty_filter, filter_task, endpoint_url, allow_incomplete)
     fs, root = resolve_filesystem(out, endpoint_url=endpoint_url)
-    if fs.get_file_info(posixpath.join(root, SUCCESS)).type != pafs.FileType.NotFound:
+    if fs.get_file_info(posixpath.join(root, DATASET_FILES.success)).type != pafs.FileType.NotFound:
         raise UserError(f"{out} already holds a finished dataset; pick a new --out")
     if not isinstance(fs, pafs.LocalFileSystem):
         return {"out": out, **_write_filtered(ds, fs, root, uri, uncertainty_filter)}
@@ -193,31 +193,26 @@ def _write_filtered(ds, fs, root: str, uri: str, uncertainty_filter) -> dict:
     """The kept rows of every shard of ds under root, each recorded like a synthesized shard, then _SUCCESS."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
+    from handsoff_ray.pipeline.dataset_writer import DatasetWriter
     from handsoff_ray.pipeline.storage import RunStore
 
-    store = RunStore(fs=fs, root=root, run_id=posixpath.basename(root))  # atomic commits, S3 retries
+    writer = DatasetWriter(RunStore(fs=fs, root=root, run_id=posixpath.basename(root)))  # atomic, S3 retries
     keep = pa.array(sorted(ds.keep), pa.int64())
     shards, kept_total, total = {}, 0, 0
     for k, path in enumerate(ds.files):
         table = ds.read_shard(path)
         kept = table.filter(pc.is_in(table.column("sample_id"), value_set=keep))
-        name = posixpath.basename(path)
         with tempfile.TemporaryDirectory(prefix="handsoff-filter-") as tmp:
-            pq.write_table(kept, f"{tmp}/{name}", row_group_size=256)
-            digest, size = sha256_file(pafs.LocalFileSystem(), f"{tmp}/{name}")
-            store.put_file(f"data/{name}", f"{tmp}/{name}")
-        shards[str(k)] = {"file": f"data/{name}", "rows": kept.num_rows, "bytes": size, "sha256": digest,
-                          "source_rows": table.num_rows}
+            pq.write_table(kept, f"{tmp}/part.parquet", row_group_size=256)
+            shards[str(k)] = {**writer.commit_shard(k, f"{tmp}/part.parquet"), "rows": kept.num_rows,
+                              "source_rows": table.num_rows}
         kept_total, total = kept_total + kept.num_rows, total + table.num_rows
     policy = {"uncertainty_filter": uncertainty_filter, "task": ds.filter_task, "source": uri}
     manifest = {"filtered_from": policy, "shards": shards, "num_samples": kept_total, "meta": ds.meta}
     card = (f"# Filtered HandsOff dataset\n\nRows of `{uri}` kept by the uncertainty policy "
             f"`{uncertainty_filter}` on task `{policy['task']}`: {kept_total} of {total}.\n"
             "Open it with `SyntheticDataset(uri, uncertainty_filter=None)`; it is already filtered.\n")
-    store.write_json(MANIFEST, manifest)
-    store.write_bytes("README.md", card.encode())
-    store.write_bytes(SUCCESS, b"")
+    writer.finish(manifest, card)
     return {"rows": kept_total, "source_rows": total, **policy}

@@ -74,6 +74,7 @@ class DatasetFiles:
     paths: list[str]
     rows: dict[str, int] = field(default_factory=dict)  # path -> rows the manifest records
     warnings: list[str] = field(default_factory=list)
+    manifest: dict | None = None  # None only when allow_incomplete read a dataset without a readable one
 
 
 def _problems(fs: pafs.FileSystem, root: str, uri: str) -> tuple[list[str], dict | None, dict[str, int]]:
@@ -118,7 +119,7 @@ def check_dataset(fs: pafs.FileSystem, root: str, uri: str, *, allow_incomplete:
         rows = {posixpath.join(root, "data", n): int(expected[n]["rows"]) for n in names}
     if not names:
         raise DatasetError(f"{uri.rstrip('/')}/data: no Parquet shards to read; is this a handsoff dataset folder?")
-    return DatasetFiles([posixpath.join(root, "data", n) for n in names], rows, problems)
+    return DatasetFiles([posixpath.join(root, "data", n) for n in names], rows, problems, manifest)
 
 
 def verify_dataset(fs: pafs.FileSystem, root: str, uri: str) -> dict:

@@ -20,7 +20,7 @@ _STAGE_SECTIONS = {
     "invert": ("seed", "generator", "data", "inversion"),
     "fit": ("seed", "generator", "data", "inversion", "label_generator"),
     "synthesize": ("seed", "generator", "data", "inversion", "label_generator", "synthesis"),
-    "evaluate": ("seed", "generator", "data", "inversion", "label_generator", "synthesis", "evaluation"),
+    "evaluate": ("seed", "generator", "data", "inversion", "label_generator", "synthesis", "reader", "evaluation"),
 }
 
 TOY_CHECKPOINT = SHIPPED_GENERATOR.name

@@ -46,22 +46,23 @@ def _labeled_set(spec: JobSpec) -> None:
 def _checkpoint(spec: JobSpec) -> None:
     import torch
 
+    from handsoff_ray.pipeline.context import RunContext
     from handsoff_ray.pipeline.plan import resolve_checkpoint
-    from handsoff_ray.pipeline.stages import _check_crop_rows, load_spec_generator
 
     path = resolve_checkpoint(spec.generator.checkpoint)
     if "://" in path or os.path.isfile(path):
-        _check_crop_rows(spec, load_spec_generator(spec, torch.device("cpu")))
+        ctx = RunContext(spec)
+        ctx.content_rows(ctx.generator(torch.device("cpu")))  # loaded once per process: the stages reuse it
 
 
 def _device(spec: JobSpec) -> None:
-    from handsoff_ray.pipeline.stages import resolve_device
+    from handsoff_ray.pipeline.context import resolve_device
 
     resolve_device(spec)
 
 
 def _lpips_trunk(spec: JobSpec) -> None:
-    from handsoff_ray.pipeline.stages import _lpips
+    from handsoff_ray.pipeline.context import _lpips
 
     _lpips(spec.inversion.lpips.net, spec.inversion.lpips.trunk_path, "cpu")
 
@@ -70,10 +71,11 @@ def _storage(spec: JobSpec) -> None:
     """The output URI resolves, a local one can be created, and the run id holds no other spec's outputs."""
     import pyarrow.fs as pafs
 
-    from handsoff_ray.pipeline.stages import check_stage_owner, open_run
+    from handsoff_ray.pipeline.context import RunContext
     from handsoff_ray.pipeline.storage import StorageError, retry_remote
 
-    store = open_run(spec)  # an unsupported scheme fails here
+    ctx = RunContext(spec)
+    store = ctx.store  # an unsupported scheme fails here
     if "://" not in store.uri():
         existing = store.root
         while not os.path.exists(existing):
@@ -88,7 +90,7 @@ def _storage(spec: JobSpec) -> None:
             raise StorageError(f"storage.output: bucket s3://{bucket} does not exist: create it, or fix the bucket "
                                "name")
     for stage in ("invert", "fit", "synthesize"):
-        check_stage_owner(store, stage, spec)  # also reaches the object store, retrying as a run would
+        ctx.check_stage_owner(stage)  # also reaches the object store, retrying as a run would
 
 
 def _test_set(spec: JobSpec) -> None:

@@ -10,15 +10,14 @@
 Shards are split across distributed ranks (torch.distributed, when initialised) and then across
 DataLoader workers, so every row is read exactly once per epoch. Uncertainty filtering is a policy
 applied here, at read time, from the `uncertainty_<task>` columns: "reference" drops the fraction the
-dataset's spec names (the most certain `drop_most_certain` and the rest from the uncertain end, as the
-HandsOff code does); a float in (0, 1) keeps that quantile of the least uncertain; None keeps all.
+manifest's reader defaults name (the writing spec's `reader.*`: the most certain `drop_most_certain` and
+the rest from the uncertain end, as the HandsOff code does); a float in (0, 1) keeps that quantile of the least uncertain; None keeps all.
 The `ray.data.read_parquet(<dataset>/data)` and Hugging Face `load_dataset("parquet", ...)` readers work
 on the same files directly.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 import warnings
@@ -51,6 +50,7 @@ class SyntheticDataset(IterableDataset):
         found = retry_remote("open", uri, lambda: check_dataset(self.fs, self.root, uri,
                                                                 allow_incomplete=allow_incomplete))
         self.files, self._rows, self.warnings = found.paths, found.rows, found.warnings
+        self.manifest = found.manifest or {}
         for message in self.warnings:
             warnings.warn(f"reading an incomplete dataset: {message}", IncompleteDatasetWarning, stacklevel=2)
         self.meta = schema_meta(self.open_shard(self.files[0]).schema_arrow)
@@ -103,11 +103,12 @@ class SyntheticDataset(IterableDataset):
         if policy == "reference":
             from handsoff_ray.core.uncertainty import filter_indices
 
-            card = self._dataset_spec()
-            u = (card or {}).get("synthesis", {}).get("uncertainty", {})
-            kept = filter_indices(torch.from_numpy(scores.astype(np.float64)),
-                                  portion=u.get("filter_portion", 0.1),
-                                  drop_most_certain=u.get("drop_most_certain", 30)).numpy()
+            from handsoff_ray.config import ReaderSpec
+
+            # The defaults the writing spec's reader.* recorded in the manifest (the reference's without one).
+            policy_args = ReaderSpec.model_validate(self.manifest.get("reader") or {})
+            kept = filter_indices(torch.from_numpy(scores.astype(np.float64)), portion=policy_args.filter_portion,
+                                  drop_most_certain=policy_args.drop_most_certain).numpy()
         elif isinstance(policy, float) and 0 < policy < 1:
             from handsoff_ray.core.uncertainty import filter_by_threshold
 
@@ -115,14 +116,6 @@ class SyntheticDataset(IterableDataset):
         else:
             raise ValueError(f"uncertainty_filter must be 'reference', a quantile in (0, 1) or None, got {policy!r}")
         return set(ids[kept].tolist())
-
-    def _dataset_spec(self) -> dict | None:
-        path = posixpath.join(self.root, "_stage.json")
-        try:
-            with self.fs.open_input_stream(path) as f:
-                return json.loads(f.read()).get("spec")
-        except (FileNotFoundError, OSError):
-            return None
 
     def __len__(self) -> int:
         if self.keep is not None:

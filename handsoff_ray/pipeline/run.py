@@ -1,13 +1,16 @@
-"""Chain the stages of one job spec, each on the engine the spec names, with the run's metrics.
+"""Run the stages of one job spec, each on the engine the spec names, with the run's metrics.
 
-    for result in run_stages(spec, ["invert", "fit", "synthesize"]):
-        print(result)          # {"stage": "invert", ...} as each stage finishes
+    run_stage(spec, "invert")                          # one stage on resources.engine; its full result
+    run_stage(spec, "fit", engine="local")             # the same units of work in this process
+    for summary in run_stages(spec, ["invert", "fit", "synthesize"], spec_hash=h):
+        print(summary)                                 # {"stage": "invert", ...} as each stage finishes
 
-`handsoff run` and the single-stage commands (`handsoff invert`, `fit`, `synthesize`, `evaluate`) all
-go through `run_stage`, so a stage runs the same way, and reports in the same shape, whichever command
-starts it: {"stage", "run" (the run's URI), "output" (the stage's), "skipped" (nothing was left to do),
-the stage's counts, "seconds" (wall time of this call)}. Details stay in the stage's files
-(latents/_index.json, label_generator/fit.json, dataset/_manifest.json, eval/report.json).
+This is the one place stages are dispatched: `handsoff run`, the single-stage commands (`handsoff invert`,
+`fit`, `synthesize`, `evaluate`), the demo and the RayJob entrypoint all come through `run_stage`, so a
+stage runs the same way whichever starts it. A command prints `stage_summary`: {"stage", "run" (the
+run's URI), "output" (the stage's), "skipped" (nothing was left to do), the stage's counts, "seconds"
+(wall time of this call)}. Details stay in the stage's files (latents/_index.json,
+label_generator/fit.json, dataset/_manifest.json, eval/report.json).
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ import time
 from collections.abc import Callable, Iterator
 
 from handsoff_ray.config import JobSpec
+from handsoff_ray.pipeline.context import RunContext
 
-__all__ = ["STAGES", "select_stages", "run_stage", "run_stages", "stage_summary"]
+__all__ = ["STAGE_NAMES", "select_stages", "run_stage", "run_stages", "stage_summary"]
 
-STAGES = ("invert", "fit", "synthesize", "evaluate")
+STAGE_NAMES = ("invert", "fit", "synthesize", "evaluate")
 
 # The counts each stage reports, between "skipped" and "seconds".
 _COUNTS = {
@@ -29,69 +33,71 @@ _COUNTS = {
     "evaluate": ("test_images", "synthetic"),
 }
 
-Progress = Callable[[int, int, dict], None]  # (shards done, shards to do, manifest entry) for synthesize
-
 
 def select_stages(spec: JobSpec, names: list[str]) -> list[str]:
     """The requested stages in order, without evaluate when the spec does not enable it; ValueError on typos."""
-    unknown = [n for n in names if n not in STAGES]
+    unknown = [n for n in names if n not in STAGE_NAMES]
     if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
+        raise ValueError(f"unknown stage(s) {unknown}; choose from {list(STAGE_NAMES)}")
     return [n for n in names if n != "evaluate" or spec.evaluation.enabled]
 
 
-def stage_summary(name: str, result: dict, seconds: float) -> dict:
+def stage_summary(result: dict) -> dict:
     """A stage's result in the one output shape (module docstring)."""
+    name = result["stage"]
     out = {"stage": name, "run": result["run"], "output": result["output"], "skipped": bool(result["skipped"])}
     out.update({k: result[k] for k in _COUNTS[name] if k in result})
     if name == "evaluate":  # the headline scores, not the per-class lists
         out["synthetic"] = {k: v for k, v in result["synthetic"].items() if not isinstance(v, list)}
-    out["seconds"] = round(seconds, 1)
+    out["seconds"] = result["seconds"]
     return out
 
 
-def run_stage(spec: JobSpec, name: str, *, progress: Progress | None = None) -> dict:
-    """One stage on the spec's engine (Ray Train / Ray Data, or this process), summarised by `stage_summary`."""
+def run_stage(spec: JobSpec, name: str, *, engine: str | None = None, ctx: RunContext | None = None) -> dict:
+    """Run one stage: prepare, its units on `engine` (default resources.engine), finish; the stage's result
+    with "seconds" (this call's wall time) and, on Ray, "workers"."""
+    from handsoff_ray.pipeline.engines import ENGINES, run_units
+    from handsoff_ray.pipeline.progress import stage_progress
+    from handsoff_ray.pipeline.stages import STAGES
+
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r}; choose from {list(STAGE_NAMES)}")
+    engine = engine or spec.resources.engine
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose from {list(ENGINES)}")
     t0 = time.time()
-    return stage_summary(name, _run(spec, name, progress), time.time() - t0)
+    ctx = ctx or RunContext(spec)
+    stage = STAGES[name]
+    plan = stage.prepare(ctx)
+    result = plan.done
+    if result is None:
+        # A stage with no progress total (evaluate) shows its own progress; a silent bar stands in.
+        with stage_progress(name, total=plan.total, unit=stage.progress_unit,
+                            **({} if plan.total else {"interactive": False})) as bar:
+            run_units(stage, ctx, plan, bar, engine)
+        result = stage.finish(ctx, plan)
+        if engine == "ray" and stage.ray == "train":
+            result["workers"] = spec.resources.num_workers
+    return {**result, "seconds": round(time.time() - t0, 1)}
 
 
-def _run(spec: JobSpec, name: str, progress: Progress | None) -> dict:
-    if name == "invert":
-        from handsoff_ray.pipeline.stages import invert_stage
-
-        return invert_stage(spec)
-    if name == "fit":
-        from handsoff_ray.pipeline.stages import fit_stage
-
-        return fit_stage(spec)
-    if name == "synthesize":
-        from handsoff_ray.pipeline.synthesize import synthesize_stage
-
-        return synthesize_stage(spec, progress=progress)
-    if name == "evaluate":
-        from handsoff_ray.pipeline.evaluate import run_evaluate
-
-        return run_evaluate(spec)
-    raise ValueError(f"unknown stage {name!r}; choose from {list(STAGES)}")
-
-
-def run_stages(spec: JobSpec, names: list[str], *, spec_hash: str, progress: Progress | None = None,
+def run_stages(spec: JobSpec, names: list[str], *, spec_hash: str,
                on_start: Callable[[int, int, str], None] | None = None) -> Iterator[dict]:
-    """Run `names` in order, yielding each stage's summary (`stage_summary`) as it finishes.
+    """Run `names` in order in one run context, yielding each stage's `stage_summary` as it finishes.
 
     Records run_info and each stage's duration; when the run ends (or fails), pushes this process's
     metrics to the Pushgateway named by HANDSOFF_PUSHGATEWAY, so a finished batch run stays visible.
     """
     from handsoff_ray.pipeline.telemetry import metrics, push_to_gateway
 
+    ctx = RunContext(spec)  # the labeled set is opened once for all the stages
     metrics().set("run_info", 1, run_id=spec.run_id, spec_hash=spec_hash)
     try:
         for i, name in enumerate(names, 1):
             if on_start:
                 on_start(i, len(names), name)
-            result = run_stage(spec, name, progress=progress)
-            metrics().set("stage_seconds", result["seconds"], run_id=spec.run_id, stage=name)
-            yield result
+            summary = stage_summary(run_stage(spec, name, ctx=ctx))
+            metrics().set("stage_seconds", summary["seconds"], run_id=spec.run_id, stage=name)
+            yield summary
     finally:
         push_to_gateway(job=f"handsoff-{spec.run_id}")

@@ -1,15 +1,10 @@
 """Run storage: one prefix per run, local paths, file:// and s3:// URIs, all through pyarrow.fs.
 
-    store = RunStore.open("s3://bucket/handsoff", run_id="faces-16", spec_hash="ab12...")
+    store = RunStore.open("s3://bucket/handsoff", run_id="faces-16")
     store.write_bytes("latents/img_0001.safetensors", blob)   # atomic: visible only when complete
 
-Layout (one run = one prefix)::
-
-    <output>/<run_id>/_run.json          spec, spec hash, created-at; guards against mixing specs
-    <output>/<run_id>/latents/           per-image W+ latents and inversion metrics
-    <output>/<run_id>/label_generator/   the fitted ensemble
-    <output>/<run_id>/dataset/           synthetic Parquet shards
-    <output>/<run_id>/eval/              evaluation reports
+One run is one prefix, <output>/<run_id>; what lives under it is pipeline/layout.py's. Each stage's
+folder records the spec that owns it (RunContext.claim_stage), so two specs never mix outputs.
 
 S3 settings come from the spec (`storage.s3`) or the usual environment (AWS_ENDPOINT_URL,
 AWS_REGION / AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY). Each object-store operation
@@ -166,26 +161,14 @@ class RunStore:
         output: str,
         *,
         run_id: str,
-        spec_json: dict | None = None,
-        spec_hash: str | None = None,
         endpoint_url: str | None = None,
         region: str | None = None,
         max_attempts: int = 3,
         retry_seconds: float = DEFAULT_RETRY_SECONDS,
     ) -> "RunStore":
-        """Open (creating if needed) the run prefix; refuse a run id that holds another spec's outputs."""
+        """The run prefix <output>/<run_id> (nothing is written until a stage writes)."""
         fs, base = resolve_filesystem(output, endpoint_url=endpoint_url, region=region, max_attempts=max_attempts)
-        store = cls(fs=fs, root=posixpath.join(base, run_id), run_id=run_id, retry_seconds=retry_seconds)
-        if spec_hash is not None:
-            existing = store.read_json("_run.json")
-            if existing is None:
-                store.write_json("_run.json", {"run_id": run_id, "spec_hash": spec_hash, "spec": spec_json})
-            elif existing.get("spec_hash") != spec_hash:
-                raise StorageError(
-                    f"run {run_id!r} under {output} was made by spec {existing.get('spec_hash')}, "
-                    f"this spec is {spec_hash}: pick another storage.run_id or output, or delete the old run"
-                )
-        return store
+        return cls(fs=fs, root=posixpath.join(base, run_id), run_id=run_id, retry_seconds=retry_seconds)
 
     def path(self, rel: str) -> str:
         return posixpath.join(self.root, rel)

@@ -19,8 +19,9 @@ from handsoff_ray.core.label_generator import load_label_generator
 from handsoff_ray.core.stylegan2 import Generator, GeneratorConfig
 from handsoff_ray.core.pairs import synthesize
 from handsoff_ray.pipeline.schema import decode_row, schema_meta
-from handsoff_ray.pipeline.stages import load_spec_generator, open_run, run_fit, run_invert
-from handsoff_ray.pipeline.synthesize import run_synthesize
+from handsoff_ray.pipeline.context import RunContext, open_run
+from handsoff_ray.pipeline.run import run_stage
+from handsoff_ray.pipeline.run import run_stage
 from tests.datasets.public_fixtures import write_car_parts, write_celebamask, write_deepfashion
 from tests.support import spec_with
 
@@ -50,16 +51,16 @@ def test_celebamask_public_layout_inverts_and_fits(tmp_path, tiny_generator_path
     spec = _spec(tmp_path / "runs", tiny_generator_path,
                  {"path": str(tmp_path / "CelebAMask-HQ"), "format": "celebamask", "classes": "8", "limit": 4},
                  SEG_ONLY)
-    inv = run_invert(spec)
+    inv = run_stage(spec, "invert", engine="local")
     assert inv["images"] == 4 and sorted(inv["per_image"]) == ["0", "1", "2", "3"]
-    fit = run_fit(spec)
+    fit = run_stage(spec, "fit", engine="local")
     lg = load_label_generator(open_run(spec).path("label_generator/label_generator.safetensors"))
     assert fit["tasks"] == ["segmentation"] and lg.tasks["segmentation"].num_outputs == 8 and lg.out_size == (16, 16)
 
 
 def test_celebamask_19_classes_evaluated_in_the_8_class_map(tmp_path, tiny_generator_path):
     """The paper's face protocol: fit on 19 classes, merge synthetic and real test labels to 8, score."""
-    from handsoff_ray.pipeline.evaluate import run_evaluate
+    from handsoff_ray.pipeline.run import run_stage
 
     write_celebamask(tmp_path / "CelebAMask-HQ", ids=[0, 1, 2, 3, 4, 5])
     spec = _spec(tmp_path / "runs", tiny_generator_path,
@@ -69,10 +70,10 @@ def test_celebamask_19_classes_evaluated_in_the_8_class_map(tmp_path, tiny_gener
                              "test_format": "celebamask", "test_ids": ["3", "4", "5"], "classes": "8",
                              "model": "unet", "unet_width": 4, "max_steps": 2, "batch_size": 2,
                              "use_uncertainty_filter": False})
-    run_invert(spec)
-    assert run_fit(spec)["tasks"] == ["segmentation"]
-    run_synthesize(spec)
-    report = run_evaluate(spec)
+    run_stage(spec, "invert", engine="local")
+    assert run_stage(spec, "fit", engine="local")["tasks"] == ["segmentation"]
+    run_stage(spec, "synthesize", engine="local")
+    report = run_stage(spec, "evaluate")
     assert report["classes"] == ["background", "skin", "nose", "eye", "brow", "ear", "mouth", "hair"]
     # 8 IoUs: the test labels were read in the 8-class map; unmerged 19-class synthetic labels (ids up
     # to 18) would not even train an 8-way network.
@@ -96,10 +97,10 @@ def test_deepfashion_on_a_non_square_generator_end_to_end(tmp_path, tall_generat
              "keypoints": {"hidden": [16, 8], "sigma": 1.0}, "depth": {"enabled": False}}
     spec = _spec(tmp_path / "runs", tall_generator_path,
                  {"path": str(tmp_path / "DeepFashion-MultiModal"), "format": "auto", "limit": 3}, tasks)
-    assert run_invert(spec)["images"] == 3
-    fit = run_fit(spec)
+    assert run_stage(spec, "invert", engine="local")["images"] == 3
+    fit = run_stage(spec, "fit", engine="local")
     assert fit["out_size"] == [16, 8] and fit["tasks"] == ["segmentation", "keypoints"]
-    out = run_synthesize(spec)
+    out = run_stage(spec, "synthesize", engine="local")
     assert out["shards_written_now"] == 1
     table = pq.read_table(open_run(spec).path("dataset/data"))
     meta = schema_meta(table.schema)
@@ -116,12 +117,12 @@ def test_car_crop_rows_in_inversion_fit_and_synthesis(tmp_path, tiny_generator_p
                  {"path": str(tmp_path / "Car-Parts-Segmentation"), "format": "car_parts", "resize": [12, 16],
                   "limit": 4},
                  SEG_ONLY, generator={"crop_rows": [2, 14]})
-    run_invert(spec)
-    run_fit(spec)
+    run_stage(spec, "invert", engine="local")
+    run_stage(spec, "fit", engine="local")
     store = open_run(spec)
     lg = load_label_generator(store.path("label_generator/label_generator.safetensors"))
     assert lg.out_size == (16, 16) and lg.tasks["segmentation"].num_outputs == 10
-    G = load_spec_generator(spec, torch.device("cpu"))
+    G = RunContext(spec).generator(torch.device("cpu"))
     pairs = synthesize(G, lg, sample_ids=range(3), run_seed=0, crop_rows=(2, 14), return_maps=True)
     assert pairs.images.shape == (3, 12, 16, 3) and pairs.labels["segmentation"].shape == (3, 12, 16)
     assert pairs.uncertainty_maps["segmentation"].shape == (3, 12, 16)
@@ -130,7 +131,7 @@ def test_car_crop_rows_in_inversion_fit_and_synthesis(tmp_path, tiny_generator_p
     assert (full.labels["segmentation"][:, 2:14] == pairs.labels["segmentation"]).all()
     assert (full.images[:, 2:14] == pairs.images).all()
     # The synthesize stage writes the cropped pairs and says so in the schema metadata.
-    run_synthesize(spec)
+    run_stage(spec, "synthesize", engine="local")
     table = pq.read_table(store.path("dataset/data"))
     meta = schema_meta(table.schema)
     assert meta["image_size"] == [12, 16]
@@ -166,5 +167,5 @@ def test_crop_rows_outside_the_canvas_fail_before_anything_is_written(tmp_path, 
                  {"path": str(tmp_path / "cars"), "format": "car_parts", "resize": [12, 16]}, SEG_ONLY,
                  generator={"crop_rows": [2, 40]})
     with pytest.raises(UserError, match=r"generator.crop_rows: crop_rows must satisfy 0 <= start < stop <= 16"):
-        run_invert(spec)
+        run_stage(spec, "invert", engine="local")
     assert not (tmp_path / "runs").exists()

@@ -12,11 +12,10 @@ from tests.pipeline.runs import make_spec
 @pytest.fixture(scope="package")
 def finished(tmp_path_factory, tiny_generator_path, toy_labeled_path):
     """(spec, results) of one full invert -> fit -> synthesize run."""
-    from handsoff_ray.pipeline.stages import run_fit, run_invert
-    from handsoff_ray.pipeline.synthesize import run_synthesize
+    from handsoff_ray.pipeline.run import run_stage
 
     spec = make_spec(tmp_path_factory.mktemp("run") / "runs", tiny_generator_path, toy_labeled_path)
-    results = {"invert": run_invert(spec), "fit": run_fit(spec), "synthesize": run_synthesize(spec)}
+    results = {name: run_stage(spec, name, engine="local") for name in ("invert", "fit", "synthesize")}
     return spec, results
 
 

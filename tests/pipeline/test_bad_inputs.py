@@ -255,7 +255,7 @@ def test_bad_input_is_refused_cleanly(group, build, expected, request, tmp_path,
                                       toy_labeled_path):
     w = Workspace(tmp_path, tiny_generator_path, toy_labeled_path)
     if group == "dataset":
-        from handsoff_ray.pipeline.stages import open_run
+        from handsoff_ray.pipeline.context import open_run
 
         spec, _ = request.getfixturevalue("finished")
         w.dataset = tmp_path / "dataset"

@@ -22,9 +22,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from handsoff_ray.pipeline.stages import open_run
+from handsoff_ray.pipeline.context import open_run
 from handsoff_ray.pipeline.storage import StorageError
-from handsoff_ray.pipeline.synthesize import run_synthesize
+from handsoff_ray.pipeline.run import run_stage
 from tests.pipeline.runs import copy_run, make_spec
 from tests.support import wait_for
 
@@ -40,7 +40,7 @@ def _fresh_dataset(spec):
 def reference(finished, tmp_path_factory):
     """Shard name -> bytes of an undisturbed in-process run of the BIG spec."""
     spec = _fresh_dataset(copy_run(finished, tmp_path_factory.mktemp("ref"), synthesis=BIG))
-    run_synthesize(spec)
+    run_stage(spec, "synthesize", engine="local")
     store = open_run(spec)
     assert sorted(pq.read_table(store.path("dataset/data")).column("sample_id").to_pylist()) == list(range(600))
     return _shards(store)
@@ -87,7 +87,7 @@ def test_killed_synthesis_actor_is_replaced_and_no_partial_shard_is_visible(fini
     import ray
     from ray.util.state import list_actors
 
-    from handsoff_ray.pipeline.ray_synthesize import run_synthesize_ray
+    from handsoff_ray.pipeline.run import run_stage
 
     spec = _fresh_dataset(copy_run(finished, tmp_path, synthesis=BIG,
                                    resources={"engine": "ray", "synthesis_actors": 2, "torch_threads": 1}))
@@ -269,28 +269,28 @@ class TestObjectStoreOutage:
         _assert_complete(open_run(spec), reference)
 
     def test_a_long_outage_fails_clearly_and_a_rerun_resumes(self, s3, reference, monkeypatch):
-        import handsoff_ray.pipeline.synthesize as synthesize
+        import handsoff_ray.pipeline.stages.synthesize as synthesize
 
         spec, outage = s3
         spec.storage.s3.retry_seconds = 1  # give up quickly
-        real_write_shard = synthesize.write_shard
+        real_write_shard = synthesize._write_shard
 
-        def write_then_lose_the_store(store, k, *args):
-            entry = real_write_shard(store, k, *args)
+        def write_then_lose_the_store(ctx, writer, k, *args):
+            entry = real_write_shard(ctx, writer, k, *args)
             if k == 2:  # the outage begins right after the third shard is committed
                 outage.cut()
             return entry
 
-        monkeypatch.setattr(synthesize, "write_shard", write_then_lose_the_store)
+        monkeypatch.setattr(synthesize, "_write_shard", write_then_lose_the_store)
         with pytest.raises(StorageError, match="rerun the same command once the object store is reachable"):
-            run_synthesize(spec)
-        monkeypatch.setattr(synthesize, "write_shard", real_write_shard)
+            run_stage(spec, "synthesize", engine="local")
+        monkeypatch.setattr(synthesize, "_write_shard", real_write_shard)
         outage.restore()
         store = open_run(spec)
         committed = _shards(store)
         assert sorted(committed) == [f"part-{k:06d}.parquet" for k in range(3)]
         assert all(reference[n] == b for n, b in committed.items()) and not store.exists("dataset/_SUCCESS")
-        assert run_synthesize(spec)["shards_written_now"] == 17
+        assert run_stage(spec, "synthesize", engine="local")["shards_written_now"] == 17
         _assert_complete(store, reference)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from handsoff_ray.pipeline.schema import decode_row, schema_meta
-from handsoff_ray.pipeline.stages import open_run
+from handsoff_ray.pipeline.context import open_run
 
 
 def test_load_dataset_decodes_images_and_label_maps(finished, tmp_path, monkeypatch):

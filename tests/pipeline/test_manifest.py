@@ -18,8 +18,8 @@ from handsoff_ray.cli import main
 from handsoff_ray.pipeline.reader import SyntheticDataset
 from handsoff_ray.pipeline.errors import UserError
 from handsoff_ray.pipeline.manifest import DatasetError
-from handsoff_ray.pipeline.stages import open_run
-from handsoff_ray.pipeline.synthesize import run_synthesize
+from handsoff_ray.pipeline.context import open_run
+from handsoff_ray.pipeline.run import run_stage
 from tests.pipeline.runs import copy_run
 
 SHARDS = [f"part-{k:06d}.parquet" for k in range(3)]
@@ -51,7 +51,7 @@ def _edit_manifest(root, edit):
 
 
 def _assert_repaired(spec, root, shards, written_now: int):
-    assert run_synthesize(spec)["shards_written_now"] == written_now
+    assert run_stage(spec, "synthesize", engine="local")["shards_written_now"] == written_now
     assert {n: open(_shard(root, n), "rb").read() for n in SHARDS} == shards
     assert cli("verify", root).exit_code == 0
 
@@ -154,7 +154,7 @@ class TestRerunRepairs:
         spec, root, _, _ = run
         open(_shard(root, "mine.parquet"), "wb").write(b"my own file")
         with pytest.raises(UserError, match="data/mine.parquet: not a shard of this dataset"):
-            run_synthesize(spec)
+            run_stage(spec, "synthesize", engine="local")
         assert open(_shard(root, "mine.parquet"), "rb").read() == b"my own file"
 
 

@@ -8,7 +8,8 @@ import threading
 from datetime import datetime
 
 from handsoff_ray.pipeline.progress import StageProgress, stage_progress, watch
-from handsoff_ray.pipeline.stages import open_run, run_fit, run_invert
+from handsoff_ray.pipeline.context import open_run
+from handsoff_ray.pipeline.run import run_stage
 from tests.pipeline.runs import copy_run as _copy_of
 
 
@@ -62,8 +63,8 @@ def test_local_engine_reports_inversion_steps_and_fitted_members(finished, tmp_p
     for name in ["label_generator.safetensors", "members/member-000.safetensors"]:
         os.remove(store.path(f"label_generator/{name}"))
     capsys.readouterr()
-    run_invert(spec)
-    run_fit(spec)
+    run_stage(spec, "invert", engine="local")
+    run_stage(spec, "fit", engine="local")
     err = capsys.readouterr().err
     invert = _events(err, "invert")
     assert invert and invert[-1]["done"] == invert[-1]["total"] == spec.inversion.steps  # 1 image x its steps

@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from handsoff_ray.pipeline.stages import open_run
+from handsoff_ray.pipeline.context import open_run
 from tests.support import free_port, prometheus, query, wait_for
 from tests.pipeline.runs import copy_run
 
@@ -20,7 +20,7 @@ from tests.pipeline.runs import copy_run
 def test_prometheus_scrapes_ray_metrics_port_during_a_run(finished, tmp_path):
     import ray
 
-    from handsoff_ray.pipeline.ray_synthesize import run_synthesize_ray
+    from handsoff_ray.pipeline.run import run_stage
 
     spec = copy_run(finished, tmp_path, synthesis={"num_samples": 240, "shard_size": 30, "batch_size": 2},
                     resources={"engine": "ray", "synthesis_actors": 2, "torch_threads": 1})
@@ -30,7 +30,7 @@ def test_prometheus_scrapes_ray_metrics_port_during_a_run(finished, tmp_path):
     try:
         with prometheus(tmp_path, [{"job_name": "ray",
                                     "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}]}]) as base:
-            run_synthesize_ray(spec)
+            run_stage(spec, "synthesize", engine="ray")
             # Shard commits and pairs, as the actors counted them (the driver's own series, e.g. shards
             # planned, are served by jobs/entrypoint.py and tested in tests/helm/test_prometheus_live.py),
             # through the shipped recording rule ...

@@ -15,8 +15,10 @@ from handsoff_ray.core.label_generator import load_label_generator
 from handsoff_ray.datasets.labeled_folder import LabeledSetError
 from handsoff_ray.pipeline.errors import UserError
 from handsoff_ray.pipeline.schema import decode_row, schema_meta
-from handsoff_ray.pipeline.stages import open_run, read_latent, run_fit, run_invert
-from handsoff_ray.pipeline.synthesize import run_synthesize
+from handsoff_ray.pipeline.context import open_run
+from handsoff_ray.pipeline.stages.invert import read_latent
+from handsoff_ray.pipeline.run import run_stage
+from handsoff_ray.pipeline.run import run_stage
 from tests.pipeline.runs import copy_run as _copy_of
 from tests.pipeline.runs import make_spec as _spec
 
@@ -38,33 +40,33 @@ class TestInvert:
         store = open_run(spec)
         os.remove(store.path("latents/000001.safetensors"))  # as if the run died before writing it
         before = store.read_bytes("latents/000000.safetensors")
-        assert run_invert(spec)["inverted_now"] == 1
+        assert run_stage(spec, "invert", engine="local")["inverted_now"] == 1
         assert store.read_bytes("latents/000000.safetensors") == before
 
     def test_other_spec_under_same_run_id_is_refused(self, finished, tmp_path):
         spec = _copy_of(finished, tmp_path, inversion={"steps": 5})
         with pytest.raises(UserError, match="holds invert output of another spec"):
-            run_invert(spec)
+            run_stage(spec, "invert", engine="local")
 
     def test_bad_labeled_set_fails_before_anything_is_written(self, tmp_path, tiny_generator_path, toy_labeled_path):
         bad = tmp_path / "bad"
         shutil.copytree(toy_labeled_path, bad)
         os.remove(bad / "masks" / "000001.png")
         with pytest.raises(LabeledSetError, match="000001"):
-            run_invert(_spec(tmp_path / "runs", tiny_generator_path, str(bad)))
+            run_stage(_spec(tmp_path / "runs", tiny_generator_path, str(bad)), "invert", engine="local")
         assert not (tmp_path / "runs").exists()
 
     def test_unknown_image_id(self, tmp_path, tiny_generator_path, toy_labeled_path):
         spec = _spec(tmp_path / "runs", tiny_generator_path, toy_labeled_path, data={"ids": ["000000", "nope"]})
         with pytest.raises(UserError, match="not in"):
-            run_invert(spec)
+            run_stage(spec, "invert", engine="local")
         assert not (tmp_path / "runs").exists()
 
 
 class TestFit:
     def test_fit_needs_inversion_first(self, tmp_path, tiny_generator_path, toy_labeled_path):
         with pytest.raises(UserError, match="run `handsoff invert SPEC` first"):
-            run_fit(_spec(tmp_path / "runs", tiny_generator_path, toy_labeled_path))
+            run_stage(_spec(tmp_path / "runs", tiny_generator_path, toy_labeled_path), "fit", engine="local")
 
     def test_fit_writes_a_loadable_label_generator(self, finished):
         spec, results = finished
@@ -74,7 +76,7 @@ class TestFit:
         assert lg.tasks["segmentation"].num_outputs == 8
 
     def test_rerun_is_skipped(self, finished):
-        assert run_fit(finished[0])["skipped"] is True
+        assert run_stage(finished[0], "fit", engine="local")["skipped"] is True
 
 
 class TestSynthesize:
@@ -99,7 +101,7 @@ class TestSynthesize:
         store = open_run(spec)
         first = store.read_bytes("dataset/data/part-000001.parquet")
         os.remove(store.path("dataset/data/part-000001.parquet"))
-        assert run_synthesize(spec)["shards_written_now"] == 1
+        assert run_stage(spec, "synthesize", engine="local")["shards_written_now"] == 1
         assert store.read_bytes("dataset/data/part-000001.parquet") == first  # per-sample seeds
 
     def test_synthesize_command_runs_the_stage(self, finished, tmp_path):
@@ -124,12 +126,12 @@ class TestSynthesize:
 def test_encoder_initialisation_is_trained_once_and_reused(tmp_path, tiny_generator_path, toy_labeled_path):
     spec = _spec(tmp_path / "runs", tiny_generator_path, toy_labeled_path, data={"limit": 2},
                  inversion={"steps": 2, "encoder": {"enabled": True, "steps": 3, "batch_size": 2, "n_iters": 1}})
-    run_invert(spec)
+    run_stage(spec, "invert", engine="local")
     store = open_run(spec)
     assert store.exists("latents/_encoder.safetensors")
     os.remove(store.path("latents/000000.safetensors"))
     encoder_bytes = store.read_bytes("latents/_encoder.safetensors")
-    run_invert(spec)
+    run_stage(spec, "invert", engine="local")
     assert store.read_bytes("latents/_encoder.safetensors") == encoder_bytes
 
 
@@ -138,7 +140,7 @@ def test_ray_data_actors_write_the_same_bytes(finished, tmp_path):
     """Two Ray Data actors rewrite deleted shards byte-identically to the in-process run."""
     import ray
 
-    from handsoff_ray.pipeline.ray_synthesize import run_synthesize_ray
+    from handsoff_ray.pipeline.run import run_stage
 
     spec = _copy_of(finished, tmp_path, resources={"engine": "ray", "synthesis_actors": 2, "torch_threads": 1})
     store = open_run(spec)
@@ -147,7 +149,7 @@ def test_ray_data_actors_write_the_same_bytes(finished, tmp_path):
         os.remove(store.path(f"dataset/data/{name}"))
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20)
     try:
-        out = run_synthesize_ray(spec)
+        out = run_stage(spec, "synthesize", engine="ray")
         # Ray Data reads the output directly.
         assert ray.data.read_parquet(store.path("dataset/data")).count() == 10
     finally:
@@ -165,7 +167,7 @@ def test_ray_train_workers_match_the_local_run(finished, tmp_path, monkeypatch):
     """
     import ray
 
-    from handsoff_ray.pipeline.ray_train import run_fit_ray, run_invert_ray
+    from handsoff_ray.pipeline.run import run_stage
 
     _copy_of(finished, tmp_path)
     monkeypatch.chdir(tmp_path)
@@ -179,8 +181,8 @@ def test_ray_train_workers_match_the_local_run(finished, tmp_path, monkeypatch):
         os.remove(store.path(f"label_generator/{name}"))
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20)
     try:
-        assert run_invert_ray(spec)["inverted_now"] == 1
-        fit = run_fit_ray(spec)
+        assert run_stage(spec, "invert", engine="ray")["inverted_now"] == 1
+        fit = run_stage(spec, "fit", engine="ray")
     finally:
         ray.shutdown()
     assert store.read_bytes("latents/000003.safetensors") == latent

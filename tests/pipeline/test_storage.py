@@ -43,12 +43,6 @@ class TestRunStore:
         store.write_bytes("k", b"v")
         assert store.read_bytes("k") == b"v"
 
-    def test_spec_guard_refuses_another_spec(self, tmp_path):
-        RunStore.open(str(tmp_path), run_id="r", spec_hash="aaaa", spec_json={})
-        RunStore.open(str(tmp_path), run_id="r", spec_hash="aaaa", spec_json={})
-        with pytest.raises(StorageError, match="was made by spec aaaa"):
-            RunStore.open(str(tmp_path), run_id="r", spec_hash="bbbb", spec_json={})
-
     def test_unsupported_scheme(self):
         with pytest.raises(StorageError, match="unsupported storage URI"):
             resolve_filesystem("gs://bucket/x")
@@ -58,8 +52,8 @@ def test_whole_pipeline_on_s3(s3_endpoint, aws_env, tiny_generator_path, toy_lab
     """invert -> fit -> synthesize with the run in S3, then read the dataset back from S3."""
     from handsoff_ray.config import parse_spec
     from handsoff_ray.pipeline.reader import SyntheticDataset
-    from handsoff_ray.pipeline.stages import run_fit, run_invert
-    from handsoff_ray.pipeline.synthesize import run_synthesize
+    from handsoff_ray.pipeline.run import run_stage
+    from handsoff_ray.pipeline.run import run_stage
 
     # The generator checkpoint is read from S3 too (downloaded once to a local cache).
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").upload_file(
@@ -74,9 +68,9 @@ def test_whole_pipeline_on_s3(s3_endpoint, aws_env, tiny_generator_path, toy_lab
         "storage": {"output": "s3://handsoff-test/runs", "s3": {"endpoint_url": s3_endpoint}},
         "resources": {"engine": "local"},
     })
-    assert run_invert(spec)["images"] == 2
-    assert run_fit(spec)["ensemble_size"] == 2
-    assert run_synthesize(spec)["shards"] == 2
+    assert run_stage(spec, "invert", engine="local")["images"] == 2
+    assert run_stage(spec, "fit", engine="local")["ensemble_size"] == 2
+    assert run_stage(spec, "synthesize", engine="local")["shards"] == 2
     ds = SyntheticDataset("s3://handsoff-test/runs/s3run/dataset", endpoint_url=s3_endpoint, uncertainty_filter=None)
     assert sorted(int(r["sample_id"]) for r in ds) == list(range(5))
 
@@ -113,7 +107,7 @@ class TestFailsFast:
 
     def test_retry_budget_is_a_spec_field_of_about_a_minute(self, tmp_path):
         from handsoff_ray.config import parse_spec
-        from handsoff_ray.pipeline.stages import open_run
+        from handsoff_ray.pipeline.context import open_run
 
         assert parse_spec({}).storage.s3.retry_seconds == 60
         spec = parse_spec({"storage": {"output": str(tmp_path), "s3": {"retry_seconds": 5}}})

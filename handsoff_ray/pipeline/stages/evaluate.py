@@ -1,9 +1,9 @@
-"""The evaluate stage: train a downstream network on the synthetic pairs, test it on real labeled images.
+"""evaluate: train a downstream network on the synthetic pairs, test it on real labeled images.
 
     handsoff evaluate jobs/specs/toy.yaml            # -> <output>/<run_id>/eval/report.json
 
 This is the paper's measure of a generated dataset. Readers apply the uncertainty filter here (the
-reference drops `filter_portion` of the pairs: the `drop_most_certain` most certain and the rest from
+reference drops `reader.filter_portion` of the pairs: the `drop_most_certain` most certain and the rest from
 the most uncertain end), so one dataset serves any filtering policy. Real test images of another size
 are brought to the synthetic resolution with the inversion's geometry (centre crop, then resize).
 """
@@ -16,23 +16,24 @@ import numpy as np
 import torch
 
 from handsoff_ray.config import JobSpec
+from handsoff_ray.pipeline.context import RunContext
 from handsoff_ray.pipeline.errors import UserError
+from handsoff_ray.pipeline.layout import RUN
+from handsoff_ray.pipeline.stages.base import Plan, Stage
 
-__all__ = ["load_synthetic", "load_real", "train_and_score", "run_evaluate", "REPORT"]
-
-REPORT = "eval/report.json"
+__all__ = ["EvaluateStage", "load_synthetic", "load_real", "train_and_score"]
 
 
 def load_synthetic(store, spec: JobSpec, *, apply_filter: bool) -> tuple[object, dict]:
     """All synthetic pairs of the run as DownstreamData (optionally uncertainty-filtered), and the schema meta."""
     from handsoff_ray.evaluation.downstream import DownstreamData
+    from handsoff_ray.pipeline.layout import DATASET_FILES
     from handsoff_ray.pipeline.reader import SyntheticDataset
-    from handsoff_ray.pipeline.synthesize import DATASET
 
-    if not store.exists(f"{DATASET}/_SUCCESS"):
+    if not store.exists(RUN.in_dataset(DATASET_FILES.success)):
         raise UserError("no finished synthetic dataset in this run; run `handsoff run SPEC` (synthesize) first")
-    # The training readers' own policy ("reference": the dataset spec's filter_portion / drop_most_certain).
-    ds = SyntheticDataset(store.uri(DATASET), uncertainty_filter="reference" if apply_filter else None,
+    # The training readers' own policy ("reference": the reader defaults the dataset's manifest records).
+    ds = SyntheticDataset(store.uri(RUN.dataset), uncertainty_filter="reference" if apply_filter else None,
                           endpoint_url=spec.storage.s3.endpoint_url)
     meta, tasks = ds.meta, ds.meta["tasks"]
     pick = list(ds.numpy_rows())
@@ -104,22 +105,39 @@ def train_and_score(train, test, spec: JobSpec, *, num_classes: int, num_keypoin
             "steps": getattr(summary, "steps", None)}
 
 
-def run_evaluate(spec: JobSpec) -> dict:
-    """Train on the run's synthetic pairs, test on `evaluation.test_path`; writes eval/report.json."""
-    from handsoff_ray.pipeline.stages import open_run, resolve_device
+class EvaluateStage(Stage):
+    """One unit, always in this process: train the downstream network and score it (its own progress bar)."""
 
-    if not spec.evaluation.test_path and spec.evaluation.test_format != "toy":
-        raise UserError("evaluation.test_path is not set; point it at a labeled folder of real test images")
-    from handsoff_ray.pipeline.plan import stage_hash
+    name, progress_unit, ray = "evaluate", "step", None
 
-    store = open_run(spec)
-    h = stage_hash(spec, "evaluate")
-    done = store.read_json(REPORT)
-    if done is not None and done.get("stage_hash") == h:  # this spec's report exists: nothing to redo
-        return {"stage": "evaluate", "run": store.uri(), "output": store.uri(REPORT), "skipped": True, **done}
-    train, meta = load_synthetic(store, spec, apply_filter=spec.evaluation.use_uncertainty_filter)
+    def prepare(self, ctx: RunContext) -> Plan:
+        spec, store = ctx.spec, ctx.store
+        if not spec.evaluation.test_path and spec.evaluation.test_format != "toy":
+            raise UserError("evaluation.test_path is not set; point it at a labeled folder of real test images")
+        done = store.read_json(RUN.eval_report)
+        if done is not None and done.get("stage_hash") == ctx.stage_hash("evaluate"):  # nothing to redo
+            return Plan(done={"stage": "evaluate", "run": store.uri(), "output": store.uri(RUN.eval_report),
+                              "skipped": True, **done})
+        return Plan(units=["train-and-score"])
+
+    def worker(self, ctx: RunContext):
+        return lambda unit, report: _evaluate(ctx)
+
+    def record(self, ctx: RunContext, plan: Plan, result: dict) -> None:
+        plan.state["report"] = result
+
+    def finish(self, ctx: RunContext, plan: Plan) -> dict:
+        report = plan.state["report"]
+        ctx.store.write_json(RUN.eval_report, report)  # written last: it marks the stage done for this spec
+        return {"stage": "evaluate", "run": ctx.store.uri(), "output": ctx.store.uri(RUN.eval_report),
+                "skipped": False, **report}
+
+
+def _evaluate(ctx: RunContext) -> dict:
+    """Train on the run's synthetic pairs, test on the evaluation set: the report."""
+    spec, ev = ctx.spec, ctx.spec.evaluation
+    train, meta = load_synthetic(ctx.store, spec, apply_filter=ev.use_uncertainty_filter)
     tasks = meta["tasks"]
-    ev = spec.evaluation
     classes = meta["classes"]
     if ev.classes is not None and "segmentation" in tasks:
         # The paper trains and scores merged classes (faces: 19 -> 8); merge the synthetic labels here.
@@ -139,9 +157,7 @@ def run_evaluate(spec: JobSpec) -> dict:
     scores = train_and_score(
         train, test, spec, num_classes=len(classes) if "segmentation" in tasks else 0,
         num_keypoints=len(meta["keypoint_names"]) if "keypoints" in tasks else 0, depth="depth" in tasks,
-        device=str(resolve_device(spec)),
+        device=str(ctx.device),
     )
-    report = {"run_id": spec.run_id, "stage_hash": h, "test_images": len(test), "synthetic": scores,
-              "classes": list(classes)}
-    store.write_json(REPORT, report)  # written last: it marks the stage done for this spec
-    return {"stage": "evaluate", "run": store.uri(), "output": store.uri(REPORT), "skipped": False, **report}
+    return {"run_id": spec.run_id, "stage_hash": ctx.stage_hash("evaluate"), "test_images": len(test),
+            "synthetic": scores, "classes": list(classes)}

@@ -1,0 +1,214 @@
+"""What every stage of a run shares: the spec, the run's storage, the device, the models, the Ray connection.
+
+    ctx = RunContext(spec)        # cheap: nothing is opened until asked for
+    ctx.store                     # the run's RunStore (storage.output/<run_id>)
+    ctx.generator()               # the spec's generator on ctx.device, loaded once per process
+    ctx.labeled()                 # (labeled set, selected ids), opened and checked once per process
+
+A process (the driver, a Ray Train worker, a Ray Data actor) loads each model once, whatever number of
+stages or units of work it runs: the model caches are per process, keyed by what the model depends on
+(the checkpoint file's path, size and mtime; the device), so a changed input gets a fresh load. The
+labeled set is opened once per context (`handsoff run` shares one context across its stages).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+
+import torch
+
+from handsoff_ray.config import JobSpec
+from handsoff_ray.pipeline.errors import UserError
+from handsoff_ray.pipeline.layout import RUN
+from handsoff_ray.pipeline.plan import resolve_checkpoint, stage_hash
+from handsoff_ray.pipeline.storage import RunStore
+
+__all__ = ["RunContext", "open_run", "apply_torch_threads", "resolve_device", "ensure_ray", "ray_init_args",
+           "enter_driver_cwd"]
+
+
+def open_run(spec: JobSpec) -> RunStore:
+    """The run's storage: <storage.output>/<run_id>, local or on S3."""
+    s3 = spec.storage.s3
+    return RunStore.open(spec.storage.output, run_id=spec.run_id, endpoint_url=s3.endpoint_url, region=s3.region,
+                         max_attempts=s3.max_attempts, retry_seconds=s3.retry_seconds)
+
+
+def apply_torch_threads(spec: JobSpec) -> None:
+    """Set this process's intra-op thread count to the spec's (when given). Float results depend on it
+    (how reductions split), so every engine applies it before computing: same spec, same bytes."""
+    if spec.resources.torch_threads:
+        torch.set_num_threads(spec.resources.torch_threads)
+
+
+def resolve_device(spec: JobSpec) -> torch.device:
+    if spec.generator.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.generator.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("generator.device is 'cuda' but no CUDA device is visible; set generator.device: auto")
+    return torch.device(spec.generator.device)
+
+
+@dataclass
+class RunContext:
+    spec: JobSpec
+    _store: RunStore | None = field(default=None, repr=False)
+    _labeled: tuple | None = field(default=None, repr=False)
+
+    @property
+    def store(self) -> RunStore:
+        if self._store is None:
+            self._store = open_run(self.spec)
+        return self._store
+
+    @functools.cached_property
+    def device(self) -> torch.device:
+        return resolve_device(self.spec)
+
+    def generator(self, device: torch.device | None = None):
+        """The spec's generator (eval mode, no gradients) on `device` (default ctx.device)."""
+        path = resolve_checkpoint(self.spec.generator.checkpoint)
+        if "://" in path:
+            path = _cached_checkpoint(path, self.spec.storage.s3.endpoint_url, self.spec.storage.s3.region)
+        stat = os.stat(path)  # a file replaced at the same path is loaded again
+        return _load_generator(path, stat.st_size, stat.st_mtime_ns, str(device or self.device))
+
+    def labeled(self):
+        """(labeled set, selected ids) of data.*, every selected image decoded and checked, requiring the
+        labels of the tasks the label generator fits (so a missing label stops invert before any compute)."""
+        from handsoff_ray.pipeline.labeled import open_spec_labeled_set
+
+        if self._labeled is None:
+            self._labeled = open_spec_labeled_set(self.spec, tasks=self.spec.label_generator.tasks.enabled())
+        return self._labeled
+
+    def lpips(self):
+        inv = self.spec.inversion
+        return _lpips(inv.lpips.net, inv.lpips.trunk_path, str(self.device))
+
+    def stage_hash(self, stage: str) -> str:
+        return stage_hash(self.spec, stage)
+
+    def check_stage_owner(self, stage: str) -> dict | None:
+        """The stage's marker when this spec owns its folder (None when nobody does yet); UserError when
+        another spec's outputs are there."""
+        h = self.stage_hash(stage)
+        existing = self.store.read_json(RUN.stage_marker(stage))
+        if existing is not None and existing.get("stage_hash") != h:
+            raise UserError(
+                f"{self.store.uri(RUN.stage_folder(stage))} holds {stage} output of another spec (hash "
+                f"{existing.get('stage_hash')}, this spec {h}); set storage.run_id to a new id, or delete that "
+                "folder to recompute")
+        return existing
+
+    def claim_stage(self, stage: str) -> str:
+        """Record which spec owns the stage's folder; refuse to mix two specs' outputs under one run id."""
+        if self.check_stage_owner(stage) is None:
+            self.store.write_json(RUN.stage_marker(stage), {"stage": stage, "stage_hash": self.stage_hash(stage),
+                                                            "spec": self.spec.model_dump(mode="json")})
+        return self.stage_hash(stage)
+
+    def feature_size(self, G) -> tuple[int, int]:
+        """The hypercolumn (label) resolution: the spec's, else min(generator height, 512) like the reference."""
+        h = self.spec.generator.feature_resolution or min(G.resolution, 512)
+        return h, h // G.cfg.init_aspect
+
+    def content_rows(self, G) -> slice | None:
+        """The label-map rows generator.crop_rows covers (None: all), or UserError naming the field."""
+        if self.spec.generator.crop_rows is None:
+            return None
+        from handsoff_ray.core.pairs import content_rows
+
+        try:
+            return content_rows(self.spec.generator.crop_rows, G.resolution, self.feature_size(G)[0])
+        except ValueError as err:
+            raise UserError(f"generator.crop_rows: {err}") from None
+
+
+@functools.lru_cache(maxsize=2)
+def _load_generator(path: str, size: int, mtime_ns: int, device: str):
+    from handsoff_ray.core.checkpoint import load_generator
+
+    G = load_generator(path, device=torch.device(device))
+    return G.eval().requires_grad_(False)
+
+
+@functools.lru_cache(maxsize=2)
+def _lpips(net: str, trunk_path: str | None, device: str):
+    # Building LPIPS (VGG16 trunk + verification) takes seconds; reuse it across stages in one process.
+    from handsoff_ray.core.lpips_offline import load_lpips
+
+    return load_lpips(net, trunk_path=trunk_path, device=device)
+
+
+def _cached_checkpoint(uri: str, endpoint_url: str | None, region: str | None) -> str:
+    """A local copy of a remote checkpoint (torch and safetensors read local files), downloaded once per
+    machine: every stage, worker and actor reuses it instead of leaving a copy per load."""
+    from handsoff_ray.pipeline.storage import resolve_filesystem
+
+    fs, inner = resolve_filesystem(uri, endpoint_url=endpoint_url, region=region)
+    info = fs.get_file_info(inner)
+    key = f"{uri}|{info.size}|{info.mtime_ns}"  # a replaced object gets a new copy
+    folder = os.path.join(tempfile.gettempdir(), "handsoff-checkpoints")
+    local = os.path.join(folder, f"{hashlib.sha256(key.encode()).hexdigest()[:16]}_{inner.rsplit('/', 1)[-1]}")
+    if not (os.path.isfile(local) and os.path.getsize(local) == info.size):
+        os.makedirs(folder, exist_ok=True)
+        partial = f"{local}.{os.getpid()}.part"  # concurrent actors each write their own, then rename
+        with fs.open_input_stream(inner) as src, open(partial, "wb") as dst:
+            shutil.copyfileobj(src, dst, 8 << 20)
+        os.replace(partial, local)
+    return local
+
+
+# ------------------------------------------------------------------------------------------- Ray
+
+
+def ray_init_args(spec: JobSpec, environ=os.environ) -> tuple[dict, str]:
+    """(ray.init keyword arguments, a line saying what they do) for this spec in this environment.
+
+    - `resources.ray_address` set: join that cluster (its own resources; none are passed).
+    - else RAY_ADDRESS holds a cluster address: this driver runs inside a Ray job (`ray job submit`
+      sets it to the cluster's GCS address), so join that cluster.
+    - else start a private local Ray. `address="local"` is what keeps `ray.init` from attaching to a
+      head some other `ray start` left running (or a stale address file one left behind in Ray's temp dir).
+    """
+    if spec.resources.ray_address:
+        return ({"address": spec.resources.ray_address},
+                f"joining the Ray cluster at {spec.resources.ray_address} (resources.ray_address)")
+    env_address = environ.get("RAY_ADDRESS", "")
+    # An http(s):// RAY_ADDRESS is a dashboard URL meant for `ray job submit`, not a cluster to join.
+    if env_address and "://" not in env_address:
+        return {"address": env_address}, f"joining the Ray cluster at {env_address} (RAY_ADDRESS: inside a Ray job)"
+    cpus = os.cpu_count()
+    return ({"address": "local", "num_cpus": cpus, "include_dashboard": False,
+             "object_store_memory": 512 * 2**20},
+            f"starting a private local Ray ({cpus} CPUs); set resources.ray_address to use a cluster")
+
+
+def ensure_ray(spec: JobSpec) -> str:
+    """Join the cluster the spec or the Ray job names, or start a private local Ray; says which on stderr."""
+    import ray
+
+    if ray.is_initialized():  # inside a Ray worker, or a caller that initialised Ray itself
+        return "using the Ray this process is already connected to"
+    kwargs, what = ray_init_args(spec)
+    print(f"handsoff: {what}", file=sys.stderr, flush=True)
+    ray.init(log_to_driver=False, **kwargs)
+    return what
+
+
+def enter_driver_cwd(cwd: str) -> None:
+    """Resolve the spec's relative paths like the driver did.
+
+    Ray runs workers in directories of its own (Ray Train in the run's trial dir), so a relative
+    `data.path` would point elsewhere; on the driver's machine we step into the driver's directory.
+    Elsewhere in a cluster it does not exist, and specs there use absolute paths or URIs anyway.
+    """
+    if os.path.isdir(cwd):
+        os.chdir(cwd)

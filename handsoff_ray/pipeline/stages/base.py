@@ -1,0 +1,55 @@
+"""A stage is written once, as prepare -> units of work -> finish; an engine only decides where units run.
+
+    plan = stage.prepare(ctx)            # driver: validate inputs, claim the output folder, list what is left
+    work = stage.worker(ctx)             # each process that runs units: load the models once
+    result = work(unit, report)          # one unit of work (an inversion batch, an ensemble member, a shard)
+    stage.record(ctx, plan, result)      # driver, as each result arrives (engines that return results)
+    summary = stage.finish(ctx, plan)    # driver: merge, index, mark the stage done
+
+Units are JSON-able, and their results depend only on the spec and the unit, so the outputs are the
+same bytes on every engine and for every number of workers. A unit writes its own output to the run's
+storage before it returns, so an interrupted run redoes only the units that had not returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["Plan", "Stage", "Report", "Worker"]
+
+Report = Callable[[int], None]  # progress inside the running unit, in the stage's progress unit, so far
+Worker = Callable[[Any, Report], Any]  # (unit, report) -> result
+
+
+@dataclass
+class Plan:
+    units: list = field(default_factory=list)  # JSON-able units of work still to do
+    total: int = 0  # the progress bar's total, in the stage's progress unit
+    state: dict = field(default_factory=dict)  # what record/finish need (ids, manifest, ...)
+    done: dict | None = None  # the stage's result when it was already done: no unit runs, finish is skipped
+
+
+class Stage:
+    name: str
+    progress_unit: str = "unit"
+    # Where the `ray` engine runs the units: Ray Train workers ("train": results stay in storage),
+    # a Ray Data actor pool ("data": results stream back to the driver's `record`), or in-process (None).
+    ray: Literal["train", "data"] | None = None
+
+    def prepare(self, ctx) -> Plan:
+        raise NotImplementedError
+
+    def worker(self, ctx) -> Worker:
+        raise NotImplementedError
+
+    def weight(self, ctx, unit) -> int:
+        """A unit's share of the progress total."""
+        return 1
+
+    def record(self, ctx, plan: Plan, result) -> None:
+        """Take one unit's result on the driver (called in completion order)."""
+
+    def finish(self, ctx, plan: Plan) -> dict:
+        raise NotImplementedError

@@ -1,0 +1,165 @@
+"""fit: the inverted images' hypercolumns + their labels -> the label-generator ensemble.
+
+    handsoff fit jobs/specs/toy.yaml        # -> <run>/label_generator/label_generator.safetensors, fit.json
+
+Units are ensemble members. Every member has its own seed, so members fitted by different workers merge
+into exactly the label generator one process would fit; each is saved as soon as it is done. `finish`
+merges them and writes fit.json, which also records what fit learnt about the data (class names,
+keypoint names, depth scale, label resolution): synthesis reads those from here and decodes no labeled
+image.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+import numpy as np
+import torch
+
+from handsoff_ray.pipeline.context import RunContext, apply_torch_threads
+from handsoff_ray.pipeline.errors import UserError
+from handsoff_ray.pipeline.labeled import AlignedLabels, align_labels, align_labels_in_content
+from handsoff_ray.pipeline.layout import RUN
+from handsoff_ray.pipeline.stages.base import Plan, Stage
+from handsoff_ray.pipeline.stages.invert import read_latent
+from handsoff_ray.pipeline.storage import RunStore
+from handsoff_ray.pipeline.telemetry import metrics
+
+__all__ = ["FitStage", "data_facts", "fit_inputs", "hypercolumn_features"]
+
+
+class FitStage(Stage):
+    name, progress_unit, ray = "fit", "member", "train"
+
+    def prepare(self, ctx: RunContext) -> Plan:
+        _, ids = ctx.labeled()
+        store = ctx.store
+        missing = [i for i in ids if not store.exists(RUN.latent(i))]
+        if missing:
+            raise UserError(f"{len(missing)} of {len(ids)} images are not inverted yet (first: {missing[0]}); "
+                            f"run `handsoff invert SPEC` first")
+        ctx.claim_stage("fit")
+        if store.exists(RUN.label_generator_file):
+            done = store.read_json(RUN.fit_summary) or {}
+            return Plan(done={"stage": "fit", "run": store.uri(), "output": store.uri(RUN.label_generator),
+                              "skipped": True, **done})
+        todo = _pending(store, range(ctx.spec.label_generator.ensemble_size))
+        return Plan(units=todo, total=len(todo), state={"ids": ids})
+
+    def worker(self, ctx: RunContext):
+        from handsoff_ray.core.label_generator import fit_label_generator, save_label_generator
+
+        apply_torch_threads(ctx.spec)
+        store, lg_spec = ctx.store, ctx.spec.label_generator
+        state: dict = {}
+
+        def inputs() -> dict:  # hypercolumns and targets: computed once per process, at its first member
+            if not state:
+                state.update(fit_inputs(ctx))
+            return state
+
+        def work(m: int, report) -> int:
+            if store.exists(RUN.member(m)):  # a retried worker skips saved members
+                return m
+            x = inputs()
+            lg, _ = fit_label_generator(
+                x["features"], x["targets"], x["tasks"], out_size=x["out_size"], ensemble_size=lg_spec.ensemble_size,
+                members=[m], max_steps=lg_spec.max_steps, batch_pixels=lg_spec.batch_pixels, lr=lg_spec.lr,
+                lr_schedule=lg_spec.lr_schedule, class_balanced=lg_spec.class_balanced,
+                val_fraction=lg_spec.val_fraction, patience=lg_spec.patience, seed=ctx.spec.seed, device=ctx.device,
+            )
+            with tempfile.TemporaryDirectory() as d:
+                save_label_generator(lg, f"{d}/m.safetensors")
+                store.put_file(RUN.member(m), f"{d}/m.safetensors")
+            metrics().inc("members_fitted", 1, run_id=ctx.spec.run_id)
+            for task, per_member in lg.history_summary.items():
+                best = per_member.get(str(m), {}).get("best_val_loss")
+                if best is not None:
+                    metrics().set("fit_loss", best, run_id=ctx.spec.run_id, task=task)
+            return m
+
+        return work
+
+    def finish(self, ctx: RunContext, plan: Plan) -> dict:
+        """Merge the saved members into label_generator.safetensors (written last: it marks the stage done)."""
+        from handsoff_ray.core.label_generator import load_label_generator, merge_label_generators, save_label_generator
+
+        store, ids = ctx.store, plan.state["ids"]
+        with tempfile.TemporaryDirectory() as d:
+            parts = [load_label_generator(store.local_copy(RUN.member(m), d))
+                     for m in range(ctx.spec.label_generator.ensemble_size)]
+            lg = merge_label_generators(parts)
+            save_label_generator(lg, f"{d}/lg.safetensors")
+            summary = {"images": len(ids), "tasks": list(lg.tasks), "out_size": list(lg.out_size),
+                       "ensemble_size": lg.ensemble_size, "stage_hash": ctx.stage_hash("fit"),
+                       "members": lg.history_summary, "data": data_facts(ctx)}
+            store.write_json(RUN.fit_summary, summary)
+            store.put_file(RUN.label_generator_file, f"{d}/lg.safetensors")
+        return {"stage": "fit", "run": store.uri(), "output": store.uri(RUN.label_generator), "skipped": False,
+                **summary}
+
+
+def data_facts(ctx: RunContext) -> dict:
+    """What the rest of the run needs to know about the labeled data, recorded once in fit.json: class and
+    keypoint names, depth scale, and the size of a synthetic pair (the content rows when crop_rows is set)."""
+    labeled, _ = ctx.labeled()
+    G = ctx.generator(torch.device("cpu"))
+    h, w = ctx.feature_size(G)
+    rows = ctx.content_rows(G)
+    return {"classes": list(labeled.classes or []), "keypoint_names": list(labeled.keypoint_names or []),
+            "depth_scale": float(labeled.depth_scale or 1000.0),
+            "image_size": [h if rows is None else rows.stop - rows.start, w]}
+
+
+def _pending(store: RunStore, members) -> list[int]:
+    return [m for m in members if not store.exists(RUN.member(m))]
+
+
+def fit_inputs(ctx: RunContext) -> dict:
+    """Hypercolumn features of every inverted image and the label targets aligned to them."""
+    labeled, ids = ctx.labeled()
+    G = ctx.generator()
+    out_size = ctx.feature_size(G)
+    ws = torch.stack([read_latent(ctx.store, i)[0] for i in ids])  # [N, L, D]
+    # Full-resolution feature maps of big generators are ~0.5 GB per image in fp32: keep them in fp16.
+    features = hypercolumn_features(G, ws, store_dtype=torch.float16 if G.resolution >= 256 else torch.float32)
+    rows = ctx.content_rows(G)
+    if rows is not None:
+        # Hypercolumns cover the whole canvas; only the content rows carry labels (padding is ignored).
+        aligned = [align_labels_in_content(labeled.load(i), labeled, out_size, rows) for i in ids]
+    else:
+        aligned = [align_labels(labeled.load(i), labeled, out_size) for i in ids]
+    targets, tasks = _targets(ctx, aligned)
+    return {"features": features, "targets": targets, "tasks": tasks, "out_size": out_size}
+
+
+@torch.no_grad()
+def hypercolumn_features(G, ws: torch.Tensor, *, store_dtype: torch.dtype = torch.float32) -> list[list[torch.Tensor]]:
+    """Per image, the generator's feature maps for its W+ latent ([C_l, h_l, w_l] each, on the CPU)."""
+    out = []
+    for k in range(ws.shape[0]):
+        _, feats = G.synthesis(ws[k : k + 1].to(G.latent_avg.device), noise_mode="const", return_features=True)
+        out.append([f[0].to("cpu", store_dtype) for f in feats])
+    return out
+
+
+def _targets(ctx: RunContext, aligned: list[AlignedLabels]) -> tuple[dict, dict]:
+    """Label tensors at the feature resolution and the matching TaskSpecs."""
+    from handsoff_ray.core.label_generator import TaskSpec
+
+    t = ctx.spec.label_generator.tasks
+    targets, tasks = {}, {}
+    if t.segmentation.enabled:
+        targets["segmentation"] = torch.from_numpy(np.stack([a.segmentation for a in aligned])).long()
+        tasks["segmentation"] = TaskSpec(
+            "segmentation", num_outputs=len(aligned[0].classes), hidden=t.segmentation.hidden,
+            class_weights=t.segmentation.class_weights, min_pixels=t.segmentation.min_pixels,
+        )
+    if t.keypoints.enabled:
+        targets["keypoints"] = torch.from_numpy(np.stack([a.keypoints for a in aligned])).float()
+        tasks["keypoints"] = TaskSpec("keypoints", num_outputs=targets["keypoints"].shape[1],
+                                      hidden=t.keypoints.hidden, sigma=t.keypoints.sigma)
+    if t.depth.enabled:
+        targets["depth"] = torch.from_numpy(np.stack([a.depth for a in aligned])).float()
+        tasks["depth"] = TaskSpec("depth", num_outputs=1, hidden=t.depth.hidden)
+    return targets, tasks

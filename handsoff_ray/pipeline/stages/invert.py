@@ -1,0 +1,149 @@
+"""invert: the labeled images -> W+ latents, one file per image (LPIPS + MSE optimisation, core.inversion).
+
+    handsoff invert jobs/specs/toy.yaml     # -> <run>/latents/<image id>.safetensors, latents/_index.json
+
+Units are batches of `inversion.batch_size` images not inverted yet. A batch is written as soon as it
+finishes, so an interrupted run redoes at most one batch per worker; float results depend on the
+batch's shape, so the batches are cut the same way on every engine.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+
+import numpy as np
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from handsoff_ray.pipeline.context import RunContext, apply_torch_threads
+from handsoff_ray.pipeline.layout import RUN
+from handsoff_ray.pipeline.progress import log_event
+from handsoff_ray.pipeline.stages.base import Plan, Stage
+from handsoff_ray.pipeline.storage import RunStore
+from handsoff_ray.pipeline.telemetry import metrics
+
+__all__ = ["InvertStage", "read_latent", "summarize_inversion"]
+
+
+class InvertStage(Stage):
+    name, progress_unit, ray = "invert", "step", "train"
+
+    def prepare(self, ctx: RunContext) -> Plan:
+        _, ids = ctx.labeled()  # decodes and checks the whole set before any compute
+        ctx.content_rows(ctx.generator(torch.device("cpu")))  # a bad checkpoint or crop_rows fails here
+        ctx.claim_stage("invert")
+        todo = _pending(ctx.store, ids)
+        if todo and ctx.spec.inversion.encoder.enabled:
+            _encoder(ctx, ctx.generator())  # trained once, here, so that every worker loads the same one
+        bs = ctx.spec.inversion.batch_size
+        return Plan(units=[todo[i : i + bs] for i in range(0, len(todo), bs)],
+                    total=len(todo) * ctx.spec.inversion.steps, state={"ids": ids, "inverted_now": len(todo)})
+
+    def weight(self, ctx: RunContext, unit: list[str]) -> int:
+        return len(unit) * ctx.spec.inversion.steps  # image-steps, what `work` reports as it goes
+
+    def worker(self, ctx: RunContext):
+        from handsoff_ray.core.inversion import invert
+
+        apply_torch_threads(ctx.spec)
+        labeled, _ = ctx.labeled()
+        G = ctx.generator()
+        # lpips_weight 0 (pure MSE) needs no VGG trunk, which also cannot run below ~16 px on a side.
+        lpips_model = ctx.lpips() if ctx.spec.inversion.lpips_weight > 0 else None
+        encoder = _encoder(ctx, G)
+        inv, h, store = ctx.spec.inversion, ctx.stage_hash("invert"), ctx.store
+
+        def work(batch_ids: list[str], report) -> int:
+            batch_ids = _pending(store, batch_ids)  # a retried worker skips what is written
+            if not batch_ids:
+                return 0
+            images = np.stack([labeled.load(i).image for i in batch_ids])
+            done_steps = [0]
+
+            def on_step(step) -> None:  # core.inversion.InversionStep: one update of len(step.index) images
+                done_steps[0] += len(step.index)
+                report(done_steps[0])
+
+            res = invert(
+                G, images, lpips_model=lpips_model, steps=inv.steps, lr=inv.lr, lpips_weight=inv.lpips_weight,
+                mse_weight=inv.mse_weight, reg_weight=inv.reg_weight, rampup=inv.rampup, rampdown=inv.rampdown,
+                loss_resolution=inv.loss_resolution, crop_rows=ctx.spec.generator.crop_rows, callback=on_step,
+                init_ws=encoder.invert(G, images) if encoder is not None else None,
+            )
+            for k, image_id in enumerate(batch_ids):
+                meta = {"id": image_id, "psnr": float(res.psnr[k]), "lpips": float(res.lpips[k]),
+                        "final_loss": float(res.final_loss[k]), "best_step": int(res.best_step[k]), "stage_hash": h}
+                blob = st_save({"ws": res.ws[k].contiguous(), "loss_curve": res.loss_curve[k].contiguous()},
+                               metadata={"handsoff_ray.inversion": json.dumps(meta)})
+                store.write_bytes(RUN.latent(image_id), blob)
+            m = metrics()
+            m.inc("images_inverted", len(batch_ids), run_id=ctx.spec.run_id)
+            m.set("inversion_loss", float(res.final_loss.mean()), run_id=ctx.spec.run_id)
+            return len(batch_ids)
+
+        return work
+
+    def finish(self, ctx: RunContext, plan: Plan) -> dict:
+        store, ids = ctx.store, plan.state["ids"]
+        missing = _pending(store, ids)
+        if missing:  # a unit that returned without writing: never expected, but never hidden
+            raise RuntimeError(f"invert finished with {len(missing)} image(s) not inverted (first: {missing[0]})")
+        summary = summarize_inversion(store, ids)
+        store.write_json(RUN.latents_index, summary)
+        return {"stage": "invert", "run": store.uri(), "output": store.uri(RUN.latents),
+                "skipped": plan.state["inverted_now"] == 0, "inverted_now": plan.state["inverted_now"], **summary}
+
+
+def _pending(store: RunStore, ids: list[str]) -> list[str]:
+    """Those of `ids` without a latent file yet."""
+    done = {name.removesuffix(".safetensors") for name in store.list(RUN.latents) if name.endswith(".safetensors")}
+    return [i for i in ids if i not in done]
+
+
+def _encoder(ctx: RunContext, G):
+    """The ReStyle-style encoder when the spec asks for encoder initialisation: trained once per run, then
+    read back from latents/_encoder.safetensors; None when not enabled."""
+    enc_spec = ctx.spec.inversion.encoder
+    if not enc_spec.enabled:
+        return None
+    from handsoff_ray.core.encoder import Encoder, train_encoder
+
+    store = ctx.store
+    if store.exists(RUN.encoder):
+        with tempfile.TemporaryDirectory() as d:
+            return Encoder.load(store.local_copy(RUN.encoder, d), device=G.latent_avg.device)
+    log_event("training the encoder", steps=enc_spec.steps)
+    encoder = train_encoder(G, steps=enc_spec.steps, batch_size=enc_spec.batch_size, lr=enc_spec.lr,
+                            n_iters=enc_spec.n_iters, seed=ctx.spec.seed)
+    with tempfile.TemporaryDirectory() as d:
+        encoder.save(f"{d}/enc.safetensors")
+        store.put_file(RUN.encoder, f"{d}/enc.safetensors")
+    return encoder
+
+
+def read_latent(store: RunStore, image_id: str) -> tuple[torch.Tensor, dict]:
+    """(ws [L, D], inversion metrics) of one inverted image."""
+    from safetensors import safe_open
+
+    blob = store.read_bytes(RUN.latent(image_id))
+    tensors = st_load(blob)
+    with tempfile.NamedTemporaryFile(suffix=".safetensors") as f:  # safe_open reads metadata from a file
+        f.write(blob)
+        f.flush()
+        with safe_open(f.name, framework="pt") as sf:
+            meta = json.loads(sf.metadata()["handsoff_ray.inversion"])
+    return tensors["ws"], meta
+
+
+def summarize_inversion(store: RunStore, ids: list[str]) -> dict:
+    per_image = {i: read_latent(store, i)[1] for i in ids}
+    psnrs = [m["psnr"] for m in per_image.values()]
+    lp = [m["lpips"] for m in per_image.values()]
+    return {
+        "images": len(ids),
+        "mean_psnr": float(np.mean(psnrs)),
+        "mean_lpips": float(np.mean(lp)),
+        "per_image": {i: {k: m[k] for k in ("psnr", "lpips", "final_loss")} for i, m in per_image.items()},
+    }
