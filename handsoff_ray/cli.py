@@ -54,11 +54,11 @@ def _load(spec_path: str, sets: tuple[str, ...]) -> JobSpec:
         raise BadInput(str(err)) from None
 
 
-def _preflight(job: JobSpec, stages: tuple[str, ...] = ("invert", "fit", "synthesize", "evaluate")) -> None:
+def _preflight(job: JobSpec, stages: tuple[str, ...] = ("invert", "fit", "synthesize", "evaluate"), ctx=None) -> None:
     """Every input check the stages make before computing; BadInput listing the problems."""
     from handsoff_ray.pipeline.preflight import preflight
 
-    problems = preflight(job, stages)
+    problems = preflight(job, stages, ctx=ctx)
     if problems:
         raise BadInput(f"{len(problems)} problem(s): " + "; ".join(problems))
 
@@ -158,10 +158,13 @@ def run(spec: str, sets: tuple[str, ...], dry_run: bool, stages: str) -> None:
         wanted = select_stages(job, [s.strip() for s in stages.split(",") if s.strip()])
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--stages") from None
-    _preflight(job, tuple(wanted))
+    from handsoff_ray.pipeline.context import RunContext
+
+    ctx = RunContext(job)  # what preflight opens (the labeled set, the generator), the stages reuse
+    _preflight(job, tuple(wanted), ctx=ctx)
     # Progress on stderr (pipeline/progress.py); stdout stays one JSON line per finished stage.
     results = run_stages(
-        job, wanted, spec_hash=plan["spec_hash"],
+        job, wanted, spec_hash=plan["spec_hash"], ctx=ctx,
         on_start=lambda i, n, name: click.echo(f"[{i}/{n}] {name} (run {job.run_id})", err=True))
     for result in results:
         click.echo(json.dumps(result, default=str))

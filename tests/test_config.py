@@ -104,5 +104,5 @@ class TestHash:
     def test_defaults_model_is_frozen_shape(self):
         assert set(JobSpec.model_fields) == {
             "name", "seed", "generator", "data", "inversion", "label_generator",
-            "synthesis", "storage", "evaluation", "resources",
+            "synthesis", "reader", "storage", "evaluation", "resources",
         }

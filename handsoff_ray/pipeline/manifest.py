@@ -20,14 +20,15 @@ from dataclasses import dataclass, field
 import pyarrow.fs as pafs
 
 from handsoff_ray.pipeline.errors import UserError
+from handsoff_ray.pipeline.layout import DATASET_FILES
 from handsoff_ray.pipeline.storage import list_sizes, sha256_file
 
 __all__ = [
-    "MANIFEST", "SUCCESS", "DatasetError", "DatasetFiles", "IncompleteDatasetWarning", "check_dataset", "manifest_files", "parse_manifest",
+    "DatasetError", "DatasetFiles", "IncompleteDatasetWarning", "check_dataset", "manifest_files", "parse_manifest",
     "read_manifest", "verify_dataset",
 ]
 
-MANIFEST, SUCCESS = "_manifest.json", "_SUCCESS"
+MANIFEST, SUCCESS, DATA = DATASET_FILES.manifest, DATASET_FILES.success, DATASET_FILES.data
 
 
 class DatasetError(UserError):
@@ -88,7 +89,7 @@ def _problems(fs: pafs.FileSystem, root: str, uri: str) -> tuple[list[str], dict
     except DatasetError as err:
         problems.append(str(err))
         manifest = None
-    sizes = {n: s for n, s in list_sizes(fs, posixpath.join(root, "data")).items() if n.endswith(".parquet")}
+    sizes = {n: s for n, s in list_sizes(fs, posixpath.join(root, DATA)).items() if n.endswith(".parquet")}
     if manifest is not None:
         expected = manifest_files(manifest)
         for name, entry in sorted(expected.items()):
@@ -116,10 +117,10 @@ def check_dataset(fs: pafs.FileSystem, root: str, uri: str, *, allow_incomplete:
     else:
         expected = manifest_files(manifest)
         names = sorted(n for n, e in expected.items() if sizes.get(n) == e["bytes"])
-        rows = {posixpath.join(root, "data", n): int(expected[n]["rows"]) for n in names}
+        rows = {posixpath.join(root, DATA, n): int(expected[n]["rows"]) for n in names}
     if not names:
         raise DatasetError(f"{uri.rstrip('/')}/data: no Parquet shards to read; is this a handsoff dataset folder?")
-    return DatasetFiles([posixpath.join(root, "data", n) for n in names], rows, problems, manifest)
+    return DatasetFiles([posixpath.join(root, DATA, n) for n in names], rows, problems, manifest)
 
 
 def verify_dataset(fs: pafs.FileSystem, root: str, uri: str) -> dict:
@@ -138,7 +139,7 @@ def verify_dataset(fs: pafs.FileSystem, root: str, uri: str) -> dict:
         for name, entry in sorted(expected.items()):
             if sizes.get(name) != entry["bytes"]:
                 continue  # already reported by size
-            path, where = posixpath.join(root, "data", name), f"{uri.rstrip('/')}/data/{name}"
+            path, where = posixpath.join(root, DATA, name), f"{uri.rstrip('/')}/data/{name}"
             digest, _ = sha256_file(fs, path)
             if digest != entry["sha256"]:
                 problems.append(f"{where}: sha256 {digest[:12]}..., the manifest records {entry['sha256'][:12]}...")

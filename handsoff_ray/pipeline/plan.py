@@ -11,6 +11,7 @@ import math
 import os
 
 from handsoff_ray.config import JobSpec, spec_hash
+from handsoff_ray.pipeline.layout import RUN
 from handsoff_ray.toy import SHIPPED_GENERATOR
 
 __all__ = ["make_plan", "stage_hash", "resolve_checkpoint", "TOY_CHECKPOINT"]
@@ -78,14 +79,14 @@ def make_plan(spec: JobSpec) -> dict:
                 "steps": spec.inversion.steps,
                 "batch_size": spec.inversion.batch_size,
                 "init": "encoder" if spec.inversion.encoder.enabled else "average latent",
-                "writes": f"{run_root}/latents/",
+                "writes": f"{run_root}/{RUN.latents}/",
                 "workers": spec.resources.num_workers,
             },
             "fit": {
                 "hash": stage_hash(spec, "fit"),
                 "tasks": spec.label_generator.tasks.enabled(),
                 "ensemble_size": spec.label_generator.ensemble_size,
-                "writes": f"{run_root}/label_generator/",
+                "writes": f"{run_root}/{RUN.label_generator}/",
             },
             "synthesize": {
                 "hash": stage_hash(spec, "synthesize"),
@@ -93,12 +94,12 @@ def make_plan(spec: JobSpec) -> dict:
                 "shards": n_shards,
                 "shard_size": syn.shard_size,
                 "truncation_psi": syn.truncation_psi,
-                "writes": f"{run_root}/dataset/",
+                "writes": f"{run_root}/{RUN.dataset}/",
                 "actors": spec.resources.synthesis_actors,
             },
             "evaluate": {"enabled": ev.enabled, "hash": stage_hash(spec, "evaluate"),
                          "reads": _source(ev.test_format, ev.test_path, ev.test_seeds),
-                         "writes": f"{run_root}/eval/report.json"},
+                         "writes": f"{run_root}/{RUN.eval_report}"},
         },
         "problems": problems,
     }

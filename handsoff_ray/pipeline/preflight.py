@@ -17,10 +17,15 @@ from handsoff_ray.config import JobSpec
 __all__ = ["preflight"]
 
 
-def preflight(spec: JobSpec, stages: tuple[str, ...] = ("invert", "fit", "synthesize", "evaluate")) -> list[str]:
-    """One line per problem the spec's inputs have for these stages; [] when there is none."""
+def preflight(spec: JobSpec, stages: tuple[str, ...] = ("invert", "fit", "synthesize", "evaluate"), *,
+              ctx=None) -> list[str]:
+    """One line per problem the spec's inputs have for these stages; [] when there is none. Pass the run's
+    RunContext to keep what the checks open (the labeled set) for the stages."""
+    from handsoff_ray.pipeline.context import RunContext
     from handsoff_ray.pipeline.errors import user_errors
     from handsoff_ray.pipeline.plan import make_plan
+
+    ctx = ctx or RunContext(spec)
 
     problems = list(make_plan(spec)["problems"])
     checks = [_labeled_set, _checkpoint, _device, _storage]
@@ -30,51 +35,47 @@ def preflight(spec: JobSpec, stages: tuple[str, ...] = ("invert", "fit", "synthe
         checks.append(_test_set)
     for check in checks:
         try:
-            check(spec)
+            check(ctx)
         except user_errors() as err:
             problems.append(str(err).replace("\n", "; "))
     return list(dict.fromkeys(problems))  # a missing folder is reported by the plan and by the reader
 
 
-def _labeled_set(spec: JobSpec) -> None:
-    from handsoff_ray.pipeline.labeled import open_spec_labeled_set
-
+def _labeled_set(ctx) -> None:
+    spec = ctx.spec
     if spec.data.format == "toy" or os.path.isdir(spec.data.path):  # a missing folder is already a plan problem
-        open_spec_labeled_set(spec)
+        ctx.labeled()
 
 
-def _checkpoint(spec: JobSpec) -> None:
+def _checkpoint(ctx) -> None:
     import torch
 
-    from handsoff_ray.pipeline.context import RunContext
     from handsoff_ray.pipeline.plan import resolve_checkpoint
 
-    path = resolve_checkpoint(spec.generator.checkpoint)
+    path = resolve_checkpoint(ctx.spec.generator.checkpoint)
     if "://" in path or os.path.isfile(path):
-        ctx = RunContext(spec)
         ctx.content_rows(ctx.generator(torch.device("cpu")))  # loaded once per process: the stages reuse it
 
 
-def _device(spec: JobSpec) -> None:
+def _device(ctx) -> None:
     from handsoff_ray.pipeline.context import resolve_device
 
-    resolve_device(spec)
+    resolve_device(ctx.spec)
 
 
-def _lpips_trunk(spec: JobSpec) -> None:
+def _lpips_trunk(ctx) -> None:
     from handsoff_ray.pipeline.context import _lpips
 
-    _lpips(spec.inversion.lpips.net, spec.inversion.lpips.trunk_path, "cpu")
+    lp = ctx.spec.inversion.lpips
+    _lpips(lp.net, lp.trunk_path, "cpu")
 
 
-def _storage(spec: JobSpec) -> None:
+def _storage(ctx) -> None:
     """The output URI resolves, a local one can be created, and the run id holds no other spec's outputs."""
     import pyarrow.fs as pafs
 
-    from handsoff_ray.pipeline.context import RunContext
     from handsoff_ray.pipeline.storage import StorageError, retry_remote
 
-    ctx = RunContext(spec)
     store = ctx.store  # an unsupported scheme fails here
     if "://" not in store.uri():
         existing = store.root
@@ -93,10 +94,10 @@ def _storage(spec: JobSpec) -> None:
         ctx.check_stage_owner(stage)  # also reaches the object store, retrying as a run would
 
 
-def _test_set(spec: JobSpec) -> None:
+def _test_set(ctx) -> None:
     from handsoff_ray.datasets.public import open_public_set
 
-    ev = spec.evaluation
+    ev = ctx.spec.evaluation
     if ev.test_format == "toy":
         open_public_set(None, "toy", ids=ev.test_ids, seeds=ev.test_seeds)
     elif ev.test_path and os.path.isdir(ev.test_path):

@@ -81,7 +81,7 @@ def run_stage(spec: JobSpec, name: str, *, engine: str | None = None, ctx: RunCo
     return {**result, "seconds": round(time.time() - t0, 1)}
 
 
-def run_stages(spec: JobSpec, names: list[str], *, spec_hash: str,
+def run_stages(spec: JobSpec, names: list[str], *, spec_hash: str, ctx: RunContext | None = None,
                on_start: Callable[[int, int, str], None] | None = None) -> Iterator[dict]:
     """Run `names` in order in one run context, yielding each stage's `stage_summary` as it finishes.
 
@@ -90,7 +90,7 @@ def run_stages(spec: JobSpec, names: list[str], *, spec_hash: str,
     """
     from handsoff_ray.pipeline.telemetry import metrics, push_to_gateway
 
-    ctx = RunContext(spec)  # the labeled set is opened once for all the stages
+    ctx = ctx or RunContext(spec)  # the labeled set is opened once for all the stages
     metrics().set("run_info", 1, run_id=spec.run_id, spec_hash=spec_hash)
     try:
         for i, name in enumerate(names, 1):

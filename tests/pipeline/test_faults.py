@@ -97,9 +97,9 @@ def test_killed_synthesis_actor_is_replaced_and_no_partial_shard_is_visible(fini
     watcher.start()
     # The state API (to find the actors' pids) needs the dashboard; its address is passed explicitly,
     # since other Ray instances may run on this machine.
-    ctx = ray.init(num_cpus=2, include_dashboard=True, object_store_memory=256 * 2**20)
+    ctx = ray.init(address="local", num_cpus=2, include_dashboard=True, object_store_memory=256 * 2**20)
     result, errors = {}, []
-    driver = threading.Thread(target=_capture, args=(run_synthesize_ray, spec, result, errors))
+    driver = threading.Thread(target=_capture, args=(lambda s: run_stage(s, "synthesize", engine="ray"), spec, result, errors))
     try:
         driver.start()
         wait_for(lambda: os.path.isdir(data) and any(n.endswith(".parquet") for n in os.listdir(data)), 120,
@@ -258,7 +258,8 @@ class TestObjectStoreOutage:
         retries_before = retries()
         outage.cut()
         result, errors = {}, []
-        runner = threading.Thread(target=lambda: _capture(run_synthesize, spec, result, errors))
+        runner = threading.Thread(target=lambda: _capture(lambda s: run_stage(s, "synthesize", engine="local"), spec, result,
+                                                          errors))
         runner.start()
         time.sleep(3)  # the run is stuck in its retries: the store is gone for 3 s
         outage.restore()

@@ -181,3 +181,42 @@ class TestExportsAppearWhole:
         assert cli("filter", root, "--out", tmp_path / "f", "--keep", 0.5).exit_code == 0
         res = cli("verify", tmp_path / "f")
         assert res.exit_code == 0 and "verified: 3" in res.output
+
+
+class TestReaderPolicy:
+    """reader.* is read-time policy: the manifest records it, no stage hash covers it (but evaluate's)."""
+
+    def test_a_new_policy_needs_no_regeneration_and_readers_apply_it(self, finished, tmp_path):
+        import torch
+
+        from handsoff_ray.core.uncertainty import filter_indices
+        from handsoff_ray.pipeline.plan import stage_hash
+
+        spec = copy_run(finished, tmp_path, reader={"filter_portion": 0.5, "drop_most_certain": 1})
+        old = finished[0]
+        assert [stage_hash(spec, s) for s in ("invert", "fit", "synthesize")] == \
+               [stage_hash(old, s) for s in ("invert", "fit", "synthesize")]
+        assert stage_hash(spec, "evaluate") != stage_hash(old, "evaluate")  # evaluation reads with the policy
+        before = {n: open(_shard(open_run(spec).path("dataset"), n), "rb").read() for n in SHARDS}
+        result = run_stage(spec, "synthesize", engine="local")  # the same dataset: nothing is written again
+        assert result["skipped"] is True and result["shards_written_now"] == 0
+        root = open_run(spec).path("dataset")
+        assert {n: open(_shard(root, n), "rb").read() for n in SHARDS} == before
+        manifest = json.loads(open(os.path.join(root, "_manifest.json")).read())
+        assert manifest["reader"] == {"filter_portion": 0.5, "drop_most_certain": 1}
+
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(os.path.join(root, "data"), columns=["sample_id", "uncertainty_segmentation"])
+        ids = table.column("sample_id").to_pylist()
+        scores = torch.tensor(table.column("uncertainty_segmentation").to_pylist(), dtype=torch.float64)
+        expected = {ids[i] for i in filter_indices(scores, portion=0.5, drop_most_certain=1).tolist()}
+        assert SyntheticDataset(root, uncertainty_filter="reference").keep == expected
+        assert len(expected) == 5  # 10 pairs, half dropped: the new policy, not the reference 0.1
+
+    def test_old_key_says_where_it_moved(self):
+        from handsoff_ray.config import SpecError, parse_spec
+
+        with pytest.raises(SpecError, match=r"synthesis\.uncertainty\.filter_portion: unknown key; it moved to "
+                                            r"`reader\.filter_portion`"):
+            parse_spec({"synthesis": {"uncertainty": {"filter_portion": 0.2}}})

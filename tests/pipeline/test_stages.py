@@ -16,9 +16,8 @@ from handsoff_ray.datasets.labeled_folder import LabeledSetError
 from handsoff_ray.pipeline.errors import UserError
 from handsoff_ray.pipeline.schema import decode_row, schema_meta
 from handsoff_ray.pipeline.context import open_run
+from handsoff_ray.pipeline.run import run_stage
 from handsoff_ray.pipeline.stages.invert import read_latent
-from handsoff_ray.pipeline.run import run_stage
-from handsoff_ray.pipeline.run import run_stage
 from tests.pipeline.runs import copy_run as _copy_of
 from tests.pipeline.runs import make_spec as _spec
 
@@ -121,6 +120,41 @@ class TestSynthesize:
         assert res.exit_code == 0, res.output
         assert json.loads(res.stdout)["shards_written_now"] == 1  # stdout: one JSON line; progress is on stderr
         assert store.read_bytes("dataset/data/part-000002.parquet") == first
+
+
+class TestLoadsOnce:
+    """One run context loads what the stages share once: the generator, and the labeled set."""
+
+    def test_a_run_loads_the_generator_and_opens_the_labeled_set_once(self, tmp_path, tiny_generator_path,
+                                                                       toy_labeled_path, monkeypatch):
+        import handsoff_ray.core.checkpoint as checkpoint
+        import handsoff_ray.pipeline.labeled as labeled
+        from handsoff_ray.pipeline.context import _load_generator
+        from handsoff_ray.pipeline.run import run_stages
+
+        loads, opens = [], []
+        real_load, real_open = checkpoint.load_generator, labeled.open_spec_labeled_set
+        monkeypatch.setattr(checkpoint, "load_generator", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+        monkeypatch.setattr(labeled, "open_spec_labeled_set", lambda *a, **k: opens.append(a) or real_open(*a, **k))
+        _load_generator.cache_clear()  # this process may hold it from an earlier test
+        spec = _spec(tmp_path / "runs", tiny_generator_path, toy_labeled_path)
+        results = list(run_stages(spec, ["invert", "fit", "synthesize"], spec_hash="t"))
+        assert [r["skipped"] for r in results] == [False, False, False]
+        assert len(loads) == 1 and len(opens) == 1
+
+    def test_synthesis_decodes_no_labeled_image(self, finished, tmp_path, monkeypatch):
+        import handsoff_ray.pipeline.labeled as labeled
+
+        def refuse(*a, **k):
+            raise AssertionError("synthesis opened the labeled set")
+
+        spec = _copy_of(finished, tmp_path)
+        shutil.rmtree(open_run(spec).path("dataset"))
+        monkeypatch.setattr(labeled, "open_spec_labeled_set", refuse)
+        assert run_stage(spec, "synthesize", engine="local")["shards_written_now"] == 3
+        manifest = open_run(spec).read_json("dataset/_manifest.json")
+        assert manifest["meta"] == open_run(spec).read_json("label_generator/fit.json")["data"]
+        assert manifest["meta"]["classes"] and manifest["meta"]["keypoint_names"]
 
 
 def test_encoder_initialisation_is_trained_once_and_reused(tmp_path, tiny_generator_path, toy_labeled_path):
