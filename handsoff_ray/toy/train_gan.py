@@ -61,11 +61,11 @@ import torch.nn.functional as F
 
 from handsoff_ray.core.stylegan2 import Generator, GeneratorConfig, z_from_seeds
 from handsoff_ray.toy.discriminator import Discriminator
+from handsoff_ray.toy.reals import real_images
 
 __all__ = [
     "GanTrainConfig",
     "train_gan",
-    "real_images",
     "load_state_generator",
     "model_card",
     "export_generator",
@@ -159,14 +159,6 @@ class _Nets:
     G_ema: Generator
     opt_G: torch.optim.Optimizer
     opt_D: torch.optim.Optimizer
-
-
-def real_images(seeds: Sequence[int] | np.ndarray, resolution: int) -> torch.Tensor:
-    """Toy-world images for these seeds as [N, 3, R, R] floats in [-1, 1]."""
-    from handsoff_ray.toy.world import render_batch
-
-    imgs = render_batch([int(s) for s in seeds], size=resolution).images  # [N, R, R, 3] uint8
-    return torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 
 def _device(name: str) -> torch.device:
