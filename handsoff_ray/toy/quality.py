@@ -64,7 +64,7 @@ N_PARAMS = 32  # len(param_targets(...))
 
 
 def param_targets(p: dict[str, Any]) -> list[float]:
-    """The global facts the extractor regresses, from `world.sample_params` (N_PARAMS = 32 numbers)."""
+    """The global facts the extractor regresses, from `params.sample_params` (N_PARAMS = 32 numbers)."""
     return [
         p["scale_img"], *p["center_img"], p["roll"], p["yaw"], p["head_height"],
         *p["skin"], *p["hair_colour"], *(float(p["hair_style"] == s) for s in _HAIR_STYLES),
