@@ -59,6 +59,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from handsoff_ray.core._files import atomic_write
 from handsoff_ray.core.stylegan2 import Generator, GeneratorConfig, z_from_seeds
 from handsoff_ray.toy.discriminator import Discriminator
 from handsoff_ray.toy.reals import real_images
@@ -327,12 +328,6 @@ def machine_description(device: torch.device | str = "cpu", threads: int | None 
     return f"{cpu}, {os.cpu_count()} cores ({used} torch threads), {acc}, torch {torch.__version__}"
 
 
-def _save_atomic(obj: dict, path: str) -> None:
-    tmp = f"{path}.tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a kill mid-write never leaves a truncated state.pt
-
-
 def _check_resumable(saved: dict[str, Any], cfg: GanTrainConfig, path: str) -> None:
     # states written before the projected discriminator existed were all "stylegan2"
     ours = _identity(asdict(cfg))
@@ -380,13 +375,14 @@ def train_gan(cfg: GanTrainConfig, *, log: Callable[[str], None] = print) -> Gen
                     "D_params": sum(p.numel() for p in nets.D.parameters())}))
 
     def save() -> None:
-        _save_atomic({
-            "config": asdict(cfg), "G": nets.G.state_dict(), "D": nets.D.state_dict(),
-            "G_ema": nets.G_ema.state_dict(), "opt_G": nets.opt_G.state_dict(), "opt_D": nets.opt_D.state_dict(),
-            "rng": _rng_state(gen), "progress": asdict(prog),
-            "machine": machine_description(device, cfg.threads), "precision": str(amp or "fp32"),
-            "init_card": init_card,
-        }, state_path)
+        with atomic_write(state_path) as fh:  # a kill mid-write never leaves a truncated state.pt
+            torch.save({
+                "config": asdict(cfg), "G": nets.G.state_dict(), "D": nets.D.state_dict(),
+                "G_ema": nets.G_ema.state_dict(), "opt_G": nets.opt_G.state_dict(), "opt_D": nets.opt_D.state_dict(),
+                "rng": _rng_state(gen), "progress": asdict(prog),
+                "machine": machine_description(device, cfg.threads), "precision": str(amp or "fp32"),
+                "init_card": init_card,
+            }, fh)
 
     total = round(cfg.kimg * 1000)
     bs = cfg.batch_size

@@ -8,43 +8,32 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import yaml
 from PIL import Image
 
+from handsoff_ray.core._files import atomic_write
 from handsoff_ray.datasets.labeled_folder.checks import _hw
 from handsoff_ray.datasets.labeled_folder.samples import LabeledSample, LabeledSetError, encode_depth
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write via a dot-file in the same folder renamed into place, so `path` is never half-written.
-
-    No fsync: this protects against an interrupted process, not against a power cut.
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
+# Every file goes through atomic_write, so an interrupted write leaves no half-written PNG (its
+# temporary is a dot-file, which the reader skips).
 def _write_png(path: Path, array: np.ndarray) -> None:
-    _atomic_write(path, lambda fh: Image.fromarray(array).save(fh, format="PNG"))
+    with atomic_write(path) as fh:
+        Image.fromarray(array).save(fh, format="PNG")
 
 
 def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda fh: fh.write(text.encode()))
+    with atomic_write(path) as fh:
+        fh.write(text.encode())
 
 
 def _check_sample(s: Any, first: LabeledSample | None, classes: Sequence[str] | None,
