@@ -60,6 +60,7 @@ import torch
 import torch.nn.functional as F
 
 from handsoff_ray.core._files import atomic_write
+from handsoff_ray.core.device import resolve_device
 from handsoff_ray.core.stylegan2 import Generator, GeneratorConfig, z_from_seeds
 from handsoff_ray.toy.discriminator import Discriminator
 from handsoff_ray.toy.reals import real_images
@@ -160,12 +161,6 @@ class _Nets:
     G_ema: Generator
     opt_G: torch.optim.Optimizer
     opt_D: torch.optim.Optimizer
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -348,7 +343,7 @@ def train_gan(cfg: GanTrainConfig, *, log: Callable[[str], None] = print) -> Gen
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     amp = _autocast_dtype(cfg.precision, device)
     os.makedirs(cfg.out, exist_ok=True)
     nets = _build(cfg, device)
@@ -569,7 +564,7 @@ def _expected_time(cfg: GanTrainConfig) -> str:
     card = next((c for c in (shipped, shipped.get("initialised_from") or {})
                  if {k: (c.get("config") or {}).get(k, "stylegan2" if k == "discriminator" else None)
                      for k in keys} == ours), {})
-    if card and _device(cfg.device).type == "cpu" and card.get("wall_time_s"):
+    if card and resolve_device(cfg.device).type == "cpu" and card.get("wall_time_s"):
         rate = card["images_seen"] / card["wall_time_s"]
         hours = images / rate / 3600
         return (f"expected time: {cfg.kimg:g} kimg at {rate:.1f} images/s, the rate measured for the shipped toy "
