@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from handsoff_ray.evaluation.downstream import DownstreamData, build_downstream, evaluate_downstream, train_downstream
+from handsoff_ray.evaluation import DownstreamData, build_downstream, evaluate_downstream, train_downstream
 from handsoff_ray.toy.world import CLASSES, KEYPOINT_NAMES, render_batch
 
 _TEST_SEED0 = 1_000_000  # test faces never overlap the training seeds 0..oracle-1

@@ -43,7 +43,7 @@ def _member(args, seed: int):
     """The label generator's own member MLP (Linear-ReLU-BN x2 + Linear), initialised as fitting does."""
     import torch
 
-    from handsoff_ray.core.label_generator import _make_member
+    from handsoff_ray.core.label_generator.model import _make_member
 
     return _make_member(args.channels, tuple(args.hidden), args.classes, torch.Generator().manual_seed(seed))
 

@@ -26,7 +26,6 @@ import os
 import pickle
 import re
 import struct
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 
 import torch
 
+from handsoff_ray.core._files import atomic_write
 from handsoff_ray.core._nvlabs_pickle import (
     PersistentRecord,
     UnsafePickleError,
@@ -112,7 +112,7 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") 
 
 def save_generator(G: Generator, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> Path:
     """Write G as one .safetensors file: weights + JSON architecture header + provenance."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     provenance = {**G.metadata, **(metadata or {})}
@@ -127,19 +127,8 @@ def save_generator(G: Generator, path: str | os.PathLike, metadata: Mapping[str,
         META_PROVENANCE: provenance_json,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename, so a crash never leaves a truncated file under the final name.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        # mkstemp makes the file 0600; give it the mode any new file gets (0644 under the usual umask 022)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as fh:  # a crash never leaves a truncated file under the final name
+        fh.write(save(tensors, metadata=header))
     return path
 
 

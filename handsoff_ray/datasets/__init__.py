@@ -1,6 +1,8 @@
 """Labeled data on disk: the labeled-set folder format (labeled_folder.py) and readers of the paper's
-public datasets in their own layouts (celebamask.py, car_parts.py, deepfashion.py; public.py dispatches)."""
+public datasets in their own layouts (celebamask.py, car_parts.py, deepfashion.py, toy.py;
+they share _common.py) and public.py, which detects a folder's format and dispatches to its reader."""
 
+from handsoff_ray.datasets._common import ReaderSet
 from handsoff_ray.datasets.labeled_folder import (
     PARTS,
     LabeledBatch,
@@ -11,7 +13,7 @@ from handsoff_ray.datasets.labeled_folder import (
     summarize,
     write_labeled_set,
 )
-from handsoff_ray.datasets.public import FORMATS, ReaderSet, detect_format, merge_table, open_public_set
+from handsoff_ray.datasets.public import FORMATS, detect_format, merge_table, open_public_set
 
 __all__ = [
     "FORMATS",

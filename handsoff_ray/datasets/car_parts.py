@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from handsoff_ray.datasets._common import ReaderSet, apply_merge, class_table, decode_rgb, resize_nearest, select_ids
 from handsoff_ray.datasets.labeled_folder import LabeledSample, LabeledSetError
-from handsoff_ray.datasets.public import ReaderSet, apply_merge, class_table, decode_rgb, resize_nearest, select_ids
 
 __all__ = ["PARTS", "CLASSES_19", "VARIANTS", "DEFAULT_SIZE", "fill_polygon", "rasterize", "rle_decode", "open_car_parts"]
 

@@ -30,8 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from handsoff_ray.datasets.labeled_folder import LabeledSample, LabeledSetError
-from handsoff_ray.datasets.public import (
+from handsoff_ray.datasets._common import (
     ReaderSet,
     apply_merge,
     check_image_size,
@@ -42,6 +41,7 @@ from handsoff_ray.datasets.public import (
     resize_nearest,
     select_ids,
 )
+from handsoff_ray.datasets.labeled_folder import LabeledSample, LabeledSetError
 
 __all__ = ["PARTS", "CLASSES_19", "VARIANTS", "combine_parts", "merge", "mask_path", "open_celebamask"]
 

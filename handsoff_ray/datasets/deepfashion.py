@@ -21,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from handsoff_ray.datasets.labeled_folder import LabeledSample, LabeledSetError
-from handsoff_ray.datasets.public import (
+from handsoff_ray.datasets._common import (
     ReaderSet,
     check_image_size,
     decode_label_png,
@@ -32,6 +31,7 @@ from handsoff_ray.datasets.public import (
     scale_keypoints,
     select_ids,
 )
+from handsoff_ray.datasets.labeled_folder import LabeledSample, LabeledSetError
 
 __all__ = ["CLASSES", "KEYPOINT_NAMES", "VARIANTS", "open_deepfashion", "read_keypoint_files"]
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from handsoff_ray.datasets.labeled_folder import LabeledSample, LabeledSetError, decode_depth, encode_depth
-from handsoff_ray.datasets.public import ReaderSet, select_ids
+from handsoff_ray.datasets._common import ReaderSet, select_ids
+from handsoff_ray.datasets.labeled_folder import LabeledSample, LabeledSetError
+from handsoff_ray.datasets.labeled_folder.samples import decode_depth, encode_depth
 
 __all__ = ["open_toy_set", "DEPTH_SCALE"]
 

@@ -92,9 +92,10 @@ def tile(images: np.ndarray, cols: int | None = None) -> np.ndarray:
 @torch.no_grad()
 def sample_grid(path: str, seeds: list[int], out: str, truncation_psi: float, noise_mode: str, device: str) -> dict:
     from handsoff_ray.core.checkpoint import load_generator
+    from handsoff_ray.core.device import resolve_device
     from handsoff_ray.core.stylegan2 import z_from_seeds
 
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    dev = resolve_device(device)
     G = load_generator(path, device=dev)
     images = []
     for start in range(0, len(seeds), 16):  # bounded memory for long seed lists

@@ -41,9 +41,9 @@ def resolve_checkpoint(name: str) -> str:
 def _device(spec: JobSpec) -> str:
     if spec.generator.device != "auto":
         return spec.generator.device
-    import torch
+    from handsoff_ray.core.device import resolve_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_device("auto").type
 
 
 def _source(fmt: str, path: str | None, seeds: str | None) -> str | None:

@@ -1,9 +1,8 @@
 """The procedural labeled face world (exact segmentation, keypoints, depth); see world.py.
 
-    python -m handsoff_ray.toy.world --grid grid.png --n 16
+    python -m handsoff_ray.toy.world_cli --grid grid.png --n 16
 
-Names are resolved lazily so that `python -m handsoff_ray.toy.world` does not import world.py twice
-and importing the package (e.g. for its assets/) stays free.
+Names are resolved lazily so that importing the package (e.g. for its assets/) stays free.
 """
 
 from __future__ import annotations

@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from handsoff_ray.toy.reals import real_images
+
 __all__ = [
     "FeatureNet",
     "EXTRACTOR_PATH",
@@ -62,7 +64,7 @@ N_PARAMS = 32  # len(param_targets(...))
 
 
 def param_targets(p: dict[str, Any]) -> list[float]:
-    """The global facts the extractor regresses, from `world.sample_params` (N_PARAMS = 32 numbers)."""
+    """The global facts the extractor regresses, from `params.sample_params` (N_PARAMS = 32 numbers)."""
     return [
         p["scale_img"], *p["center_img"], p["roll"], p["yaw"], p["head_height"],
         *p["skin"], *p["hair_colour"], *(float(p["hair_style"] == s) for s in _HAIR_STYLES),
@@ -254,8 +256,6 @@ def _generate(G, n: int, *, batch: int = 64, truncation_psi: float = 1.0) -> tor
 
 
 def _reals(seed0: int, n: int, size: int) -> torch.Tensor:
-    from handsoff_ray.toy.train_gan import real_images
-
     return torch.cat([real_images(np.arange(s, min(s + 256, seed0 + n)), size) for s in range(seed0, seed0 + n, 256)])
 
 

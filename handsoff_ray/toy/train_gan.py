@@ -59,13 +59,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from handsoff_ray.core._files import atomic_write
+from handsoff_ray.core.device import resolve_device
 from handsoff_ray.core.stylegan2 import Generator, GeneratorConfig, z_from_seeds
 from handsoff_ray.toy.discriminator import Discriminator
+from handsoff_ray.toy.reals import real_images
 
 __all__ = [
     "GanTrainConfig",
     "train_gan",
-    "real_images",
     "load_state_generator",
     "model_card",
     "export_generator",
@@ -159,20 +161,6 @@ class _Nets:
     G_ema: Generator
     opt_G: torch.optim.Optimizer
     opt_D: torch.optim.Optimizer
-
-
-def real_images(seeds: Sequence[int] | np.ndarray, resolution: int) -> torch.Tensor:
-    """Toy-world images for these seeds as [N, 3, R, R] floats in [-1, 1]."""
-    from handsoff_ray.toy.world import render_batch
-
-    imgs = render_batch([int(s) for s in seeds], size=resolution).images  # [N, R, R, 3] uint8
-    return torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -335,12 +323,6 @@ def machine_description(device: torch.device | str = "cpu", threads: int | None 
     return f"{cpu}, {os.cpu_count()} cores ({used} torch threads), {acc}, torch {torch.__version__}"
 
 
-def _save_atomic(obj: dict, path: str) -> None:
-    tmp = f"{path}.tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a kill mid-write never leaves a truncated state.pt
-
-
 def _check_resumable(saved: dict[str, Any], cfg: GanTrainConfig, path: str) -> None:
     # states written before the projected discriminator existed were all "stylegan2"
     ours = _identity(asdict(cfg))
@@ -361,7 +343,7 @@ def train_gan(cfg: GanTrainConfig, *, log: Callable[[str], None] = print) -> Gen
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     amp = _autocast_dtype(cfg.precision, device)
     os.makedirs(cfg.out, exist_ok=True)
     nets = _build(cfg, device)
@@ -388,13 +370,14 @@ def train_gan(cfg: GanTrainConfig, *, log: Callable[[str], None] = print) -> Gen
                     "D_params": sum(p.numel() for p in nets.D.parameters())}))
 
     def save() -> None:
-        _save_atomic({
-            "config": asdict(cfg), "G": nets.G.state_dict(), "D": nets.D.state_dict(),
-            "G_ema": nets.G_ema.state_dict(), "opt_G": nets.opt_G.state_dict(), "opt_D": nets.opt_D.state_dict(),
-            "rng": _rng_state(gen), "progress": asdict(prog),
-            "machine": machine_description(device, cfg.threads), "precision": str(amp or "fp32"),
-            "init_card": init_card,
-        }, state_path)
+        with atomic_write(state_path) as fh:  # a kill mid-write never leaves a truncated state.pt
+            torch.save({
+                "config": asdict(cfg), "G": nets.G.state_dict(), "D": nets.D.state_dict(),
+                "G_ema": nets.G_ema.state_dict(), "opt_G": nets.opt_G.state_dict(), "opt_D": nets.opt_D.state_dict(),
+                "rng": _rng_state(gen), "progress": asdict(prog),
+                "machine": machine_description(device, cfg.threads), "precision": str(amp or "fp32"),
+                "init_card": init_card,
+            }, fh)
 
     total = round(cfg.kimg * 1000)
     bs = cfg.batch_size
@@ -581,7 +564,7 @@ def _expected_time(cfg: GanTrainConfig) -> str:
     card = next((c for c in (shipped, shipped.get("initialised_from") or {})
                  if {k: (c.get("config") or {}).get(k, "stylegan2" if k == "discriminator" else None)
                      for k in keys} == ours), {})
-    if card and _device(cfg.device).type == "cpu" and card.get("wall_time_s"):
+    if card and resolve_device(cfg.device).type == "cpu" and card.get("wall_time_s"):
         rate = card["images_seen"] / card["wall_time_s"]
         hours = images / rate / 3600
         return (f"expected time: {cfg.kimg:g} kimg at {rate:.1f} images/s, the rate measured for the shipped toy "

@@ -5,13 +5,13 @@ so it brings its own world in which every label is exact: faces rendered from a 
 parameters, with the segmentation (the 8 merged CelebAMask-HQ classes), 5 keypoints and a depth map
 computed from the same geometry as the pixels.
 
-    python -m handsoff_ray.toy.world --grid grid.png --n 16     # image | labels + keypoints | depth
-    python -m handsoff_ray.toy.world --bench                     # images/s on this core, as JSON
+    python -m handsoff_ray.toy.world_cli --grid grid.png --n 16     # image | labels + keypoints | depth
+    python -m handsoff_ray.toy.world_cli --bench                     # images/s on this core, as JSON
 
     from handsoff_ray.toy.world import render_face
     sample = render_face(seed=7, size=64)       # ToySample(image, segmentation, keypoints, depth, params)
 
-How a face is made. All random draws happen in `sample_params(seed)`, from one numpy Generator per
+How a face is made. All random draws happen in `params.sample_params(seed)`, from one numpy Generator per
 seed and before anything depends on the output size, so a seed is the same face at 32, 64 or 128
 pixels and a sample never depends on which batch or worker rendered it. `_render` then paints layers
 back to front (background clutter, long hair, neck and clothes, ears, head, nose, glasses, eyes, brows,
@@ -28,7 +28,7 @@ over the cheeks and ears); eye size, openness, gaze and iris colour; brows; nose
 with teeth, lipstick); glasses and sunglasses; hats; a hand-like occluder; clothes; background
 gradients, textures and clutter (some in skin and hair colours); light direction and camera noise.
 Render cost: about 5 ms of one core per 64 px image (up to 10 ms on a busy machine), 4x that at 128 px;
-`--bench` measures yours.
+`world_cli --bench` measures yours.
 
 Conventions:
 - Segmentation: `CLASSES` = background, skin, nose, eye, brow, ear, mouth, hair (the CelebAMask-HQ
@@ -42,14 +42,13 @@ Conventions:
 - Depth: metres along the optical axis, 1.0 to 2.0. Every pixel is valid: the background is a slightly
   tilted far plane (1.7 to 2.0 m) with clutter as flat cards in front of it. The head's distance is
   tied to its size in the image (a perspective cue a depth head can learn).
+
+Tests: `python -m pytest -q tests/toy/test_world.py`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -58,34 +57,25 @@ from typing import Any
 
 import numpy as np
 
+from handsoff_ray.toy.params import _HEAD_HALF_WIDTH_M, sample_params
+
 __all__ = [
     "CLASSES",
     "KEYPOINT_NAMES",
     "toy_ids",
-    "CLASS_COLOURS",
     "ToySample",
     "ToyBatch",
-    "sample_params",
     "render_face",
     "render_batch",
     "write_toy_labeled_set",
-    "make_grid",
 ]
 
 CLASSES: tuple[str, ...] = ("background", "skin", "nose", "eye", "brow", "ear", "mouth", "hair")
 KEYPOINT_NAMES: tuple[str, ...] = ("left_eye", "right_eye", "nose_tip", "mouth_left", "mouth_right")
 BG, SKIN, NOSE, EYE, BROW, EAR, MOUTH, HAIR = range(len(CLASSES))
-# Overlay colours for the grid, one RGB uint8 row per class id.
-CLASS_COLOURS = np.array(
-    [[0, 0, 0], [230, 180, 140], [255, 90, 30], [40, 120, 255], [140, 40, 200], [40, 200, 90],
-     [230, 20, 80], [250, 220, 40]],
-    dtype=np.uint8,
-)
-KEYPOINT_COLOURS = ((0, 255, 255), (0, 160, 255), (255, 0, 255), (255, 255, 255), (255, 255, 0))
 # The part each keypoint lies on: it is visible when the camera sees that part there.
 _KEYPOINT_CLASS = (EYE, EYE, NOSE, MOUTH, MOUTH)
 
-_HEAD_HALF_WIDTH_M = 0.08  # a head is ~16 cm wide; sets metres per image unit at the head's depth
 _DEPTH_AT_UNIT_SCALE = 0.75  # head distance = 0.75 m / (head half-width in image units): 1.2..1.67 m
 
 
@@ -111,217 +101,6 @@ class ToyBatch:
     keypoints: np.ndarray  # float32 [N, 5, 3]
     depth: np.ndarray  # float32 [N, H, W]
     params: tuple[dict[str, Any], ...]
-
-
-# ----------------------------------------------------------------------------------------------
-# Parameters: every random draw of a face, in one place and one fixed order.
-
-_SKIN_TONES = np.array(
-    [[0.97, 0.82, 0.71], [0.92, 0.72, 0.59], [0.80, 0.59, 0.45], [0.67, 0.46, 0.33],
-     [0.49, 0.32, 0.22], [0.31, 0.20, 0.14]]
-)
-_HAIR_COLOURS = {  # name: (rgb, weight)
-    "black": ((0.05, 0.045, 0.045), 0.25),
-    "dark_brown": ((0.17, 0.10, 0.06), 0.22),
-    "brown": ((0.36, 0.22, 0.12), 0.16),
-    "auburn": ((0.52, 0.20, 0.09), 0.07),
-    "blonde": ((0.82, 0.66, 0.40), 0.12),
-    "platinum": ((0.90, 0.86, 0.74), 0.04),
-    "grey": ((0.58, 0.57, 0.56), 0.08),
-    "dyed": ((0.0, 0.0, 0.0), 0.06),  # random saturated colour
-}
-_IRIS_COLOURS = np.array(
-    [[0.30, 0.17, 0.08], [0.12, 0.08, 0.05], [0.28, 0.47, 0.72], [0.32, 0.48, 0.28],
-     [0.48, 0.53, 0.58], [0.48, 0.37, 0.17]]
-)
-_HAIR_STYLES = ("bald", "buzz", "short", "medium", "long")
-_HAIR_STYLE_WEIGHTS = (0.08, 0.10, 0.30, 0.24, 0.28)
-
-
-def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
-    return float(rng.uniform(lo, hi))
-
-
-def _colour(rgb: Any) -> list[float]:
-    return [min(max(float(c), 0.0), 1.0) for c in rgb]
-
-
-def _random_colour(rng: np.random.Generator, *, muted: bool) -> list[float]:
-    """A random colour; muted ones (walls, clothes) are pulled towards grey."""
-    rgb = rng.uniform(0.0, 1.0, 3)
-    if muted:
-        rgb = 0.45 * rgb + 0.55 * rng.uniform(0.15, 0.85)
-    return _colour(rgb)
-
-
-def _waves(rng: np.random.Generator, n: int, freq: tuple[float, float], amp: float) -> list[list[float]]:
-    """Sinusoids (fx, fy, phase, amplitude) whose sum is a smooth texture evaluable at any point."""
-    out = []
-    for _ in range(n):
-        f = rng.uniform(*freq)
-        a = rng.uniform(0.0, 2.0 * math.pi)
-        out.append([f * math.cos(a), f * math.sin(a), _u(rng, 0.0, 2.0 * math.pi), amp * _u(rng, 0.5, 1.0)])
-    return out
-
-
-def sample_params(seed: int) -> dict[str, Any]:
-    """All random choices of the face `seed`, as a JSON-serialisable dict (nothing depends on size).
-
-    Lengths are in head units (head half-width = 1, y down) unless named `_img` (image units, the image
-    spanning [-1, 1]) or `_m` (metres). Angles are radians.
-    """
-    if not (isinstance(seed, (int, np.integer)) and 0 <= int(seed) < 2**63):
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    rng = np.random.default_rng(int(seed))
-    p: dict[str, Any] = {}
-
-    # Pose and head shape.
-    # Like aligned CelebA-HQ crops: the face fills the middle, eyes near mid-height, hair may be cut off.
-    p["scale_img"] = _u(rng, 0.45, 0.62)
-    p["center_img"] = [_u(rng, -0.12, 0.12), _u(rng, -0.05, 0.12)]
-    p["roll"] = float(np.clip(rng.normal(0.0, 0.12), -0.35, 0.35))
-    p["yaw"] = float(np.clip(rng.normal(0.0, 0.25), -0.6, 0.6))
-    p["head_height"] = _u(rng, 1.2, 1.42)  # B: half-height over half-width
-    p["jaw_taper"] = _u(rng, 0.05, 0.35)
-    p["head_depth_m"] = _HEAD_HALF_WIDTH_M * _u(rng, 1.0, 1.2)
-
-    # Colours.
-    t = _u(rng, 0.0, len(_SKIN_TONES) - 1.0)
-    i = min(int(t), len(_SKIN_TONES) - 2)
-    skin = (1 - (t - i)) * _SKIN_TONES[i] + (t - i) * _SKIN_TONES[i + 1]
-    p["skin"] = _colour(skin * rng.uniform(0.94, 1.06, 3))
-    p["blush"] = _u(rng, 0.0, 0.12) if rng.random() < 0.5 else 0.0
-    p["skin_waves"] = _waves(rng, 3, (2.0, 5.0), 0.04)
-    names = list(_HAIR_COLOURS)
-    w = np.array([_HAIR_COLOURS[n][1] for n in names])
-    hair_name = names[int(rng.choice(len(names), p=w / w.sum()))]
-    if hair_name == "dyed":
-        hair = _random_colour(rng, muted=False)
-    else:
-        hair = np.array(_HAIR_COLOURS[hair_name][0]) * rng.uniform(0.85, 1.15)
-    p["hair_colour_name"] = hair_name
-    p["hair_colour"] = _colour(hair)
-
-    # Hair style.
-    style = _HAIR_STYLES[int(rng.choice(len(_HAIR_STYLES), p=_HAIR_STYLE_WEIGHTS))]
-    B = p["head_height"]
-    p["hair_style"] = style
-    p["hair_volume_side"] = _u(rng, 0.02, 0.05) if style == "buzz" else _u(rng, 0.06, 0.24)
-    p["hair_volume_top"] = _u(rng, 0.02, 0.06) if style == "buzz" else _u(rng, 0.08, 0.3)
-    p["hairline"] = -B * _u(rng, 0.5, 0.78)  # forehead top at the centre
-    p["hairline_temple"] = _u(rng, 0.25, 0.8)  # how far the hairline comes down at the temples
-    p["hair_part"] = _u(rng, -0.35, 0.35)
-    p["hair_length"] = {
-        "bald": 0.0,
-        "buzz": _u(rng, -0.3, -0.05),
-        "short": _u(rng, -0.2, 0.2),
-        "medium": B * _u(rng, 0.45, 0.95),
-        "long": B + _u(rng, 0.6, 2.2),
-    }[style]
-    p["hair_cover"] = _u(rng, 0.0, 0.14) if style in ("medium", "long") else 0.0
-    p["hair_flare"] = _u(rng, 0.0, 0.5)
-    p["fringe"] = style in ("short", "medium", "long") and rng.random() < 0.35
-    p["fringe_center"] = _u(rng, -0.4, 0.4)
-    p["fringe_half_width"] = _u(rng, 0.5, 1.0)
-    p["fringe_depth"] = _u(rng, 0.0, 1.0)  # 0: to the brows' top, 1: over the eyes
-    p["fringe_jag"] = [_u(rng, 0.02, 0.08), _u(rng, 8.0, 20.0), _u(rng, 0.0, 2 * math.pi)]
-    p["hair_strands"] = [_u(rng, 25.0, 60.0), _u(rng, 0.0, 2 * math.pi), _u(rng, 0.1, 0.3)]
-
-    # Eyes, brows.
-    p["eye_v"] = _u(rng, -0.22, -0.02)
-    p["eye_sep"] = _u(rng, 0.36, 0.46)
-    p["eye_half_width"] = _u(rng, 0.15, 0.2)
-    openness = _u(rng, 0.2, 0.4) if rng.random() < 0.1 else _u(rng, 0.55, 1.0)  # some nearly closed
-    p["eye_half_height"] = p["eye_half_width"] * _u(rng, 0.42, 0.58) * openness
-    p["eye_tilt"] = _u(rng, -0.12, 0.12)
-    p["iris"] = _colour(_IRIS_COLOURS[int(rng.integers(len(_IRIS_COLOURS)))] * rng.uniform(0.85, 1.15, 3))
-    p["iris_radius"] = _u(rng, 0.42, 0.55)  # of the eye half-width
-    p["gaze"] = [_u(rng, -0.3, 0.3), _u(rng, -0.15, 0.15)]
-    p["brow_gap"] = _u(rng, 0.15, 0.26)
-    p["brow_half_width"] = _u(rng, 1.05, 1.4)  # of the eye half-width
-    p["brow_thickness"] = _u(rng, 0.04, 0.085)
-    p["brow_arch"] = _u(rng, 0.0, 1.2)
-    p["brow_shift"] = _u(rng, -0.02, 0.06)
-    brow = np.array(p["hair_colour"]) * _u(rng, 0.55, 0.9)
-    if style == "bald" or hair_name in ("platinum", "grey", "dyed"):
-        brow = np.array([0.25, 0.17, 0.11]) * _u(rng, 0.5, 1.2)
-    p["brow_colour"] = _colour(brow)
-
-    # Nose, mouth, ears.
-    p["nose_length"] = _u(rng, 0.36, 0.5)
-    p["nose_half_width"] = _u(rng, 0.12, 0.19)
-    p["nose_protrusion"] = _u(rng, 0.15, 0.32)
-    p["mouth_gap"] = _u(rng, 0.2, 0.3)  # nose tip to mouth line
-    p["mouth_half_width"] = _u(rng, 0.22, 0.33)
-    p["upper_lip"] = _u(rng, 0.035, 0.07)
-    p["lower_lip"] = _u(rng, 0.045, 0.09)
-    p["smile"] = _u(rng, -0.03, 0.07)
-    p["mouth_open"] = _u(rng, 0.04, 0.13) if rng.random() < 0.3 else 0.0
-    p["teeth"] = bool(rng.random() < 0.7)
-    lipstick = rng.random() < 0.15
-    lips = (np.array([0.72, 0.12, 0.2]) * _u(rng, 0.7, 1.1)) if lipstick else (
-        np.array(p["skin"]) * np.array([0.92, 0.62, 0.62]) * _u(rng, 0.75, 0.95))
-    p["lip_colour"] = _colour(lips)
-    p["ear_v"] = p["eye_v"] + _u(rng, 0.06, 0.18)
-    p["ear_half_height"] = _u(rng, 0.2, 0.3)
-    p["ear_half_width"] = _u(rng, 0.1, 0.16)
-
-    # Accessories.
-    p["glasses"] = bool(rng.random() < 0.1)
-    p["sunglasses"] = bool(rng.random() < 0.35)
-    p["glasses_colour"] = _colour(rng.uniform(0.0, 0.5, 3))
-    p["hat"] = bool(style != "long" and rng.random() < 0.07)
-    p["hat_colour"] = _random_colour(rng, muted=False)
-    p["hat_brim"] = -B * _u(rng, 0.45, 0.7)
-    p["clothes_colour"] = _random_colour(rng, muted=rng.random() < 0.6)
-    p["clothes_stripes"] = [_u(rng, 0.0, 1.0) < 0.3, _u(rng, 6.0, 20.0), _u(rng, 0.0, 0.3)]
-    p["neck_half_width"] = _u(rng, 0.45, 0.6)
-
-    # Background: gradient, smooth texture, clutter cards, maybe an occluder in front of the face.
-    p["bg_colours"] = [_random_colour(rng, muted=True), _random_colour(rng, muted=True)]
-    p["bg_gradient_angle"] = _u(rng, 0.0, 2 * math.pi)
-    p["bg_waves"] = _waves(rng, 4, (1.5, 8.0), _u(rng, 0.0, 0.12))
-    p["bg_depth_m"] = _u(rng, 1.8, 1.9)  # +- the tilt: 1.7..2.0 m
-    p["bg_tilt_m"] = [_u(rng, -0.05, 0.05), _u(rng, -0.05, 0.05)]
-    clutter = []
-    for _ in range(int(rng.integers(0, 7))):
-        kind = ["disc", "rect", "stripe", "ring"][int(rng.integers(4))]
-        r = rng.random()
-        if r < 0.25:  # skin- and hair-like distractors keep colour alone from giving the classes away
-            colour = _colour(np.array(p["skin"]) * rng.uniform(0.85, 1.1, 3))
-        elif r < 0.4:
-            colour = _colour(np.array(p["hair_colour"]) * rng.uniform(0.85, 1.1, 3))
-        else:
-            colour = _random_colour(rng, muted=rng.random() < 0.5)
-        clutter.append({
-            "kind": kind,
-            "center_img": [_u(rng, -1.0, 1.0), _u(rng, -1.0, 1.0)],
-            "size_img": [_u(rng, 0.08, 0.5), _u(rng, 0.03, 0.4)],
-            "angle": _u(rng, 0.0, math.pi),
-            "colour": colour,
-            "depth_m": p["bg_depth_m"] - _u(rng, 0.03, 0.15),
-        })
-    p["clutter"] = clutter
-    occluder = None
-    if rng.random() < 0.12:
-        side = float(rng.choice([-1.0, 1.0]))
-        occluder = {  # head units, relative to the head centre (not rolled)
-            "offset": [side * _u(rng, 0.4, 1.4), _u(rng, -0.6, 1.4)],
-            "size": [_u(rng, 0.5, 1.2), _u(rng, 0.15, 0.45)],
-            "angle": _u(rng, -1.2, 1.2),
-            "colour": (_colour(np.array(p["skin"]) * rng.uniform(0.9, 1.05, 3)) if rng.random() < 0.4
-                       else _random_colour(rng, muted=False)),
-        }
-    p["occluder"] = occluder
-
-    # Lighting and camera noise.
-    theta, phi = _u(rng, 0.0, 1.05), _u(rng, 0.0, 2 * math.pi)
-    p["light_dir"] = [math.sin(theta) * math.cos(phi), math.sin(theta) * math.sin(phi), -math.cos(theta)]
-    p["ambient"] = _u(rng, 0.25, 0.5)
-    p["light_colour"] = _colour(1.0 + rng.uniform(-0.08, 0.08, 3))
-    p["noise_std"] = _u(rng, 0.004, 0.03)
-    p["noise_seed"] = int(rng.integers(2**31))
-    return p
 
 
 # ----------------------------------------------------------------------------------------------
@@ -885,80 +664,3 @@ def write_toy_labeled_set(
                                 depth=t.depth)
 
     return write_labeled_set(root, samples(), classes=CLASSES, keypoint_names=KEYPOINT_NAMES, depth_scale=depth_scale)
-
-
-# ----------------------------------------------------------------------------------------------
-# Looking at it: a grid of (image | labels + keypoints | depth), and a speed measurement.
-
-
-def make_grid(samples: Sequence[ToySample], *, zoom: int = 3, columns: int = 4) -> np.ndarray:
-    """A uint8 [H, W, 3] picture: per sample, image | segmentation overlay with keypoints | depth.
-
-    Visible keypoints are filled squares, occluded ones hollow, in KEYPOINT_COLOURS order.
-    """
-    tiles = []
-    for s in samples:
-        img = s.image.astype(np.float32)
-        overlay = 0.35 * img + 0.65 * CLASS_COLOURS[s.segmentation].astype(np.float32)
-        d = s.depth
-        near, far = float(d.min()), float(d.max())
-        grey = 255.0 * (far - d) / max(far - near, 1e-6)  # near = bright
-        row = [np.repeat(np.repeat(t, zoom, 0), zoom, 1) for t in (img, overlay, np.repeat(grey[..., None], 3, 2))]
-        over = row[1]
-        for (x, y, vis), col in zip(s.keypoints, KEYPOINT_COLOURS):
-            cx, cy = int(round((x + 0.5) * zoom - 0.5)), int(round((y + 0.5) * zoom - 0.5))
-            r = max(1, zoom // 2 + 1)
-            mark = over[max(cy - r, 0):cy + r + 1, max(cx - r, 0):cx + r + 1]  # a view: drawing on it draws on over
-            if vis >= 2:
-                mark[:] = col
-            else:
-                mark[[0, -1], :] = col
-                mark[:, [0, -1]] = col
-        gap = np.full((row[0].shape[0], 2, 3), 255.0, np.float32)
-        tiles.append(np.concatenate([row[0], gap, row[1], gap, row[2]], axis=1))
-    h, w = tiles[0].shape[:2]
-    rows = math.ceil(len(tiles) / columns)
-    pad = 6
-    canvas = np.full((rows * (h + pad), min(columns, len(tiles)) * (w + pad), 3), 255.0, np.float32)
-    for k, t in enumerate(tiles):
-        r, c = divmod(k, columns)
-        canvas[r * (h + pad): r * (h + pad) + h, c * (w + pad): c * (w + pad) + w] = t
-    return np.clip(canvas, 0, 255).astype(np.uint8)
-
-
-def _bench(size: int, n: int) -> dict[str, Any]:
-    render_face(0, size)  # warm the grid cache
-    wall, cpu = time.perf_counter(), time.process_time()
-    for s in range(n):
-        render_face(s, size)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    # CPU time is what one core costs; wall time also counts whatever else shares the machine.
-    return {"size": size, "supersample": 3, "n": n, "images_per_cpu_s": round(n / cpu, 1),
-            "images_per_wall_s": round(n / wall, 1), "ms_cpu_per_image": round(1000 * cpu / n, 3)}
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m handsoff_ray.toy.world", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bench", action="store_true", help="print images/s on one core as JSON")
-    ap.add_argument("--grid", metavar="PNG", type=Path, help="write a grid of samples to this PNG")
-    ap.add_argument("--n", metavar="N", type=int, default=None,
-                    help="samples in the grid (default 16) or renders to time (default 200)")
-    ap.add_argument("--size", metavar="PX", type=int, default=64, help="output size, 16..256 (default 64)")
-    ap.add_argument("--seed", metavar="S", type=int, default=0, help="first seed of the grid (default 0)")
-    ap.add_argument("--zoom", metavar="Z", type=int, default=3, help="grid upscaling (default 3)")
-    args = ap.parse_args(argv)
-    if not (args.bench or args.grid):
-        ap.error("pass --bench and/or --grid PNG")
-    if args.grid:
-        from PIL import Image
-
-        samples = [render_face(args.seed + k, args.size) for k in range(args.n or 16)]
-        args.grid.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(make_grid(samples, zoom=args.zoom)).save(args.grid)
-        print(json.dumps({"grid": str(args.grid), "n": len(samples), "size": args.size}))
-    if args.bench:
-        print(json.dumps(_bench(args.size, args.n or 200)))
-
-
-if __name__ == "__main__":
-    main()

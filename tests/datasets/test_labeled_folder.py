@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import handsoff_ray.datasets.labeled_folder as lf
 from handsoff_ray.datasets.labeled_folder import (
     LabeledSample,
     LabeledSetError,
@@ -20,6 +19,7 @@ from handsoff_ray.datasets.labeled_folder import (
     summarize,
     write_labeled_set,
 )
+from handsoff_ray.datasets.labeled_folder.samples import _MAX_PROBLEM_LINES
 
 CLASSES = ("background", "skin", "hair")
 NAMES = ("left_eye", "right_eye")
@@ -363,4 +363,4 @@ class TestValidation:
             p.unlink()
         lines = self._problems(root).splitlines()
         assert lines[0] == f"25 problems in {root}:"
-        assert len(lines) == 1 + lf._MAX_PROBLEM_LINES + 1 and lines[-1] == "  ... and 5 more"
+        assert len(lines) == 1 + _MAX_PROBLEM_LINES + 1 and lines[-1] == "  ... and 5 more"

@@ -23,7 +23,7 @@ from handsoff_ray.toy.quality import (
     save_feature_net,
     train_feature_net,
 )
-from handsoff_ray.toy.world import sample_params
+from handsoff_ray.toy.params import sample_params
 
 
 

@@ -10,15 +10,15 @@ from PIL import Image
 
 import handsoff_ray.toy.world as world
 from handsoff_ray.datasets.labeled_folder import open_labeled_set
+from handsoff_ray.toy.params import sample_params
 from handsoff_ray.toy.world import (
     CLASSES,
     KEYPOINT_NAMES,
-    make_grid,
     render_batch,
     render_face,
-    sample_params,
     write_toy_labeled_set,
 )
+from handsoff_ray.toy.world_cli import main, make_grid
 
 EYE, NOSE, MOUTH, HAIR, BG = (CLASSES.index(c) for c in ("eye", "nose", "mouth", "hair", "background"))
 KEYPOINT_PART = (EYE, EYE, NOSE, MOUTH, MOUTH)
@@ -202,7 +202,7 @@ class TestExport:
 
     def test_grid_and_cli(self, tmp_path, capsys):
         out = tmp_path / "grid.png"
-        world.main(["--grid", str(out), "--n", "2", "--size", "32", "--zoom", "2"])
+        main(["--grid", str(out), "--n", "2", "--size", "32", "--zoom", "2"])
         assert json.loads(capsys.readouterr().out)["grid"] == str(out)
         with Image.open(out) as im:
             assert im.size == (2 * (3 * 64 + 4 + 6), 64 + 6)  # two (image | labels | depth) tiles

@@ -26,7 +26,7 @@ __all__ = ["EvaluateStage", "load_synthetic", "load_real", "train_and_score"]
 
 def load_synthetic(store, spec: JobSpec, *, apply_filter: bool) -> tuple[object, dict]:
     """All synthetic pairs of the run as DownstreamData (optionally uncertainty-filtered), and the schema meta."""
-    from handsoff_ray.evaluation.downstream import DownstreamData
+    from handsoff_ray.evaluation import DownstreamData
     from handsoff_ray.pipeline.layout import DATASET_FILES
     from handsoff_ray.pipeline.reader import SyntheticDataset
 
@@ -54,7 +54,7 @@ def load_real(path: str | None, size: tuple[int, int], tasks: list[str], *, ids:
     format/classes/split read a public layout (handsoff_ray/datasets/) in one of its class maps;
     format toy renders the toy faces of `seeds` at `size` (path unused).
     """
-    from handsoff_ray.evaluation.downstream import DownstreamData
+    from handsoff_ray.evaluation import DownstreamData
     from handsoff_ray.core.inversion import prepare_images
     from handsoff_ray.datasets.labeled_folder import open_labeled_set
     from handsoff_ray.pipeline.labeled import align_labels
@@ -83,7 +83,7 @@ def load_real(path: str | None, size: tuple[int, int], tasks: list[str], *, ids:
 def train_and_score(train, test, spec: JobSpec, *, num_classes: int, num_keypoints: int, depth: bool,
                     device: str = "cpu", label: str = "evaluate") -> dict:
     """Fit one downstream network on `train` and score it on `test`; progress of its steps under `label`."""
-    from handsoff_ray.evaluation.downstream import build_downstream, evaluate_downstream, train_downstream
+    from handsoff_ray.evaluation import build_downstream, evaluate_downstream, train_downstream
     from handsoff_ray.pipeline.progress import stage_progress
 
     ev = spec.evaluation

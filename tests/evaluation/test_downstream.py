@@ -9,17 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from handsoff_ray.evaluation.downstream import (
+from handsoff_ray.evaluation import (
     DownstreamData,
     DownstreamNet,
-    _flip,
-    _losses,
     build_downstream,
     evaluate_downstream,
     images_to_input,
     predict_downstream,
     train_downstream,
 )
+from handsoff_ray.evaluation.train import _flip, _losses
 from handsoff_ray.core.label_generator import render_heatmaps
 from handsoff_ray.core.metrics import SegmentationMeter, depth_errors, miou, pck
 from handsoff_ray.toy.world import render_batch

@@ -1,0 +1,24 @@
+"""The toy world's faces as a generator sees real data: `[N, 3, R, R]` float tensors in [-1, 1].
+
+train_gan.py trains on them and quality.py measures KID against them; both import this module, so
+neither imports the other for it.
+
+Tests: `python -m pytest -q tests/toy/test_train_gan.py tests/toy/test_quality.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from handsoff_ray.toy.world import render_batch
+
+__all__ = ["real_images"]
+
+
+def real_images(seeds: Sequence[int] | np.ndarray, resolution: int) -> torch.Tensor:
+    """Toy-world images for these seeds as [N, 3, R, R] floats in [-1, 1]."""
+    imgs = render_batch([int(s) for s in seeds], size=resolution).images  # [N, R, R, 3] uint8
+    return torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
