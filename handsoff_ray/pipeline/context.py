@@ -48,11 +48,13 @@ def apply_torch_threads(spec: JobSpec) -> None:
 
 
 def resolve_device(spec: JobSpec) -> torch.device:
-    if spec.generator.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.generator.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("generator.device is 'cuda' but no CUDA device is visible; set generator.device: auto")
-    return torch.device(spec.generator.device)
+    """generator.device as a torch device; UserError naming the field when it names a missing CUDA."""
+    from handsoff_ray.core.device import resolve_device as resolve
+
+    try:
+        return resolve(spec.generator.device)
+    except ValueError:
+        raise UserError("generator.device is 'cuda' but no CUDA device is visible; set generator.device: auto") from None
 
 
 @dataclass
@@ -158,11 +160,12 @@ def _cached_checkpoint(uri: str, endpoint_url: str | None, region: str | None) -
     folder = os.path.join(tempfile.gettempdir(), "handsoff-checkpoints")
     local = os.path.join(folder, f"{hashlib.sha256(key.encode()).hexdigest()[:16]}_{inner.rsplit('/', 1)[-1]}")
     if not (os.path.isfile(local) and os.path.getsize(local) == info.size):
+        from handsoff_ray.core._files import atomic_write
+
         os.makedirs(folder, exist_ok=True)
-        partial = f"{local}.{os.getpid()}.part"  # concurrent actors each write their own, then rename
-        with fs.open_input_stream(inner) as src, open(partial, "wb") as dst:
+        # Concurrent actors each write their own temporary, then rename: a reader never sees half a file.
+        with fs.open_input_stream(inner) as src, atomic_write(local) as dst:
             shutil.copyfileobj(src, dst, 8 << 20)
-        os.replace(partial, local)
     return local
 
 
