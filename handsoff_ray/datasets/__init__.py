@@ -1,4 +1,4 @@
-"""Labeled data on disk: the labeled-set folder format (labeled_folder.py) and readers of the paper's
+"""Labeled data on disk: the labeled-set folder format (labeled_folder/) and readers of the paper's
 public datasets in their own layouts (celebamask.py, car_parts.py, deepfashion.py, toy.py;
 they share _common.py) and public.py, which detects a folder's format and dispatches to its reader."""
 
