@@ -76,13 +76,15 @@ def detect_format(path: str | os.PathLike) -> str:
         raise CheckpointError(f"{path} is truncated or corrupt: the file is empty")
     if head.startswith(b"PK\x03\x04"):
         return "rosinality"
+    # safetensors first: its first 8 bytes are the header length, whose low byte may well be 0x80 (the
+    # pickle PROTO opcode), so "starts with 0x80" alone would call a safetensors file a pickle.
+    if len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] <= size:
+        return "safetensors"
     if head[:1] == b"\x80" and len(head) >= 14 and head[2] == 0x8A and head[3] == 10:
         if int.from_bytes(head[4:14], "little") == _TORCH_LEGACY_MAGIC:
             return "rosinality"
     if head[:1] == b"\x80":
         return "nvlabs"
-    if len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] <= size:
-        return "safetensors"
     if len(head) >= 9 and head[8:9] == b"{":
         raise CheckpointError(f"{path} is truncated or corrupt: its safetensors header runs past the end of the file")
     raise CheckpointError(

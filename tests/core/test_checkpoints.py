@@ -71,6 +71,18 @@ class TestFormatsAgree:
                 img = G(z, truncation_psi=psi, noise_mode="const")
             assert (img - ref).abs().max().item() < 1e-4, fmt
 
+    def test_safetensors_whose_header_length_starts_with_the_pickle_opcode(self, tmp_path, files):
+        """The header length's low byte may be 0x80 (pickle's PROTO opcode): still a safetensors file."""
+        G = load_generator(files["safetensors"])
+        for pad in range(256):  # provenance of growing length until the header length's low byte is 0x80
+            path = save_generator(G, tmp_path / "g.safetensors", metadata={"pad": "x" * pad})
+            if path.read_bytes()[0] == 0x80:
+                break
+        else:
+            pytest.fail("no padding gave a header length with low byte 0x80")
+        assert detect_format(path) == "safetensors"
+        assert load_generator(path).metadata["pad"] == "x" * pad
+
     def test_nvlabs_conv_clamp_is_applied(self, tmp_path, weights):
         sd, latent_avg, nv = weights
         G = load_generator(write_nvlabs_pkl(tmp_path / "clamp.pkl", nv, ARCH, conv_clamp=0.5, num_fp16_res=2))
