@@ -123,10 +123,33 @@ class TestCheckpointCommands:
 
 
 class TestDataCheck:
-    def test_summary(self, runner, toy_labeled_path):
+    def test_summary_counts_what_the_renderer_drew(self, runner, toy_labeled_path):
+        """The YAML summary of the six toy faces matches counts taken from the renderer itself."""
+        import numpy as np
+
+        from handsoff_ray.toy.world import CLASSES, KEYPOINT_NAMES, render_face
+
         res = runner.invoke(main, ["data", "check", toy_labeled_path])
         assert res.exit_code == 0, res.output
-        assert "6" in res.output
+        summary = yaml.safe_load(res.output)
+        assert {k: summary[k] for k in ("format", "root", "images", "image_size", "tasks")} == {
+            "format": "folder", "root": toy_labeled_path, "images": 6, "image_size": [32, 32],
+            "tasks": ["segmentation", "keypoints", "depth"]}
+        faces = [render_face(seed, 32) for seed in range(6)]
+        seg = summary["segmentation"]
+        assert seg["classes"] == list(CLASSES)
+        assert seg["images_with_class"] == {
+            c: sum(bool((f.segmentation == k).any()) for f in faces) for k, c in enumerate(CLASSES)}
+        assert sum(seg["pixel_fraction"].values()) == pytest.approx(1, abs=1e-5)
+        visibility = summary["keypoints"]["visibility"]
+        assert list(visibility) == list(KEYPOINT_NAMES)
+        for j, name in enumerate(KEYPOINT_NAMES):
+            flags = [int(f.keypoints[j, 2]) for f in faces]
+            assert visibility[name] == {"unlabeled": flags.count(0), "occluded": flags.count(1),
+                                        "visible": flags.count(2)}, name
+        depth = np.concatenate([f.depth.ravel() for f in faces])
+        assert summary["depth"]["min"] == pytest.approx(depth.min(), abs=1e-3)
+        assert summary["depth"]["max"] == pytest.approx(depth.max(), abs=1e-3)
 
     def test_problems_listed(self, runner, toy_labeled_path, tmp_path):
         import shutil

@@ -69,16 +69,22 @@ def test_prometheus_reads_handsoff_series_and_recording_rules(stack):
     base = stack
     samples = wait_for(lambda: query(base, 'handsoff_samples_written_total{job="handsoff-driver", run_id="live"}'),
                        30, "the driver's samples counter")
-    assert float(samples[0]["value"][1]) > 0
+    assert float(samples[0]["value"][1]) % 10 == 0 and float(samples[0]["value"][1]) > 0  # 10 pairs per step
     planned = wait_for(lambda: query(base, 'handsoff:shards_planned:max{run_id="live"}'), 30, "shards planned")
     assert float(planned[0]["value"][1]) == 4
+    # The driver commits 3 of its 4 planned shards (steps 3, 7 and 11) and then no more: progress settles at 3/4.
+    progress = wait_for(lambda: query(base, 'handsoff:progress:ratio{run_id="live"} == 0.75'), 30,
+                        "progress of 3 committed / 4 planned shards")
+    assert [r["metric"] for r in progress] == [{"__name__": "handsoff:progress:ratio", "run_id": "live"}]
+    committed = query(base, 'handsoff:shards_committed:sum{run_id="live"}')
+    assert [float(r["value"][1]) for r in committed] == [3]
+    # The rule group that saw step 11's shard saw at least 120 pairs written, so a rule recording the counter instead
+    # of its rate would read >= 120 from here on; the driver writes at most 40 pairs/s (10 per step of >= 0.25 s).
     rate = wait_for(lambda: [r for r in query(base, 'handsoff:samples_written:rate5m{run_id="live"}')
                              if float(r["value"][1]) > 0], 30, "a positive pairs/s recording rule")
-    # Only seconds of a 5-minute window exist yet, so rate() reports far below the true 40 pairs/s: only > 0 holds.
-    assert float(rate[0]["value"][1]) > 0
-    progress = wait_for(lambda: [r for r in query(base, 'handsoff:progress:ratio{run_id="live"}')
-                                 if float(r["value"][1]) > 0], 30, "progress from committed / planned")
-    assert 0 < float(progress[0]["value"][1]) <= 1
+    assert float(rate[0]["value"][1]) < 40
+    # One series per run: the rule sums the driver's series over job and instance, keeping namespace and run_id only.
+    assert [r["metric"] for r in rate] == [{"__name__": "handsoff:samples_written:rate5m", "run_id": "live"}]
     p50 = wait_for(lambda: query(base, 'handsoff:sample_uncertainty:p50_15m{run_id="live", task="segmentation"}'),
                    30, "the uncertainty quantile")
     assert 0.001 <= float(p50[0]["value"][1]) <= 0.03

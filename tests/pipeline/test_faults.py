@@ -1,8 +1,10 @@
 """Faults with real components: a synthesis actor killed with SIGKILL, an interrupted driver, an S3 outage.
 
 Each test synthesises a larger dataset (hundreds of 16x16 pairs in 20 shards) from a copy of the
-package's finished run, so the fault lands while the run is going, and compares the result with an
-undisturbed in-process run of the same spec: every sample id exactly once, byte-identical shards.
+package's finished run and compares the result with an undisturbed in-process run of the same spec: every
+sample id exactly once, byte-identical shards. The faults land at known points, not after a sleep: the Ray
+tests hold the actors' commits after the first few shards (commit_gate/sitecustomize.py) and fault the run
+while every actor waits mid-commit; the outage tests cut the store before the run or after its third shard.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -29,6 +32,7 @@ from tests.pipeline.runs import copy_run, make_spec
 from tests.support import wait_for
 
 BIG = {"num_samples": 600, "shard_size": 30, "batch_size": 2}  # 20 shards, ~0.3 s each on one thread
+FREE_COMMITS = 3  # shards the gated Ray actors commit before each stops mid-commit
 
 
 def _fresh_dataset(spec):
@@ -60,6 +64,37 @@ def _assert_complete(store, reference):
         assert sorted(os.listdir(store.path("dataset/data"))) == sorted(reference)  # no hidden leftovers either
 
 
+@pytest.fixture
+def commit_gate(tmp_path):
+    """(gate folder, environment): Ray workers started with this environment commit FREE_COMMITS shards between
+    them, then each holds its next shard, written to a hidden temporary file, until gate/hold is deleted."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (gate / "hold").touch()
+    env = {"HANDSOFF_TEST_COMMIT_GATE": str(gate), "HANDSOFF_TEST_FREE_COMMITS": str(FREE_COMMITS),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "commit_gate"), os.environ.get("PYTHONPATH", "")])}
+    yield gate, env
+    (gate / "hold").unlink(missing_ok=True)  # no worker is left waiting, whatever the test did
+
+
+def _held(gate: Path) -> list[int]:
+    """Pids of the actors waiting mid-commit."""
+    return sorted(int(p.name.removeprefix("held-")) for p in gate.glob("held-*"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def _files(folder: str) -> tuple[list[str], list[str]]:
+    """(committed shard names, hidden temporaries) in a local dataset folder."""
+    names = sorted(os.listdir(folder))
+    return [n for n in names if n.endswith(".parquet")], [n for n in names if n.startswith(".part-")]
+
+
 class _VisibleShardWatcher(threading.Thread):
     """Reads every visible part-*.parquet while a run goes on; records any that is not a whole shard."""
 
@@ -83,47 +118,49 @@ class _VisibleShardWatcher(threading.Thread):
 
 
 @pytest.mark.ray
-def test_killed_synthesis_actor_is_replaced_and_no_partial_shard_is_visible(finished, tmp_path, reference):
+def test_killed_synthesis_actor_is_replaced_and_no_partial_shard_is_visible(finished, tmp_path, reference,
+                                                                             commit_gate, monkeypatch):
     import ray
-    from ray.util.state import list_actors
 
     from handsoff_ray.pipeline.run import run_stage
 
+    gate, gate_env = commit_gate
+    for k, v in gate_env.items():  # the Ray workers started below inherit this process's environment
+        monkeypatch.setenv(k, v)
     spec = _fresh_dataset(copy_run(finished, tmp_path, synthesis=BIG,
                                    resources={"engine": "ray", "synthesis_actors": 2, "torch_threads": 1}))
     store = open_run(spec)
     data = store.path("dataset/data")
     watcher = _VisibleShardWatcher(data)
     watcher.start()
-    # The state API (to find the actors' pids) needs the dashboard; its address is passed explicitly,
-    # since other Ray instances may run on this machine.
-    ctx = ray.init(address="local", num_cpus=2, include_dashboard=True, object_store_memory=256 * 2**20)
+    # address="local": a private Ray, never one another `ray start` left on this machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20)
     result, errors = {}, []
-    driver = threading.Thread(target=_capture, args=(lambda s: run_stage(s, "synthesize", engine="ray"), spec, result, errors))
+    driver = threading.Thread(target=_capture, args=(_synthesize_on("ray"), spec, result, errors))
     try:
         driver.start()
-        wait_for(lambda: os.path.isdir(data) and any(n.endswith(".parquet") for n in os.listdir(data)), 120,
-                  "the first committed shard")
-        workers = [a for a in list_actors(address=f"http://{ctx.dashboard_url}",
-                                                filters=[("state", "=", "ALIVE")]) if "MapWorker" in a.class_name]
-        assert workers, "no Ray Data actor alive while shards were being written"
-        victim = workers[0].pid
-        os.kill(victim, signal.SIGKILL)
-        committed_at_kill = len([n for n in os.listdir(data) if n.endswith(".parquet")])
+        held = wait_for(lambda: len(_held(gate)) == 2 and _held(gate), 180, "both actors to hold a shard mid-commit")
+        committed, temporaries = _files(data)
+        # The kill lands mid-shard for certain: the victim has written its shard to a hidden temporary file.
+        assert len(committed) == FREE_COMMITS and len(temporaries) == 2, (committed, temporaries)
+        os.kill(held[0], signal.SIGKILL)
+        (gate / "hold").unlink()
         driver.join(timeout=300)
         assert not driver.is_alive(), "the run did not finish after an actor was killed"
     finally:
         watcher.stop.set()
         ray.shutdown()
     assert not errors, errors
-    assert committed_at_kill < 20, "the run ended before the kill; the test did not exercise a fault"
+    assert result["shards_written_now"] == 20
     assert watcher.bad == [], watcher.bad
-    _assert_complete(store, reference)
+    _assert_complete(store, reference)  # the victim's shard redone, its temporary file swept
 
 
 @pytest.mark.ray
-def test_interrupted_driver_resumes_writing_only_missing_shards(finished, tmp_path, reference):
-    """Ctrl-C to `python -m handsoff_ray run` (engine ray), then the same command again."""
+def test_interrupted_driver_resumes_writing_only_missing_shards(finished, tmp_path, reference, commit_gate):
+    """Ctrl-C to `python -m handsoff_ray run` (engine ray) while its actors are mid-commit, then the same
+    command again."""
+    gate, gate_env = commit_gate
     spec = _fresh_dataset(copy_run(finished, tmp_path, synthesis=BIG,
                                    resources={"engine": "ray", "synthesis_actors": 2, "torch_threads": 1}))
     spec_file = tmp_path / "spec.yaml"
@@ -132,25 +169,26 @@ def test_interrupted_driver_resumes_writing_only_missing_shards(finished, tmp_pa
     data = store.path("dataset/data")
     cmd = [sys.executable, "-m", "handsoff_ray", "run", str(spec_file), "--stages", "synthesize"]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, env={**env, **gate_env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for(lambda: os.path.isdir(data) and any(n.endswith(".parquet") for n in os.listdir(data)), 180,
-                  "the first committed shard")
+        held = wait_for(lambda: len(_held(gate)) == 2 and _held(gate), 180, "both actors to hold a shard mid-commit")
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode != 0, out[-2000:]
+    # The driver's Ray goes with it: no actor of the first run is left to commit its held shard later.
+    wait_for(lambda: not any(_alive(pid) for pid in held), 60, "the interrupted run's actors to exit")
     before = _shards(store)
-    assert 0 < len(before) < 20, f"{len(before)} shards after the interrupt; the test did not interrupt mid-run"
+    assert len(before) == FREE_COMMITS, sorted(before)
     assert not store.exists("dataset/_SUCCESS")
     assert all(reference[n] == b for n, b in before.items())  # what was committed is whole and final
 
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     summary = [json.loads(line) for line in rerun.stdout.splitlines() if line.startswith('{"stage"')]
-    assert summary and summary[-1]["shards_written_now"] == 20 - len(before), rerun.stdout[-2000:]
+    assert summary and summary[-1]["shards_written_now"] == 20 - FREE_COMMITS, rerun.stdout[-2000:]
     _assert_complete(store, reference)
 
 
@@ -258,10 +296,11 @@ class TestObjectStoreOutage:
         retries_before = retries()
         outage.cut()
         result, errors = {}, []
-        runner = threading.Thread(target=lambda: _capture(lambda s: run_stage(s, "synthesize", engine="local"), spec, result,
-                                                          errors))
+        runner = threading.Thread(target=lambda: _capture(_synthesize_on("local"), spec, result, errors))
         runner.start()
-        time.sleep(3)  # the run is stuck in its retries: the store is gone for 3 s
+        # The store comes back once the run is riding out the outage (a retry counted), well within its 60 s budget.
+        wait_for(lambda: retries() > retries_before, 30, "the run to retry against the cut store")
+        assert runner.is_alive() and not result
         outage.restore()
         runner.join(timeout=300)
         assert not runner.is_alive() and not errors, errors
@@ -293,6 +332,10 @@ class TestObjectStoreOutage:
         assert all(reference[n] == b for n, b in committed.items()) and not store.exists("dataset/_SUCCESS")
         assert run_stage(spec, "synthesize", engine="local")["shards_written_now"] == 17
         _assert_complete(store, reference)
+
+
+def _synthesize_on(engine: str):
+    return lambda spec: run_stage(spec, "synthesize", engine=engine)
 
 
 def _capture(fn, spec, result: dict, errors: list) -> None:
