@@ -463,6 +463,9 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+_LEGACY_HASHED_READER = {"filter_portion": 0.1, "drop_most_certain": 30}
+
+
 def spec_hash(spec: JobSpec, *, sections: tuple[str, ...] | None = None) -> str:
     """A short stable hash of what the spec computes (resources and storage location excluded).
 
@@ -470,6 +473,9 @@ def spec_hash(spec: JobSpec, *, sections: tuple[str, ...] | None = None) -> str:
     count does not invalidate finished inversions.
     """
     dumped = spec.model_dump(mode="json", exclude={"resources", "storage"})
+    # reader.* used to sit in synthesis.uncertainty; hashing the reference values there keeps the hash, and so
+    # the bytes, of every dataset synthesized before the move (reader policy itself is in no dataset hash).
+    dumped["synthesis"]["uncertainty"].update(_LEGACY_HASHED_READER)
     # evaluation and the reader policy change no dataset: only the evaluate stage's own hash (sections
     # naming them) covers them
     dumped = {k: v for k, v in dumped.items() if k in sections} if sections is not None else \

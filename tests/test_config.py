@@ -1,5 +1,7 @@
 """The job spec: defaults that run, dotted-path errors, ranges, hashing."""
 
+from pathlib import Path
+
 import pytest
 
 from handsoff_ray.config import JobSpec, SpecError, load_spec, parse_spec, spec_hash
@@ -94,6 +96,17 @@ class TestHash:
 
     def test_what_is_computed_changes_the_hash(self):
         assert spec_hash(parse_spec({})) != spec_hash(parse_spec({"seed": 1}))
+
+    def test_stage_hashes_are_those_of_earlier_versions(self):
+        """Pinned: a changed hash refuses every existing run's outputs ("holds output of another spec") and
+        changes every shard's bytes (the spec_hash column). Values from before reader.* left synthesis."""
+        from handsoff_ray.pipeline.plan import stage_hash
+
+        toy = load_spec(Path(__file__).parents[1] / "jobs/specs/toy.yaml")
+        for spec, expected in ((parse_spec({}), ["41a7d2b5b7e3215e", "8978c2102fba79b4", "c0e70f9ec7c45ba4"]),
+                               (toy, ["b82f1e9b5f9dacfb", "112098439e467547", "cc7b753d7f9ac0d2"])):
+            assert [stage_hash(spec, s) for s in ("invert", "fit", "synthesize")] == expected
+        assert spec_hash(parse_spec({})) == "20113b07732b3640"
 
     def test_section_hash_ignores_other_sections(self):
         a, b = parse_spec({}), parse_spec({"synthesis": {"num_samples": 5}})
