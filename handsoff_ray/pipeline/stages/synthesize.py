@@ -97,7 +97,8 @@ def _meta(ctx: RunContext) -> dict:
     """The schema meta of the pairs: what fit recorded about the data (fit.json), never the labeled set."""
     from handsoff_ray.pipeline.stages.fit import data_facts
 
-    facts = (ctx.store.read_json(RUN.fit_summary) or {}).get("data") or data_facts(ctx)  # or: fitted before fit.json had them
+    facts = (ctx.store.read_json(RUN.fit_summary) or {}).get("data")
+    facts = facts or data_facts(ctx)  # a run fitted before fit.json recorded them
     # In this key order: the Parquet schema metadata, and so every shard's bytes, depend on it.
     return {k: facts[k] for k in ("classes", "keypoint_names", "depth_scale", "image_size")}
 
