@@ -13,6 +13,10 @@ Three measurements on the demo's own run (its 16 inverted latents, its label gen
   toy generator at truncation 0.5 / 0.7 / 1.0, next to the frequencies in the real labeled images. When
   the label generator separates a class on inverted real images but almost never finds it in samples,
   the samples do not draw that part the way real images do: generator quality.
+- `prior`: with --prior-taus, the `fit` and `samples` measurements again after a post-hoc logit
+  adjustment of the segmentation outputs, logits + tau * log(class frequency in the 16 labeled images):
+  a class-balanced fit learns as if every class were equally likely, which over-paints rare small parts
+  in samples; tau 1 is the Bayes correction back to the labeled images' prior, tau 0 is none.
 With --json only the JSON goes to stdout; progress goes to stderr.
 """
 
@@ -39,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=64, metavar="N", help="fresh samples per truncation")
     p.add_argument("--psis", default="0.5,0.7,1.0", metavar="LIST", help="truncations to sample at (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, metavar="T", help="torch threads (default: 2)")
+    p.add_argument("--prior-taus", default="", metavar="LIST",
+                   help="logit-adjustment strengths to measure (e.g. 0.5,1); none by default")
     return p.parse_args(argv)
 
 
@@ -102,6 +108,8 @@ def main(argv=None) -> dict:
     else:
         log("no refit (--refit-members 0): fresh samples are labelled by the demo's own label generator")
     _sample_frequencies(args, spec, G, lg2, labeled, ids, result)
+    if args.prior_taus:
+        _prior_adjusted(args, spec, G, lg2, store, labeled, ids, result)
     print(json.dumps(result, indent=None if args.json else 2))
     return result
 
@@ -148,6 +156,40 @@ def _sample_frequencies(args, spec, G, lg2, labeled, ids, result) -> None:
             result["class_frequency"][f"samples_psi_{psi}"] = np.round(c / c.sum(), 4).tolist()
             ratio = (c / c.sum()) / np.maximum(real / real.sum(), 1e-12)
             result["class_frequency"][f"samples_over_real_psi_{psi}"] = np.round(ratio, 3).tolist()
+
+
+class _PriorAdjusted:
+    """A label generator whose segmentation logits are shifted by `shift` [K] (everything else delegated)."""
+
+    def __init__(self, lg, shift: torch.Tensor):
+        self.lg, self.shift = lg, shift
+
+    def predict(self, features, **kw):
+        out = self.lg.predict(features, **kw)
+        return {**out, "segmentation": out["segmentation"] + self.shift.view(1, 1, -1, 1, 1)}
+
+    def __getattr__(self, name):
+        return getattr(self.lg, name)
+
+
+def _prior_adjusted(args, spec, G, lg, store, labeled, ids, result) -> None:
+    from handsoff_ray.core.pairs import synthesize
+
+    k = len(labeled.classes)
+    counts = np.bincount(labeled.load_all(ids).segmentation.reshape(-1), minlength=k)[:k]
+    log_prior = torch.log(torch.from_numpy(np.maximum(counts, 1) / counts.sum()).float())
+    real = np.asarray(result["class_frequency"][f"real_{args.samples}_faces"])
+    psi = float(args.psis.split(",")[0])
+    result["prior"] = {"psi": psi}
+    for tau in [float(x) for x in args.prior_taus.split(",")]:
+        log(f"logit adjustment tau {tau}")
+        adj = _PriorAdjusted(lg, tau * (log_prior - log_prior.mean()))
+        entry = on_training_images(G, adj, store, labeled, ids)
+        with torch.no_grad():
+            pairs = synthesize(G, adj, sample_ids=range(args.samples), run_seed=spec.seed, truncation_psi=psi)
+        c = np.bincount(pairs.labels["segmentation"].reshape(-1), minlength=k)
+        entry["samples_over_real"] = np.round((c / c.sum()) / np.maximum(real, 1e-12), 3).tolist()
+        result["prior"][f"tau_{tau}"] = entry
 
 
 if __name__ == "__main__":
