@@ -260,6 +260,9 @@ class SynthesisSpec(_Section):
     truncation_psi: float = Field(0.7, ge=0, le=2)  # reference: 0.7, W broadcast to all layers
     store_latent: bool = False
     uncertainty: UncertaintySpec = UncertaintySpec()
+    # Logit adjustment of the segmentation towards the labeled images' class prior: a class-balanced fit
+    # over-paints rare parts on samples; 0 = none, 1 = the full Bayes correction (benchmarks/README.md).
+    prior_tau: float = Field(0.0, ge=0, le=2, description="Segmentation logit adjustment strength (0 = none).")
 
 
 class S3Spec(_Section):
@@ -464,6 +467,7 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 _LEGACY_HASHED_READER = {"filter_portion": 0.1, "drop_most_certain": 30}
+_HASHED_WHEN_SET = {"prior_tau": 0.0}
 
 
 def spec_hash(spec: JobSpec, *, sections: tuple[str, ...] | None = None) -> str:
@@ -476,6 +480,10 @@ def spec_hash(spec: JobSpec, *, sections: tuple[str, ...] | None = None) -> str:
     # reader.* used to sit in synthesis.uncertainty; hashing the reference values there keeps the hash, and so
     # the bytes, of every dataset synthesized before the move (reader policy itself is in no dataset hash).
     dumped["synthesis"]["uncertainty"].update(_LEGACY_HASHED_READER)
+    # Fields added since hashes were first pinned count only when set, so existing runs keep their hashes.
+    for key, default in _HASHED_WHEN_SET.items():
+        if dumped["synthesis"].get(key) == default:
+            del dumped["synthesis"][key]
     # evaluation and the reader policy change no dataset: only the evaluate stage's own hash (sections
     # naming them) covers them
     dumped = {k: v for k, v in dumped.items() if k in sections} if sections is not None else \

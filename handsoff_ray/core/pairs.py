@@ -25,7 +25,7 @@ from handsoff_ray.core.inversion import resize_antialiased
 from handsoff_ray.core.stylegan2 import Generator, z_from_seeds
 from handsoff_ray.core.uncertainty import image_scores, pixel_uncertainty
 
-__all__ = ["SyntheticPairs", "content_rows", "sample_seed", "synthesize"]
+__all__ = ["SyntheticPairs", "class_prior_shift", "content_rows", "sample_seed", "synthesize"]
 
 
 def content_rows(crop_rows: tuple[int, int], canvas_height: int, out_height: int) -> slice:
@@ -38,6 +38,15 @@ def content_rows(crop_rows: tuple[int, int], canvas_height: int, out_height: int
         raise ValueError(f"crop_rows {tuple(crop_rows)} of a {canvas_height}-row canvas do not fall on whole rows "
                          f"of the {out_height}-row label map; choose a feature_resolution that divides them")
     return slice(r0 * out_height // canvas_height, r1 * out_height // canvas_height)
+
+
+def class_prior_shift(class_pixels, tau: float) -> torch.Tensor:
+    """tau * log(class frequency), centred: the logit adjustment (Menon et al., ICLR 2021) that moves a
+    class-balanced fit, which learns as if every class were equally likely, towards the labeled images'
+    class prior. tau 1 is the full Bayes correction; benchmarks/README.md measures tau on the toy demo."""
+    counts = torch.as_tensor(class_pixels, dtype=torch.float64).clamp_min(1)
+    log_prior = torch.log(counts / counts.sum())
+    return (tau * (log_prior - log_prior.mean())).float()
 
 
 def sample_seed(run_seed: int, sample_id: int) -> int:
@@ -69,8 +78,12 @@ def synthesize(
     return_maps: bool = False,
     return_latents: bool = False,
     crop_rows: tuple[int, int] | None = None,
+    logit_shift: torch.Tensor | None = None,
 ) -> SyntheticPairs:
     """Generate one batch of pairs; the batch size is len(sample_ids).
+
+    logit_shift: `[K]` added to every member's segmentation logits before the vote and the uncertainty
+    (`class_prior_shift`: a logit adjustment towards the labeled images' class prior).
 
     crop_rows: (start, stop) content rows of the generator canvas (LSUN-car 512: (64, 448)); images,
     labels and uncertainty then cover only those rows (at the label generator's scale), so the pairs
@@ -92,6 +105,8 @@ def synthesize(
     images = img.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
     outputs = label_generator.predict(feats)  # {task: [E, N, K, H, W]}
+    if logit_shift is not None and "segmentation" in outputs:
+        outputs["segmentation"] = outputs["segmentation"] + logit_shift.to(outputs["segmentation"]).view(1, 1, -1, 1, 1)
     if crop_rows is not None:
         outputs = {task: out[..., rows, :] for task, out in outputs.items()}  # -> [E, N, K, content rows, W]
     labels, scores, maps = {}, {}, {}

@@ -142,6 +142,38 @@ class TestLoadsOnce:
         assert [r["skipped"] for r in results] == [False, False, False]
         assert len(loads) == 1 and len(opens) == 1
 
+    def test_prior_tau_moves_labels_towards_the_labeled_images_class_prior(self, finished, tmp_path):
+        import numpy as np
+
+        from handsoff_ray.pipeline.plan import stage_hash
+
+        spec = _copy_of(finished, tmp_path, synthesis={"num_samples": 10, "shard_size": 4, "batch_size": 3,
+                                                         "prior_tau": 2.0})
+        assert stage_hash(spec, "synthesize") != stage_hash(finished[0], "synthesize")  # another dataset
+        shutil.rmtree(open_run(spec).path("dataset"))
+        run_stage(spec, "synthesize", engine="local")
+
+        def shares(s):
+            shards = open_run(s).read_json("dataset/_manifest.json")["shards"].values()
+            total = np.sum([e["class_pixels"] for e in shards], axis=0)
+            return total / total.sum()
+
+        prior = np.asarray(open_run(spec).read_json("label_generator/fit.json")["data"]["class_pixels"])
+        commonest = int(prior.argmax())
+        before, after = shares(finished[0]), shares(spec)
+        assert after[commonest] > before[commonest]  # the commonest class gains pixels from the rare ones
+
+    def test_class_prior_shift_is_a_centred_scaled_log_prior(self):
+        import numpy as np
+        import torch
+
+        from handsoff_ray.core.pairs import class_prior_shift
+
+        shift = class_prior_shift([600, 300, 100, 0], 0.5)
+        assert abs(float(shift.sum())) < 1e-5 and int(shift.argmax()) == 0 and int(shift.argmin()) == 3
+        assert torch.allclose(shift[0] - shift[1], torch.tensor(0.5 * np.log(2.0)).float())
+        assert torch.count_nonzero(class_prior_shift([600, 300, 100, 0], 0.0)) == 0
+
     def test_synthesis_decodes_no_labeled_image(self, finished, tmp_path, monkeypatch):
         import handsoff_ray.pipeline.labeled as labeled
 
@@ -153,7 +185,8 @@ class TestLoadsOnce:
         monkeypatch.setattr(labeled, "open_spec_labeled_set", refuse)
         assert run_stage(spec, "synthesize", engine="local")["shards_written_now"] == 3
         manifest = open_run(spec).read_json("dataset/_manifest.json")
-        assert manifest["meta"] == open_run(spec).read_json("label_generator/fit.json")["data"]
+        facts = open_run(spec).read_json("label_generator/fit.json")["data"]
+        assert manifest["meta"] == {k: facts[k] for k in manifest["meta"]}
         assert manifest["meta"]["classes"] and manifest["meta"]["keypoint_names"]
 
 

@@ -102,13 +102,19 @@ class FitStage(Stage):
 def data_facts(ctx: RunContext) -> dict:
     """What the rest of the run needs to know about the labeled data, recorded once in fit.json: class and
     keypoint names, depth scale, and the size of a synthetic pair (the content rows when crop_rows is set)."""
-    labeled, _ = ctx.labeled()
+    labeled, ids = ctx.labeled()
     G = ctx.generator(torch.device("cpu"))
     h, w = ctx.feature_size(G)
     rows = ctx.content_rows(G)
-    return {"classes": list(labeled.classes or []), "keypoint_names": list(labeled.keypoint_names or []),
+    classes = list(labeled.classes or [])
+    class_pixels = np.zeros(len(classes), np.int64)  # the labeled images' class prior (synthesis.prior_tau)
+    for i in ids if classes else []:
+        seg = labeled.load(i).segmentation
+        if seg is not None:
+            class_pixels += np.bincount(seg[seg < len(classes)].reshape(-1), minlength=len(classes))
+    return {"classes": classes, "keypoint_names": list(labeled.keypoint_names or []),
             "depth_scale": float(labeled.depth_scale or 1000.0),
-            "image_size": [h if rows is None else rows.stop - rows.start, w]}
+            "image_size": [h if rows is None else rows.stop - rows.start, w], "class_pixels": class_pixels.tolist()}
 
 
 def _pending(store: RunStore, members) -> list[int]:

@@ -73,7 +73,8 @@ class SynthesizeStage(Stage):
         with tempfile.TemporaryDirectory() as d:
             lg = load_label_generator(ctx.store.local_copy(RUN.label_generator_file, d), device=ctx.device)
         writer, meta = DatasetWriter(ctx.store, RUN.dataset), _meta(ctx)
-        return lambda unit, report: _write_shard(ctx, writer, *unit, G, lg, meta)
+        shift = _prior_shift(ctx)
+        return lambda unit, report: _write_shard(ctx, writer, *unit, G, lg, meta, shift)
 
     def record(self, ctx: RunContext, plan: Plan, entry: dict) -> None:
         manifest = plan.state["manifest"]
@@ -93,21 +94,36 @@ class SynthesizeStage(Stage):
                 "actors": spec.resources.synthesis_actors}
 
 
-def _meta(ctx: RunContext) -> dict:
-    """The schema meta of the pairs: what fit recorded about the data (fit.json), never the labeled set."""
+def _facts(ctx: RunContext) -> dict:
+    """What fit recorded about the data (fit.json), never the labeled set."""
     from handsoff_ray.pipeline.stages.fit import data_facts
 
     facts = (ctx.store.read_json(RUN.fit_summary) or {}).get("data")
-    facts = facts or data_facts(ctx)  # a run fitted before fit.json recorded them
-    # In this key order: the Parquet schema metadata, and so every shard's bytes, depend on it.
+    return facts if facts and "class_pixels" in facts else data_facts(ctx)  # a run fitted before fit.json had them
+
+
+def _meta(ctx: RunContext) -> dict:
+    """The schema meta of the pairs, in this key order: the Parquet schema metadata, and so every shard's
+    bytes, depend on it."""
+    facts = _facts(ctx)
     return {k: facts[k] for k in ("classes", "keypoint_names", "depth_scale", "image_size")}
+
+
+def _prior_shift(ctx: RunContext):
+    """synthesis.prior_tau's segmentation logit shift (core.pairs.class_prior_shift), or None."""
+    from handsoff_ray.core.pairs import class_prior_shift
+
+    tau = ctx.spec.synthesis.prior_tau
+    pixels = _facts(ctx)["class_pixels"]
+    return class_prior_shift(pixels, tau) if tau and pixels else None
 
 
 def shard_ranges(num_samples: int, shard_size: int) -> list[tuple[int, int]]:
     return [(s, min(s + shard_size, num_samples)) for s in range(0, num_samples, shard_size)]
 
 
-def _write_shard(ctx: RunContext, writer: DatasetWriter, k: int, start: int, stop: int, G, lg, meta: dict) -> dict:
+def _write_shard(ctx: RunContext, writer: DatasetWriter, k: int, start: int, stop: int, G, lg, meta: dict,
+                 shift=None) -> dict:
     """Synthesize sample ids [start, stop) and commit them as shard k; returns its manifest entry."""
     from handsoff_ray.core.pairs import synthesize
     from handsoff_ray.pipeline.schema import pairs_to_table
@@ -125,7 +141,8 @@ def _write_shard(ctx: RunContext, writer: DatasetWriter, k: int, start: int, sto
         for b in range(start, stop, syn.batch_size):
             pairs = synthesize(G, lg, sample_ids=range(b, min(b + syn.batch_size, stop)), run_seed=spec.seed,
                                truncation_psi=syn.truncation_psi, top_fraction=syn.uncertainty.top_fraction,
-                               return_latents=syn.store_latent, crop_rows=spec.generator.crop_rows)
+                               return_latents=syn.store_latent, crop_rows=spec.generator.crop_rows,
+                               logit_shift=shift)
             table = pairs_to_table(pairs, spec_hash=h, meta=meta)
             if writer_pq is None:
                 writer_pq = pq.ParquetWriter(local, table.schema, compression="zstd")
