@@ -147,7 +147,7 @@ def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | N
     from handsoff_ray.config import parse_spec
     from handsoff_ray.core.pairs import synthesize
     from handsoff_ray.pipeline.context import RunContext
-    from handsoff_ray.pipeline.layout import RUN
+    from handsoff_ray.pipeline.layout import DATASET_FILES, RUN
     from handsoff_ray.pipeline.plan import resolve_checkpoint
     from handsoff_ray.pipeline.preview import preview_grid
     from handsoff_ray.pipeline.run import run_stage
@@ -189,7 +189,7 @@ def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | N
     pairs = synthesize(G, lg, sample_ids=range(8), run_seed=spec.seed, return_maps=True)
     grid = preview_grid(pairs.images, segmentation=pairs.labels.get("segmentation"),
                         keypoints=pairs.labels.get("keypoints"), uncertainty=pairs.uncertainty_maps["segmentation"],
-                        classes=list(store.read_json(RUN.fit_summary)["data"]["classes"]))
+                        classes=list(store.read_json(RUN.in_dataset(DATASET_FILES.manifest))["meta"]["classes"]))
     preview = out_dir / "preview.png"
     Image.fromarray(grid).save(preview)
 
