@@ -90,9 +90,10 @@ class RunContext:
             self._labeled = open_spec_labeled_set(self.spec, tasks=self.spec.label_generator.tasks.enabled())
         return self._labeled
 
-    def lpips(self):
+    def lpips(self, device: torch.device | None = None):
+        """The inversion's LPIPS (its ImageNet trunk read from disk) on `device` (default ctx.device)."""
         inv = self.spec.inversion
-        return _lpips(inv.lpips.net, inv.lpips.trunk_path, str(self.device))
+        return _lpips(inv.lpips.net, inv.lpips.trunk_path, str(device or self.device))
 
     def stage_hash(self, stage: str) -> str:
         return stage_hash(self.spec, stage)

@@ -64,10 +64,9 @@ def _device(ctx) -> None:
 
 
 def _lpips_trunk(ctx) -> None:
-    from handsoff_ray.pipeline.context import _lpips
+    import torch
 
-    lp = ctx.spec.inversion.lpips
-    _lpips(lp.net, lp.trunk_path, "cpu")
+    ctx.lpips(torch.device("cpu"))
 
 
 def _storage(ctx) -> None:

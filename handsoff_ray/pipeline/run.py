@@ -20,10 +20,9 @@ from collections.abc import Callable, Iterator
 
 from handsoff_ray.config import JobSpec
 from handsoff_ray.pipeline.context import RunContext
+from handsoff_ray.pipeline.stages import STAGES
 
-__all__ = ["STAGE_NAMES", "select_stages", "run_stage", "run_stages", "stage_summary"]
-
-STAGE_NAMES = ("invert", "fit", "synthesize", "evaluate")
+__all__ = ["select_stages", "run_stage", "run_stages", "stage_summary"]
 
 # The counts each stage reports, between "skipped" and "seconds".
 _COUNTS = {
@@ -36,9 +35,9 @@ _COUNTS = {
 
 def select_stages(spec: JobSpec, names: list[str]) -> list[str]:
     """The requested stages in order, without evaluate when the spec does not enable it; ValueError on typos."""
-    unknown = [n for n in names if n not in STAGE_NAMES]
+    unknown = [n for n in names if n not in STAGES]
     if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; choose from {list(STAGE_NAMES)}")
+        raise ValueError(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
     return [n for n in names if n != "evaluate" or spec.evaluation.enabled]
 
 
@@ -58,10 +57,9 @@ def run_stage(spec: JobSpec, name: str, *, engine: str | None = None, ctx: RunCo
     with "seconds" (this call's wall time) and, on Ray, "workers"."""
     from handsoff_ray.pipeline.engines import ENGINES, run_units
     from handsoff_ray.pipeline.progress import stage_progress
-    from handsoff_ray.pipeline.stages import STAGES
 
     if name not in STAGES:
-        raise ValueError(f"unknown stage {name!r}; choose from {list(STAGE_NAMES)}")
+        raise ValueError(f"unknown stage {name!r}; choose from {list(STAGES)}")
     engine = engine or spec.resources.engine
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose from {list(ENGINES)}")

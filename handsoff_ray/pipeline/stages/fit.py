@@ -108,10 +108,9 @@ def data_facts(ctx: RunContext) -> dict:
     rows = ctx.content_rows(G)
     classes = list(labeled.classes or [])
     class_pixels = np.zeros(len(classes), np.int64)  # the labeled images' class prior (synthesis.prior_tau)
-    for i in ids if classes else []:
-        seg = labeled.load(i).segmentation
-        if seg is not None:
-            class_pixels += np.bincount(seg[seg < len(classes)].reshape(-1), minlength=len(classes))
+    for seg in (labeled.load(i).segmentation for i in (ids if classes else [])):
+        if seg is not None:  # a set may label only some tasks
+            class_pixels += np.bincount(seg[seg < len(classes)], minlength=len(classes))
     return {"classes": classes, "keypoint_names": list(labeled.keypoint_names or []),
             "depth_scale": float(labeled.depth_scale or 1000.0),
             "image_size": [h if rows is None else rows.stop - rows.start, w], "class_pixels": class_pixels.tolist()}

@@ -48,7 +48,7 @@ class SynthesizeStage(Stage):
         if not store.exists(RUN.label_generator_file):
             raise UserError("no fitted label generator in this run; run `handsoff fit SPEC` first")
         h = ctx.claim_stage("synthesize")
-        meta = _meta(ctx)
+        meta = _meta(_facts(ctx))
         writer = DatasetWriter(store, RUN.dataset)
         manifest, note = writer.load_manifest()
         notes = [f"{note}; rebuilding it from the verified shards"] if note else []
@@ -72,8 +72,8 @@ class SynthesizeStage(Stage):
         G = ctx.generator()
         with tempfile.TemporaryDirectory() as d:
             lg = load_label_generator(ctx.store.local_copy(RUN.label_generator_file, d), device=ctx.device)
-        writer, meta = DatasetWriter(ctx.store, RUN.dataset), _meta(ctx)
-        shift = _prior_shift(ctx)
+        facts = _facts(ctx)
+        writer, meta, shift = DatasetWriter(ctx.store, RUN.dataset), _meta(facts), _prior_shift(ctx, facts)
         return lambda unit, report: _write_shard(ctx, writer, *unit, G, lg, meta, shift)
 
     def record(self, ctx: RunContext, plan: Plan, entry: dict) -> None:
@@ -102,19 +102,18 @@ def _facts(ctx: RunContext) -> dict:
     return facts if facts and "class_pixels" in facts else data_facts(ctx)  # a run fitted before fit.json had them
 
 
-def _meta(ctx: RunContext) -> dict:
+def _meta(facts: dict) -> dict:
     """The schema meta of the pairs, in this key order: the Parquet schema metadata, and so every shard's
     bytes, depend on it."""
-    facts = _facts(ctx)
     return {k: facts[k] for k in ("classes", "keypoint_names", "depth_scale", "image_size")}
 
 
-def _prior_shift(ctx: RunContext):
+def _prior_shift(ctx: RunContext, facts: dict):
     """synthesis.prior_tau's segmentation logit shift (core.pairs.class_prior_shift), or None."""
     from handsoff_ray.core.pairs import class_prior_shift
 
     tau = ctx.spec.synthesis.prior_tau
-    pixels = _facts(ctx)["class_pixels"]
+    pixels = facts["class_pixels"]
     return class_prior_shift(pixels, tau) if tau and pixels else None
 
 
