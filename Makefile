@@ -40,10 +40,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/inversion.py --json
 	$(BIN)/python benchmarks/synthesis.py --json
 
-# The chart ships copies of deploy/'s rules and dashboards (Helm reads only files inside the chart).
-sync-deploy:
-	cp deploy/prometheus/handsoff-rules.yaml helm/handsoff-ray/files/rules/
-	cp deploy/grafana/*.json helm/handsoff-ray/files/dashboards/
+# Dashboards are code (deploy/dashboards.py, grafana-foundation-sdk): this writes their JSON into deploy/grafana/
+# and the chart, and copies deploy/'s rules into the chart (Helm reads only files inside the chart).
+# tests/helm/test_monitoring.py fails when a generated file is stale.
+sync-deploy: $(STAMP)
+	$(BIN)/python deploy/dashboards.py
 
 clean:
 	rm -rf $(VENV) handsoff-demo .pytest_cache
