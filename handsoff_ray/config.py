@@ -117,7 +117,7 @@ class GeneratorSpec(_Section):
         description="StyleGAN2 checkpoint: rosinality .pt, NVlabs .pkl or handsoff .safetensors; "
         "'toy' is the generator shipped with the package.",
     )
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Compute device; auto = cuda when available.")
     feature_resolution: int | None = Field(
         None, ge=8, le=2048,
         description="Hypercolumn (label) resolution; default min(generator resolution, 512) like the reference.",
@@ -153,7 +153,8 @@ class DataSpec(_Section):
                       "unused with format toy.")
     limit: int | None = Field(16, ge=1, le=10_000, description="Use the first N images (sorted ids); None = all.")
     ids: list[str] | None = Field(None, description="Explicit image ids; overrides limit.")
-    format: DataFormat = "folder"
+    format: DataFormat = Field("folder", description="Where labeled images come from: a labeled-set folder, a "
+                               "paper dataset in its public layout (auto detects it), or toy faces rendered from seeds.")
     seeds: str | None = Field(None, description="format toy: the toy faces' seeds, e.g. '0-15' (the demo's "
                               "labeled set); the toy GAN trained on seeds >= 10,000,000.")
     classes: str | None = Field(
@@ -171,70 +172,76 @@ class DataSpec(_Section):
 
 
 class LPIPSSpec(_Section):
-    net: Literal["vgg", "alex"] = "vgg"  # the reference uses VGG16, LPIPS v0.1
+    net: Literal["vgg", "alex"] = Field("vgg", description="LPIPS trunk (the reference uses VGG16, LPIPS v0.1).")
     trunk_path: str | None = Field(None, description="torchvision ImageNet checkpoint for the LPIPS trunk.")
 
 
 class EncoderSpec(_Section):
-    enabled: bool = False  # start the optimisation from a ReStyle-style encoder instead of the average latent
-    steps: int = Field(2000, ge=1, le=1_000_000)
-    batch_size: int = Field(16, ge=1, le=1024)
-    n_iters: int = Field(3, ge=1, le=10)
-    lr: float = Field(1e-3, gt=0, le=1)
+    enabled: bool = Field(False, description="Start the optimisation from a ReStyle-style encoder (trained once "
+                          "per run) instead of the average latent.")
+    steps: int = Field(2000, ge=1, le=1_000_000, description="Encoder training steps.")
+    batch_size: int = Field(16, ge=1, le=1024, description="Generated images per encoder training step.")
+    n_iters: int = Field(3, ge=1, le=10, description="ReStyle refinement iterations per image.")
+    lr: float = Field(1e-3, gt=0, le=1, description="Encoder training learning rate.")
 
 
 class InversionSpec(_Section):
-    steps: int = Field(500, ge=1, le=100_000)  # reference: 500
-    lr: float = Field(0.1, gt=0, le=10)  # reference: 0.1 with ramps
-    rampup: float = Field(0.05, ge=0, le=1)
-    rampdown: float = Field(0.25, ge=0, le=1)
-    lpips_weight: float = Field(10.0, ge=0)
-    mse_weight: float = Field(1.0, ge=0)
-    reg_weight: float = Field(1.0, ge=0)  # ||w - w_init||^2 regulariser
+    steps: int = Field(500, ge=1, le=100_000, description="Optimisation steps per image (reference: 500).")
+    lr: float = Field(0.1, gt=0, le=10, description="Peak learning rate (reference: 0.1 with ramps).")
+    rampup: float = Field(0.05, ge=0, le=1, description="Fraction of the steps the learning rate warms up over.")
+    rampdown: float = Field(0.25, ge=0, le=1, description="Fraction of the steps the learning rate decays to 0 over "
+                            "(cosine).")
+    lpips_weight: float = Field(10.0, ge=0, description="Weight of the LPIPS term of the objective.")
+    mse_weight: float = Field(1.0, ge=0, description="Weight of the pixel MSE term of the objective.")
+    reg_weight: float = Field(1.0, ge=0, description="Weight of the ||w - w_init||^2 regulariser.")
     loss_resolution: int | None = Field(None, ge=8, le=2048, description="Reference: 512 for a 1024 generator.")
     batch_size: int = Field(8, ge=1, le=1024, description="Images optimised together on one device.")
-    lpips: LPIPSSpec = LPIPSSpec()
-    encoder: EncoderSpec = EncoderSpec()
+    lpips: LPIPSSpec = Field(LPIPSSpec(), description="The perceptual (LPIPS) loss.")
+    encoder: EncoderSpec = Field(EncoderSpec(), description="Optional encoder initialisation of the latents.")
 
 
 class SegmentationTask(_Section):
-    enabled: bool = True
-    hidden: tuple[int, int] = (256, 32)  # reference faces; cars use (512, 256)
-    class_weights: list[float] | None = None
+    enabled: bool = Field(True, description="Fit and synthesize segmentation labels.")
+    hidden: tuple[int, int] = Field((256, 32), description="Hidden widths of each ensemble member's MLP "
+                                    "(reference faces; cars use (512, 256)).")
+    class_weights: list[float] | None = Field(None, description="Cross-entropy weights, one per class; None = equal.")
     min_pixels: int = Field(30, ge=0, description="Per image, classes with fewer pixels become background.")
 
 
 class KeypointTask(_Section):
-    enabled: bool = True
-    hidden: tuple[int, int] = (256, 32)
+    enabled: bool = Field(True, description="Fit and synthesize keypoint heatmaps (needs keypoints.json).")
+    hidden: tuple[int, int] = Field((256, 32), description="Hidden widths of each ensemble member's MLP.")
     sigma: float = Field(2.0, gt=0, le=64, description="Heatmap Gaussian sigma in output pixels.")
 
 
 class DepthTask(_Section):
-    enabled: bool = True
-    hidden: tuple[int, int] = (256, 32)
+    enabled: bool = Field(True, description="Fit and synthesize depth maps (needs depth/).")
+    hidden: tuple[int, int] = Field((256, 32), description="Hidden widths of each ensemble member's MLP.")
 
 
 class TasksSpec(_Section):
-    segmentation: SegmentationTask = SegmentationTask()
-    keypoints: KeypointTask = KeypointTask()
-    depth: DepthTask = DepthTask()
+    segmentation: SegmentationTask = Field(SegmentationTask(), description="Per-pixel class labels.")
+    keypoints: KeypointTask = Field(KeypointTask(), description="Keypoint heatmaps.")
+    depth: DepthTask = Field(DepthTask(), description="Per-pixel depth.")
 
     def enabled(self) -> list[str]:
         return [name for name in ("segmentation", "keypoints", "depth") if getattr(self, name).enabled]
 
 
 class LabelGeneratorSpec(_Section):
-    ensemble_size: int = Field(10, ge=1, le=64)  # reference: 10
-    tasks: TasksSpec = TasksSpec()
+    ensemble_size: int = Field(10, ge=1, le=64, description="Members per task; their disagreement is the "
+                               "uncertainty (reference: 10).")
+    tasks: TasksSpec = Field(TasksSpec(), description="Which labels the label generator learns.")
     batch_pixels: int = Field(2048, ge=8, le=1_000_000, description="Pixels per step (reference: 64).")
-    max_steps: int = Field(3000, ge=1, le=10_000_000)
-    lr: float = Field(1e-3, gt=0, le=1)
-    # cosine decays the rate to 0 at max_steps (benchmarks/labelgen_fit.py measures what it buys)
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    # true: every present segmentation class is drawn equally often (rare small parts are learnt in
-    # fewer steps; the reference samples uniformly)
-    class_balanced: bool = False
+    max_steps: int = Field(3000, ge=1, le=10_000_000, description="Optimiser steps per ensemble member (early "
+                           "stopping may end it sooner).")
+    lr: float = Field(1e-3, gt=0, le=1, description="Learning rate.")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="cosine decays the rate to 0 at max_steps (benchmarks/labelgen_fit.py measures "
+        "what it buys).")
+    class_balanced: bool = Field(
+        False, description="true: every present segmentation class is drawn equally often (rare small parts are "
+        "learnt in fewer steps; the reference samples uniformly).")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="Held-out pixel split for early stopping.")
     patience: int = Field(10, ge=1, description="Validation checks without improvement before stopping.")
 
@@ -252,24 +259,27 @@ class ReaderSpec(_Section):
 
 
 class SynthesisSpec(_Section):
-    num_samples: int = Field(2000, ge=1, le=10_000_000_000)
-    # One Parquet file per shard; aim for 128-512 MB files. Measured: 13.7 KB per pair at 64 px (10,000 pairs
-    # -> 137 MB); bytes grow with the pixel count, so lower shard_size for large images (see README).
-    shard_size: int = Field(10_000, ge=1, le=10_000_000)
-    batch_size: int = Field(16, ge=1, le=4096)
-    truncation_psi: float = Field(0.7, ge=0, le=2)  # reference: 0.7, W broadcast to all layers
-    store_latent: bool = False
-    uncertainty: UncertaintySpec = UncertaintySpec()
-    # Logit adjustment of the segmentation towards the labeled images' class prior: a class-balanced fit
-    # over-paints rare parts on samples; 0 = none, 1 = the full Bayes correction (benchmarks/README.md).
-    prior_tau: float = Field(0.0, ge=0, le=2, description="Segmentation logit adjustment strength (0 = none).")
+    num_samples: int = Field(2000, ge=1, le=10_000_000_000, description="Image+label pairs to synthesize.")
+    shard_size: int = Field(
+        10_000, ge=1, le=10_000_000,
+        description="Pairs per Parquet shard (one file each); aim for 128-512 MB files. Measured: 13.7 KB per pair "
+        "at 64 px (10,000 pairs -> 137 MB); bytes grow with the pixel count, so lower it for large images.")
+    batch_size: int = Field(16, ge=1, le=4096, description="Samples generated and labeled together on one device.")
+    truncation_psi: float = Field(0.7, ge=0, le=2, description="Truncation of the sampled latents (reference: 0.7, "
+                                  "W broadcast to all layers); 1 = none.")
+    store_latent: bool = Field(False, description="Also store each sample's w (float16) in the shards.")
+    uncertainty: UncertaintySpec = Field(UncertaintySpec(), description="How each pair's uncertainty score is made.")
+    prior_tau: float = Field(
+        0.0, ge=0, le=2,
+        description="Logit adjustment of the segmentation towards the labeled images' class prior (a class-balanced "
+        "fit over-paints rare parts on samples): 0 = none, 1 = the full Bayes correction (benchmarks/README.md).")
 
 
 class S3Spec(_Section):
-    endpoint_url: str | None = None  # else AWS_ENDPOINT_URL
-    region: str | None = None  # else AWS_REGION / AWS_DEFAULT_REGION
-    # Attempts of one HTTP request inside pyarrow (about a second in all); retry_seconds rides out longer outages.
-    max_attempts: int = Field(3, ge=1, le=100)
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint; None = AWS_ENDPOINT_URL, else AWS.")
+    region: str | None = Field(None, description="None = AWS_REGION / AWS_DEFAULT_REGION.")
+    max_attempts: int = Field(3, ge=1, le=100, description="Attempts of one HTTP request inside pyarrow (about a "
+                              "second in all); retry_seconds rides out longer outages.")
     retry_seconds: float = Field(
         60, ge=0, le=86_400,
         description="How long one storage operation is retried through an outage before the run stops "
@@ -278,25 +288,32 @@ class S3Spec(_Section):
 
 class StorageSpec(_Section):
     output: str = Field("./handsoff-runs", description="Local path, file:// or s3:// URI.")
-    run_id: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9_.]{0,61}[a-z0-9])?$")
-    s3: S3Spec = S3Spec()
+    run_id: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9_.]{0,61}[a-z0-9])?$",
+                               description="Folder of this run under output; None = the spec's name.")
+    s3: S3Spec = Field(S3Spec(), description="Object-store connection, for s3:// outputs.")
 
 
 class EvaluationSpec(_Section):
-    enabled: bool = False
+    enabled: bool = Field(False, description="Train a downstream network on the synthetic pairs and score it on "
+                          "real test images (the evaluate stage).")
     test_path: str | None = Field(None, description="Labeled-set folder of real test images.")
-    model: Literal["unet", "deeplabv3"] = "unet"  # unet for tiny images; deeplabv3 as in the reference
-    backbone: Literal["resnet50", "resnet101", "mobilenet_v3_large"] = "resnet101"
-    pretrained_backbone: str | None = None  # a local torchvision checkpoint; nothing is downloaded
+    model: Literal["unet", "deeplabv3"] = Field("unet", description="Downstream network: unet for tiny images; "
+                                                "deeplabv3 as in the reference.")
+    backbone: Literal["resnet50", "resnet101", "mobilenet_v3_large"] = Field(
+        "resnet101", description="deeplabv3's backbone.")
+    pretrained_backbone: str | None = Field(None, description="A local torchvision checkpoint for the backbone; "
+                                            "nothing is downloaded.")
     unet_width: int = Field(32, ge=4, le=256, description="Base width of the small UNet (16 is enough at 64 px).")
     max_steps: int | None = Field(None, ge=1, description="Cap on optimiser steps (same for every compared network).")
-    epochs: int = Field(20, ge=1, le=1000)
-    batch_size: int = Field(8, ge=1, le=1024)
-    lr: float = Field(1e-3, gt=0, le=1)
-    pck_alpha: float = Field(0.05, gt=0, le=1)
-    use_uncertainty_filter: bool = True
-    # The real test set may be a public layout too (see DataSpec); the paper scores merged classes.
-    test_format: DataFormat = "folder"
+    epochs: int = Field(20, ge=1, le=1000, description="Passes over the synthetic pairs.")
+    batch_size: int = Field(8, ge=1, le=1024, description="Training batch size.")
+    lr: float = Field(1e-3, gt=0, le=1, description="Training learning rate.")
+    pck_alpha: float = Field(0.05, gt=0, le=1, description="A keypoint counts as correct within pck_alpha * "
+                             "max(H, W) pixels.")
+    use_uncertainty_filter: bool = Field(True, description="Train on the pairs the reader policy keeps (reader.*), "
+                                         "not on all of them.")
+    test_format: DataFormat = Field("folder", description="Layout of the real test set, as data.format; the paper "
+                                    "scores merged classes.")
     test_seeds: str | None = Field(None, description="test_format toy: the test faces' seeds, e.g. "
                                    "'1000000-1000499' (the demo's 500 held-out faces).")
     test_split: Literal["trainingset", "testset"] | None = Field(None, description="Car-Parts: testset.")
@@ -321,25 +338,32 @@ class ResourcesSpec(_Section):
         None, description="None = the Ray job's cluster inside `ray job submit`, else a private local Ray; "
         "'auto' or host:port = that cluster.")
     num_workers: int = Field(1, ge=1, le=4096, description="Ray Train workers for invert and fit.")
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(1, gt=0, le=256)
-    synthesis_actors: int = Field(1, ge=1, le=4096)
-    gpus_per_actor: float = Field(0, ge=0, le=8)
-    torch_threads: int | None = Field(None, ge=1, le=256)
+    use_gpu: bool = Field(False, description="Ray Train workers each take a GPU.")
+    cpus_per_worker: float = Field(1, gt=0, le=256, description="CPUs each Ray Train worker and synthesis actor "
+                                   "reserves.")
+    synthesis_actors: int = Field(1, ge=1, le=4096, description="Ray Data actors that synthesize shards.")
+    gpus_per_actor: float = Field(0, ge=0, le=8, description="GPUs each synthesis actor reserves (fractions share "
+                                  "one).")
+    torch_threads: int | None = Field(None, ge=1, le=256, description="torch threads per process; None = torch's "
+                                      "default.")
 
 
 class JobSpec(_Section):
-    name: str = Field("handsoff", pattern=r"^[a-z0-9]([-a-z0-9]{0,45}[a-z0-9])?$")
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    generator: GeneratorSpec = GeneratorSpec()
-    data: DataSpec = DataSpec()
-    inversion: InversionSpec = InversionSpec()
-    label_generator: LabelGeneratorSpec = LabelGeneratorSpec()
-    synthesis: SynthesisSpec = SynthesisSpec()
-    reader: ReaderSpec = ReaderSpec()
-    storage: StorageSpec = StorageSpec()
-    evaluation: EvaluationSpec = EvaluationSpec()
-    resources: ResourcesSpec = ResourcesSpec()
+    name: str = Field("handsoff", pattern=r"^[a-z0-9]([-a-z0-9]{0,45}[a-z0-9])?$",
+                      description="The job's name; also the run id unless storage.run_id is set.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of every random choice (latents, ensemble inits, "
+                      "pixel draws).")
+    generator: GeneratorSpec = Field(GeneratorSpec(), description="The pretrained StyleGAN2.")
+    data: DataSpec = Field(DataSpec(), description="The labeled images.")
+    inversion: InversionSpec = Field(InversionSpec(), description="GAN inversion of the labeled images into W+.")
+    label_generator: LabelGeneratorSpec = Field(LabelGeneratorSpec(), description="The ensemble of per-pixel MLPs "
+                                                "fitted on the inverted images' hypercolumns.")
+    synthesis: SynthesisSpec = Field(SynthesisSpec(), description="Sampling and labeling the synthetic dataset.")
+    reader: ReaderSpec = Field(ReaderSpec(), description="Read-time policy recorded as the readers' defaults.")
+    storage: StorageSpec = Field(StorageSpec(), description="Where outputs go.")
+    evaluation: EvaluationSpec = Field(EvaluationSpec(), description="The optional downstream evaluation.")
+    resources: ResourcesSpec = Field(ResourcesSpec(), description="Where the job runs (never what it computes; "
+                                     "outside the spec hash).")
 
     @model_validator(mode="after")
     def _at_least_one_task(self) -> "JobSpec":
@@ -526,7 +550,8 @@ def spec_defaults_yaml(model: type[BaseModel] = JobSpec, indent: int = 0) -> str
     for name, field in model.model_fields.items():
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            note = f"  # {annotation.__doc__.strip().splitlines()[0]}" if annotation.__doc__ else ""
+            doc = field.description or (annotation.__doc__.strip().splitlines()[0] if annotation.__doc__ else "")
+            note = f"  # {doc.rstrip('.')}" if doc else ""
             lines.append(f"{pad}{name}:{note}")
             lines.append(spec_defaults_yaml(annotation, indent + 2))
             continue

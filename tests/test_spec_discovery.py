@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
 from click.testing import CliRunner
+from pydantic import BaseModel
 
 from handsoff_ray.cli import main
 from handsoff_ray.config import JobSpec, SpecError, parse_spec
@@ -35,8 +37,40 @@ def test_defaults_list_every_field_and_load_back_as_the_default_spec():
     assert res.exit_code == 0, res.output
     assert JobSpec.model_validate(yaml.safe_load(res.output)) == JobSpec()
     assert "  seeds: null  # format toy: the toy faces' seeds" in res.output
-    assert "  device: auto  # one of auto, cpu, cuda" in res.output
-    assert "  steps: 500  # >= 1; <= 100000" in res.output
+    assert "  device: auto  # Compute device; auto = cuda when available; one of auto, cpu, cuda" in res.output
+    assert "  steps: 500  # Optimisation steps per image (reference: 500); >= 1; <= 100000" in res.output
+    assert "reader:  # Read-time policy recorded as the readers' defaults\n" in res.output
+
+
+def spec_models(model: type[BaseModel] = JobSpec) -> list[type[BaseModel]]:
+    """JobSpec and every pydantic model reachable through its fields (inside Optional, list, ... too)."""
+    found, todo = [], [model]
+    while todo:
+        m = todo.pop()
+        if m in found:
+            continue
+        found.append(m)
+        for field in m.model_fields.values():
+            stack = [field.annotation]
+            while stack:
+                t = stack.pop()
+                if isinstance(t, type) and issubclass(t, BaseModel):
+                    todo.append(t)
+                stack += typing.get_args(t)
+    return found
+
+
+def test_every_spec_field_has_a_description():
+    models = spec_models()
+    assert {"JobSpec", "LPIPSSpec", "SegmentationTask", "S3Spec"} <= {m.__name__ for m in models}
+    missing = [f"{m.__name__}.{name}" for m in models for name, f in m.model_fields.items()
+               if not (f.description or "").strip()]
+    assert missing == [], f"spec fields without Field(description=...): {missing}"
+    # ... and the JSON Schema editors read carries each one
+    schema = json.loads((JOBS / "spec.schema.json").read_text())
+    undocumented = [f"{where}.{name}" for where, d in [("JobSpec", schema), *schema["$defs"].items()]
+                    for name, prop in d.get("properties", {}).items() if not prop.get("description")]
+    assert undocumented == []
 
 
 @pytest.mark.parametrize("data, message", [
