@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from handsoff_ray.core import stylegan2
 from handsoff_ray.core.label_generator import (
     LabelGenerator,
     TaskSpec,
@@ -92,7 +93,6 @@ class TestFactorizedPredict:
             assert (fast[name] - naive[name]).abs().max() <= 1e-4 * scale, name
 
     def test_on_generator_features(self):
-        stylegan2 = pytest.importorskip("handsoff_ray.core.stylegan2")
         cfg = stylegan2.GeneratorConfig(resolution=16, style_dim=16, n_mlp=2, channel_base=128, channel_max=16)
         G = stylegan2.Generator(cfg).eval()
         with torch.no_grad():
