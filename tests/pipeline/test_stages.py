@@ -304,20 +304,25 @@ def test_inspect_and_preview_commands(finished, tmp_path):
     assert Image.open(tmp_path / "g.png").size == tuple(out["size"])
 
 
-def test_stages_record_their_metrics(finished):
+def test_stages_record_their_metrics(monkeypatch, tmp_path, tiny_generator_path, toy_labeled_path):
     from prometheus_client import generate_latest
 
-    from handsoff_ray.pipeline.telemetry import metrics
+    from handsoff_ray.pipeline import telemetry
 
-    m = metrics()
+    # A registry of this test's own: the process-wide one also counts every other test's stage runs.
+    monkeypatch.setattr(telemetry, "_BACKENDS", {})
+    spec = _spec(tmp_path / "runs", tiny_generator_path, toy_labeled_path)
+    for stage in ("invert", "fit", "synthesize"):
+        run_stage(spec, stage, engine="local")
+    m = telemetry.metrics()
     assert m.backend == "prometheus"  # no Ray worker here
     value = lambda name, **labels: m.registry.get_sample_value(name, {"run_id": "t", **labels})  # noqa: E731
-    assert value("handsoff_samples_written_total") >= 10
-    assert value("handsoff_shards_committed_total") >= 3
+    assert value("handsoff_samples_written_total") == 10
+    assert value("handsoff_shards_committed_total") == 3
     assert value("handsoff_shards_planned") == 3
-    assert value("handsoff_images_inverted_total") >= 4
-    assert value("handsoff_members_fitted_total") >= 2
-    assert value("handsoff_sample_uncertainty_count", task="segmentation") >= 10
+    assert value("handsoff_images_inverted_total") == 4
+    assert value("handsoff_members_fitted_total") == 2
+    assert value("handsoff_sample_uncertainty_count", task="segmentation") == 10
     text = generate_latest(m.registry).decode()
     assert "handsoff_shard_commit_seconds_bucket" in text and "handsoff_fit_loss" in text
 
