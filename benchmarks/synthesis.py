@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
     import torch
 
+    from handsoff_ray.pipeline.context import ensure_ray
     from handsoff_ray.pipeline.run import run_stage
     from handsoff_ray.toy.world import write_toy_labeled_set
 
@@ -166,8 +167,9 @@ def main(argv: list[str] | None = None) -> dict:
     result = time_bare(spec, args)
     log("timing the bare generator in two processes at once")
     result["bare_2_processes_pairs_per_s"] = time_bare_two_processes(root, argv)
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-             object_store_memory=512 * 2**20)
+    # Up once for both timings, through the pipeline's own connection path: a private local Ray with every
+    # CPU, or the cluster resources.ray_address / RAY_ADDRESS names (never one a stray `ray start` left).
+    ensure_ray(spec)
     try:
         log("timing the pipeline, 1 actor")
         one, shard_one, hashes_one = time_pipeline(spec, 1)

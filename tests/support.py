@@ -19,6 +19,19 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def private_ray_args(**overrides) -> dict:
+    """ray.init keyword arguments for a test's own small Ray, from the package's one connection path
+    (pipeline.context.ray_init_args) with no spec address and no RAY_ADDRESS: always a private local Ray
+    (address="local"), never a cluster some `ray start` left on the machine. `overrides` add to its sizing.
+    """
+    from handsoff_ray.config import parse_spec
+    from handsoff_ray.pipeline.context import ray_init_args
+
+    kwargs, _ = ray_init_args(parse_spec({}), environ={})
+    # Two CPUs and a small object store whatever the machine: tests size their actors for that.
+    return {**kwargs, "num_cpus": 2, "object_store_memory": 256 * 2**20, **overrides}
+
+
 def spec_with(base: dict, **sections):
     """A JobSpec from a base spec dict with each section's keys overridden (e.g. synthesis={"num_samples": 600})."""
     from handsoff_ray.config import parse_spec

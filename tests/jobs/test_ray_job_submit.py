@@ -22,7 +22,7 @@ import pytest
 
 from handsoff_ray.config import parse_spec
 from handsoff_ray.pipeline.context import ray_init_args
-from tests.support import free_port, readme_commands, wait_for
+from tests.support import free_port, private_ray_args, readme_commands, wait_for
 
 REPO = Path(__file__).parents[2]
 RAY = Path(sys.executable).with_name("ray")
@@ -117,6 +117,11 @@ class TestRayInitArgs:
     def test_a_dashboard_url_in_ray_address_is_not_a_cluster_to_join(self):
         kwargs, _ = ray_init_args(parse_spec({}), environ={"RAY_ADDRESS": "http://127.0.0.1:8265"})
         assert kwargs["address"] == "local"
+
+    def test_tests_start_a_private_ray_even_inside_a_ray_job(self, monkeypatch):
+        monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+        kwargs = private_ray_args(_metrics_export_port=1234)
+        assert kwargs["address"] == "local" and kwargs["num_cpus"] == 2 and kwargs["_metrics_export_port"] == 1234
 
 
 @pytest.mark.ray

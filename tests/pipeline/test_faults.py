@@ -29,7 +29,7 @@ from handsoff_ray.pipeline.context import open_run
 from handsoff_ray.pipeline.storage import StorageError
 from handsoff_ray.pipeline.run import run_stage
 from tests.pipeline.runs import copy_run, make_spec
-from tests.support import wait_for
+from tests.support import private_ray_args, wait_for
 
 BIG = {"num_samples": 600, "shard_size": 30, "batch_size": 2}  # 20 shards, ~0.3 s each on one thread
 FREE_COMMITS = 3  # shards the gated Ray actors commit before each stops mid-commit
@@ -133,8 +133,7 @@ def test_killed_synthesis_actor_is_replaced_and_no_partial_shard_is_visible(fini
     data = store.path("dataset/data")
     watcher = _VisibleShardWatcher(data)
     watcher.start()
-    # address="local": a private Ray, never one another `ray start` left on this machine.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20)
+    ray.init(**private_ray_args())
     result, errors = {}, []
     driver = threading.Thread(target=_capture, args=(_synthesize_on("ray"), spec, result, errors))
     try:

@@ -12,7 +12,7 @@ import shutil
 import pytest
 
 from handsoff_ray.pipeline.context import open_run
-from tests.support import free_port, prometheus, query, wait_for
+from tests.support import free_port, private_ray_args, prometheus, query, wait_for
 from tests.pipeline.runs import copy_run
 
 
@@ -26,7 +26,7 @@ def test_prometheus_scrapes_ray_metrics_port_during_a_run(finished, tmp_path):
                     resources={"engine": "ray", "synthesis_actors": 2, "torch_threads": 1})
     shutil.rmtree(open_run(spec).path("dataset"))
     metrics_port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20, _metrics_export_port=metrics_port)
+    ray.init(**private_ray_args(_metrics_export_port=metrics_port))
     try:
         with prometheus(tmp_path, [{"job_name": "ray",
                                     "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}]}]) as base:

@@ -20,6 +20,7 @@ from handsoff_ray.pipeline.run import run_stage
 from handsoff_ray.pipeline.stages.invert import read_latent
 from tests.pipeline.runs import copy_run as _copy_of
 from tests.pipeline.runs import make_spec as _spec
+from tests.support import private_ray_args
 
 
 class TestInvert:
@@ -214,7 +215,7 @@ def test_ray_data_actors_write_the_same_bytes(finished, tmp_path):
     before = {n: store.read_bytes(f"dataset/data/{n}") for n in store.list("dataset/data")}
     for name in before:
         os.remove(store.path(f"dataset/data/{name}"))
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20)
+    ray.init(**private_ray_args())
     try:
         out = run_stage(spec, "synthesize", engine="ray")
         # Ray Data reads the output directly.
@@ -246,7 +247,7 @@ def test_ray_train_workers_match_the_local_run(finished, tmp_path, monkeypatch):
     os.remove(store.path("latents/000003.safetensors"))
     for name in ["label_generator.safetensors", "fit.json", "members/member-001.safetensors"]:
         os.remove(store.path(f"label_generator/{name}"))
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20)
+    ray.init(**private_ray_args())
     try:
         assert run_stage(spec, "invert", engine="ray")["inverted_now"] == 1
         fit = run_stage(spec, "fit", engine="ray")
