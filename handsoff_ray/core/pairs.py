@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from handsoff_ray.core.images import to_uint8
 from handsoff_ray.core.inversion import resize_antialiased
 from handsoff_ray.core.stylegan2 import Generator, z_from_seeds
 from handsoff_ray.core.uncertainty import image_scores, pixel_uncertainty
@@ -102,7 +103,7 @@ def synthesize(
         img = img[:, :, crop_rows[0] : crop_rows[1]]
     size = (rows.stop - rows.start, out_w)
     img = resize_antialiased(img, size)
-    images = img.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    images = to_uint8(img)
 
     outputs = label_generator.predict(feats)  # {task: [E, N, K, H, W]}
     if logit_shift is not None and "segmentation" in outputs:

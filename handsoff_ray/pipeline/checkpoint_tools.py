@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 from PIL import Image
 
 from handsoff_ray.config import parse_seeds  # noqa: F401 - re-exported: `checkpoint sample --seeds` parses with it
+from handsoff_ray.core.images import mosaic, to_uint8  # noqa: F401 - to_uint8 re-exported (__all__)
 
 __all__ = ["checkpoint_summary", "convert_checkpoint", "sample_grid", "parse_seeds", "file_sha256", "to_uint8"]
 
@@ -72,23 +72,6 @@ def convert_checkpoint(src: str, dst: str, *, force: bool = False) -> dict:
             "bytes": os.path.getsize(dst)}
 
 
-def to_uint8(img: torch.Tensor) -> np.ndarray:
-    """[N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3]."""
-    return (img.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
-
-
-def tile(images: np.ndarray, cols: int | None = None) -> np.ndarray:
-    """uint8 [N, H, W, C] -> one [rows*H, cols*W, C] mosaic."""
-    n, h, w, c = images.shape
-    cols = cols or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    grid = np.zeros((rows * h, cols * w, c), np.uint8)
-    for i, im in enumerate(images):
-        r, k = divmod(i, cols)
-        grid[r * h : (r + 1) * h, k * w : (k + 1) * w] = im
-    return grid
-
-
 @torch.no_grad()
 def sample_grid(path: str, seeds: list[int], out: str, truncation_psi: float, noise_mode: str, device: str) -> dict:
     from handsoff_ray.core.checkpoint import load_generator
@@ -101,7 +84,7 @@ def sample_grid(path: str, seeds: list[int], out: str, truncation_psi: float, no
     for start in range(0, len(seeds), 16):  # bounded memory for long seed lists
         z = z_from_seeds(seeds[start : start + 16], G.style_dim).to(dev)
         images.append(to_uint8(G(z, truncation_psi=truncation_psi, noise_mode=noise_mode)))
-    grid = tile(np.concatenate(images))
+    grid = mosaic(np.concatenate(images))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     Image.fromarray(grid).save(out)
     return {"out": out, "seeds": len(seeds), "resolution": [G.cfg.resolution, G.cfg.width]}
