@@ -25,6 +25,7 @@ import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -324,6 +325,15 @@ class StorageSpec(_Section):
     run_id: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9_.]{0,61}[a-z0-9])?$")
     s3: S3Spec = S3Spec()
 
+    @field_validator("output")
+    @classmethod
+    def _s3_names_a_bucket(cls, value: str) -> str:
+        # 's3:///runs' and 's3://' parse with an empty bucket; the run id would silently become the bucket name
+        if value.lower().startswith("s3:") and not urlparse(value).netloc:
+            raise PydanticCustomError("s3_bucket", "{uri} names no bucket; write s3://BUCKET/PREFIX",
+                                      {"uri": repr(value)})
+        return value
+
 
 class EvaluationSpec(_Section):
     enabled: bool = False
@@ -405,7 +415,7 @@ def _format_errors(err: ValidationError, source: str, lines: dict[tuple, int] | 
         where = f"{source}:{_line_of(loc, lines or {})}" if lines else source
         if e["type"] == "extra_forbidden":
             out.append(f"{where}: {path}: unknown key{_nearest_key(loc)} (`handsoff spec defaults` lists every key)")
-        elif e["type"].endswith("_strict") or e["type"] == "seed_ranges":  # the message quotes the input
+        elif e["type"].endswith("_strict") or e["type"] in ("seed_ranges", "s3_bucket"):  # the message quotes the input
             out.append(f"{where}: {path}: {e['msg']}")
         else:
             out.append(f"{where}: {path}: {e['msg']} (got {e.get('input')!r})")

@@ -284,6 +284,7 @@ OTHERS = [
      "{labeled} is not a handsoff dataset (no _manifest.json)"),
     ("verify-nothing-there", lambda w: ["verify", str(w.root / "nowhere")],
      "{root}/nowhere is not a handsoff dataset (no _manifest.json)"),
+    ("inspect-s3-without-bucket", lambda w: ["inspect", "s3:///runs/t/dataset"], "'s3:///runs/t/dataset' names no bucket"),
 ]
 
 
