@@ -5,7 +5,8 @@
 Beyond the plan's cheap checks (files and folders exist) it opens what the stages would open: the labeled set
 (every file decoded, data.ids known), the checkpoint (its header and weights), the device, the LPIPS trunk,
 the storage URI (scheme, a writable local folder, a reachable object store, no other spec's outputs under this
-run id) and the evaluation test set. Nothing is written.
+run id), the Ray cluster the spec or RAY_ADDRESS names (it answers) and the evaluation test set (readable, and
+sharing no image with the labeled set). Nothing is written.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def preflight(spec: JobSpec, stages: tuple[str, ...] = ("invert", "fit", "synthe
 
     problems = list(make_plan(spec)["problems"])
     checks = [_labeled_set, _checkpoint, _device, _storage]
+    if spec.resources.engine == "ray":
+        checks.append(_ray)
     if "invert" in stages and spec.inversion.lpips_weight > 0:
         checks.append(_lpips_trunk)
     if "evaluate" in stages and spec.evaluation.enabled:
@@ -61,6 +64,12 @@ def _device(ctx) -> None:
     from handsoff_ray.pipeline.context import resolve_device
 
     resolve_device(ctx.spec)
+
+
+def _ray(ctx) -> None:
+    from handsoff_ray.pipeline.context import check_ray_reachable
+
+    check_ray_reachable(ctx.spec)
 
 
 def _lpips_trunk(ctx) -> None:
