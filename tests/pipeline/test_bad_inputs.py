@@ -392,3 +392,32 @@ class TestEnvironmentCorpus:
         assert "Traceback" not in res.stderr and "Exception ignored" not in res.stderr, res.stderr
         lines = res.stderr.splitlines()
         assert len(lines) == 1 and lines[0].startswith("Error: cannot write") and "No space left" in lines[0], lines
+
+
+class TestTestSetSharesNoImage:
+    """preflight's comparison of the evaluation set with the labeled set: refuses shared images, passes held-out ones."""
+
+    def test_a_held_out_folder_passes(self, tmp_path, tiny_generator_path, toy_labeled_path):
+        from handsoff_ray.config import load_spec
+        from handsoff_ray.pipeline.preflight import preflight
+        from handsoff_ray.toy.world import write_toy_labeled_set
+
+        w = Workspace(tmp_path, tiny_generator_path, toy_labeled_path)
+        write_toy_labeled_set(tmp_path / "test", seeds=range(100, 104), size=32)  # other faces, same size
+        spec = load_spec(w.spec(evaluation={"enabled": True, "test_path": str(tmp_path / "test")}))
+        assert preflight(spec, ("evaluate",)) == []
+
+    def test_same_bytes_under_another_name_are_found_and_only_equal_sizes_are_read(self, tmp_path, monkeypatch):
+        import hashlib as hl
+
+        from handsoff_ray.pipeline.preflight import _same_files
+
+        files = {name: tmp_path / name for name in ("a1", "a2", "b1", "b2", "b3")}
+        for name, content in [("a1", b"one"), ("a2", b"two!"), ("b1", b"two!"), ("b2", b"owt"), ("b3", b"longer")]:
+            files[name].write_bytes(content)
+        read = []
+        real = hl.file_digest
+        monkeypatch.setattr(hl, "file_digest", lambda f, d: (read.append(os.path.basename(f.name)), real(f, d))[1])
+        same = _same_files({"x": files["a1"], "y": files["a2"]}, {"p": files["b1"], "q": files["b2"], "r": files["b3"]})
+        assert same == [("p", "y")]  # b2 has a1's size but other bytes
+        assert "b3" not in read and sorted(read) == ["a1", "a2", "b1", "b2"]
