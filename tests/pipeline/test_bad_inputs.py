@@ -322,7 +322,7 @@ def test_bad_input_is_refused_cleanly(group, build, expected, request, tmp_path,
         w.dataset = tmp_path / "dataset"
         shutil.copytree(open_run(spec).path("dataset"), w.dataset)
     argv = [str(a) for a in build(w)]
-    _assert_refused(w, argv, expected.format(root=tmp_path, labeled=w.labeled))
+    _assert_refused(w, argv, expected.replace("{root}", str(tmp_path)).replace("{labeled}", str(w.labeled)))
     assert not (tmp_path / "pwned").exists()
 
 
