@@ -63,6 +63,19 @@ def _preflight(job: JobSpec, stages: tuple[str, ...] = ("invert", "fit", "synthe
         raise BadInput(f"{len(problems)} problem(s): " + "; ".join(problems))
 
 
+def _print_out(text: str, what: str) -> None:
+    """Print text on stdout; a stdout that cannot take it (`> /dev/full`, a closed pipe) is one Error line."""
+    import os
+
+    try:
+        click.echo(text)
+        sys.stdout.flush()
+    except OSError as err:
+        # What is still buffered would fail again at exit ("Exception ignored ..."): send it to /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise BadInput(f"cannot write the {what} to stdout: {err.strerror or err}") from None
+
+
 def _checkpoint_path(ctx, param, value: str) -> str:
     """'toy' names the generator shipped with the package; anything else must be an existing file."""
     import os
@@ -446,7 +459,7 @@ def spec_schema() -> None:
     """Print the JSON Schema of a job spec (save it and point the yaml-language-server modeline at it)."""
     from handsoff_ray.config import spec_json_schema
 
-    click.echo(json.dumps(spec_json_schema(), indent=2))
+    _print_out(json.dumps(spec_json_schema(), indent=2), "schema")
 
 
 @spec.command("defaults")
@@ -454,7 +467,7 @@ def spec_defaults() -> None:
     """Print every spec field at its default, each with a comment: a starting point for a new spec."""
     from handsoff_ray.config import spec_defaults_yaml
 
-    click.echo(spec_defaults_yaml())
+    _print_out(spec_defaults_yaml(), "defaults")
 
 
 @main.group()

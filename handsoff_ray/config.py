@@ -25,6 +25,7 @@ import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -45,29 +46,61 @@ __all__ = [
     "EvaluationSpec",
     "ResourcesSpec",
     "parse_seeds",
+    "parse_seed_ranges",
+    "shared_seeds",
+    "seed_text",
+    "MAX_SEEDS",
 ]
 
 SEEDS_HELP = "seed ranges like 0-15 or 1,5,9-12, ends included"
+# A spec names toy faces by seed range; more than this is a typo (a stray digit), not a data set: checked on the
+# ranges, before any list of seeds is made.
+MAX_SEEDS = 1_000_000
+
+
+def parse_seed_ranges(text: str, *, what: str = "--seeds") -> list[range]:
+    """'0-3,7,10-11' -> [range(0, 4), range(7, 8), range(10, 12)]; ValueError naming `what` on anything else,
+    including more than MAX_SEEDS seeds in all (counted without materialising them)."""
+    what = f"{what} " if what else ""
+    ranges: list[range] = []
+    for part in str(text).split(","):
+        a, sep, b = part.strip().partition("-")
+        if not (a or sep):
+            continue
+        try:
+            lo = int(a)
+            hi = int(b) if sep else lo
+        except ValueError:
+            raise ValueError(f"{what}{text!r}: expected {SEEDS_HELP}") from None
+        if hi < lo:
+            raise ValueError(f"{what}{text!r}: {part.strip()} is reversed; write A-B with A <= B")
+        ranges.append(range(lo, hi + 1))
+    if not ranges:
+        raise ValueError(f"{what}{text!r}: no seeds; expected {SEEDS_HELP}")
+    count = sum(len(r) for r in ranges)
+    if count > MAX_SEEDS:
+        raise ValueError(f"{what}{text!r} names {count:,} seeds; at most {MAX_SEEDS:,}")
+    return ranges
 
 
 def parse_seeds(text: str, *, what: str = "--seeds") -> list[int]:
     """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11]; ValueError naming `what` on anything else."""
-    seeds: list[int] = []
-    try:
-        for part in str(text).split(","):
-            part = part.strip()
-            if "-" in part:
-                a, b = part.split("-", 1)
-                seeds.extend(range(int(a), int(b) + 1))
-            elif part:
-                seeds.append(int(part))
-    except ValueError:
-        raise ValueError(f"{what} {text!r}: expected {SEEDS_HELP}") from None
-    if not seeds:
-        raise ValueError(f"{what} {text!r}: no seeds; expected {SEEDS_HELP}")
-    if min(seeds) < 0:
-        raise ValueError(f"{what} {text!r}: seeds must be >= 0")
-    return seeds
+    return [s for r in parse_seed_ranges(text, what=what) for s in r]
+
+
+def shared_seeds(a: list[range], b: list[range]) -> range | None:
+    """The first run of seeds both lists of ranges name (None when they are disjoint)."""
+    for ra in a:
+        for rb in b:
+            both = range(max(ra.start, rb.start), min(ra.stop, rb.stop))
+            if len(both):
+                return both
+    return None
+
+
+def seed_text(seeds: range) -> str:
+    """range(0, 16) -> '0-15' (the form SEEDS_HELP describes)."""
+    return f"{seeds.start}-{seeds.stop - 1}" if len(seeds) != 1 else str(seeds.start)
 
 
 class SpecError(ValueError):
@@ -139,11 +172,20 @@ class GeneratorSpec(_Section):
 DataFormat = Literal["folder", "auto", "celebamask", "car_parts", "deepfashion", "toy"]
 
 
+def _valid_seed_ranges(value: str | None) -> str | None:
+    """A field validator for seed ranges: the error sits at the field's dotted path (data.seeds)."""
+    if value is not None:
+        try:
+            parse_seed_ranges(value, what="")
+        except ValueError as err:
+            raise PydanticCustomError("seed_ranges", "{problem}", {"problem": str(err)}) from None
+    return value
+
+
 def _check_toy_seeds(fmt: str, seeds: str | None, where: str) -> None:
     if fmt == "toy":
         if seeds is None:
             raise ValueError(f"{where}seeds is required with format toy: {SEEDS_HELP}")
-        parse_seeds(seeds, what=f"{where}seeds")
     elif seeds is not None:
         raise ValueError(f"{where}seeds names toy faces; it needs format toy (got format {fmt!r})")
 
@@ -164,6 +206,8 @@ class DataSpec(_Section):
     resize: tuple[int, int] | None = Field(
         None, description="(H, W) every sample is brought to before use; car_parts defaults to (384, 512); "
         "toy renders at H (square, default 64).")
+
+    _seeds_parse = field_validator("seeds")(_valid_seed_ranges)
 
     @model_validator(mode="after")
     def _toy_needs_seeds(self) -> "DataSpec":
@@ -292,6 +336,15 @@ class StorageSpec(_Section):
                                description="Folder of this run under output; None = the spec's name.")
     s3: S3Spec = Field(S3Spec(), description="Object-store connection, for s3:// outputs.")
 
+    @field_validator("output")
+    @classmethod
+    def _s3_names_a_bucket(cls, value: str) -> str:
+        # 's3:///runs' and 's3://' parse with an empty bucket; the run id would silently become the bucket name
+        if value.lower().startswith("s3:") and not urlparse(value).netloc:
+            raise PydanticCustomError("s3_bucket", "{uri} names no bucket; write s3://BUCKET/PREFIX",
+                                      {"uri": repr(value)})
+        return value
+
 
 class EvaluationSpec(_Section):
     enabled: bool = Field(False, description="Train a downstream network on the synthetic pairs and score it on "
@@ -321,6 +374,8 @@ class EvaluationSpec(_Section):
     classes: str | None = Field(
         None, description="Class map both the synthetic and the test labels are merged to before training "
         "and scoring, e.g. '8' for CelebAMask-HQ (the synthetic labels must use data.format's full label set).")
+
+    _seeds_parse = field_validator("test_seeds")(_valid_seed_ranges)
 
     @model_validator(mode="after")
     def _needs_test_path(self) -> "EvaluationSpec":
@@ -384,7 +439,7 @@ def _format_errors(err: ValidationError, source: str, lines: dict[tuple, int] | 
         where = f"{source}:{_line_of(loc, lines or {})}" if lines else source
         if e["type"] == "extra_forbidden":
             out.append(f"{where}: {path}: unknown key{_nearest_key(loc)} (`handsoff spec defaults` lists every key)")
-        elif e["type"].endswith("_strict"):
+        elif e["type"].endswith("_strict") or e["type"] in ("seed_ranges", "s3_bucket"):  # the message quotes the input
             out.append(f"{where}: {path}: {e['msg']}")
         else:
             out.append(f"{where}: {path}: {e['msg']} (got {e.get('input')!r})")
@@ -427,9 +482,27 @@ def parse_spec(data: dict[str, Any] | None, *, source: str = "<spec>", lines: di
     if not isinstance(data, dict):
         raise SpecError(f"{source}: a job spec must be a YAML mapping, got {type(data).__name__}")
     try:
-        return JobSpec.model_validate(data)
+        spec = JobSpec.model_validate(data)
     except ValidationError as err:
         raise SpecError(_format_errors(err, source, lines)) from None
+    problems = [f"{source}:{_line_of(loc, lines)}: {msg}" if lines else f"{source}: {msg}"
+                for loc, msg in _cross_section_problems(spec)]
+    if problems:
+        raise SpecError("\n".join(problems))
+    return spec
+
+
+def _cross_section_problems(spec: JobSpec) -> list[tuple[tuple, str]]:
+    """(location, problem) of what no one section can see: toy test faces that are also labeled faces (the model
+    would be scored on its own training images). Test sets on disk are compared in pipeline/preflight.py."""
+    d, ev = spec.data, spec.evaluation
+    if d.format == ev.test_format == "toy" and d.seeds and ev.test_seeds:
+        both = shared_seeds(parse_seed_ranges(ev.test_seeds), parse_seed_ranges(d.seeds))
+        if both is not None:
+            return [(("evaluation", "test_seeds"),
+                     f"evaluation.test_seeds {ev.test_seeds} and data.seeds {d.seeds} share seeds {seed_text(both)}: "
+                     "test faces must never be trained on; pick disjoint ranges")]
+    return []
 
 
 def _key_lines(node: yaml.Node, source: str, prefix: tuple = ()) -> dict[tuple, int]:
@@ -447,15 +520,51 @@ def _key_lines(node: yaml.Node, source: str, prefix: tuple = ()) -> dict[tuple, 
     return lines
 
 
+# Bounds on what a spec file may hold: a spec is a few KB and a few hundred values. Anchors and aliases may
+# repeat a block, but a "billion laughs" (aliases of aliases) would expand to more values than memory holds.
+MAX_SPEC_BYTES = 1 << 20
+MAX_SPEC_VALUES = 100_000
+
+
+def _expanded_size(node: yaml.Node, source: str, sizes: dict[int, int], open_: set[int]) -> int:
+    """How many YAML nodes `node` stands for once every alias is expanded; counted on the composed graph (an
+    alias is the same node object as its anchor), each node once, so a bomb is measured without expanding it."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_:
+        raise SpecError(f"{source}:{node.start_mark.line + 1}: an alias refers to the block that holds it; "
+                        "a job spec cannot be recursive")
+    open_.add(key)
+    children: list = []
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    total = 1
+    for child in children:
+        total += _expanded_size(child, source, sizes, open_)
+        if total > MAX_SPEC_VALUES:
+            break  # no need to count further (and keep the sums small)
+    open_.discard(key)
+    sizes[key] = total
+    return total
+
+
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> JobSpec:
     """Read a YAML spec from disk; `overrides` maps dotted keys to values (CLI `--set a.b=c`).
 
     Errors name the file and line: bytes that are not UTF-8, YAML syntax (line and column), a key given
-    twice, and every field that does not validate.
+    twice, and every field that does not validate. An empty (or comments-only) file, a file over
+    MAX_SPEC_BYTES and YAML whose aliases expand past MAX_SPEC_VALUES values are refused before anything
+    is built from them.
     """
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"{path}: no such spec file" if not path.exists() else f"{path}: not a file")
+    size = path.stat().st_size
+    if size > MAX_SPEC_BYTES:
+        raise SpecError(f"{path}: {size:,} bytes; a job spec is a few KB (at most {MAX_SPEC_BYTES:,} bytes)")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
@@ -466,14 +575,21 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> JobS
                         "save the spec as UTF-8") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text) or {}
+        if node is None:
+            raise SpecError(f"spec {path} is empty; start from `handsoff spec defaults`")
+        if _expanded_size(node, str(path), {}, set()) > MAX_SPEC_VALUES:
+            raise SpecError(f"{path}: the YAML expands to more than {MAX_SPEC_VALUES:,} values (aliases repeat "
+                            "what their anchor names); a job spec holds a few hundred")
+        data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise SpecError(f"{where}: not valid YAML: {err.problem or err.context}") from None
     except yaml.YAMLError as err:
         raise SpecError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
-    lines = _key_lines(node, str(path)) if node is not None else {}
+    except RecursionError:  # PyYAML composes nested blocks recursively
+        raise SpecError(f"{path}: not valid YAML: nested too deeply for a job spec") from None
+    lines = _key_lines(node, str(path))
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)
         lines.pop(tuple(dotted.split(".")), None)  # the value comes from --set, not from that line

@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from handsoff_ray.config import parse_seed_ranges, shared_seeds
+
 __all__ = ["DemoSize", "demo_spec", "run_demo"]
 
 # Seed ranges of the toy world's "real" images; the toy GAN trains on seeds >= 10,000,000.
@@ -66,22 +68,19 @@ class DemoSeeds:
         pairs = [("labeled", "test"), ("labeled", "oracle"), ("test", "oracle")]
         for a, b in pairs:
             ra, rb = named[a], named[b]
-            if ra.start < rb.stop and rb.start < ra.stop:
+            if shared_seeds([ra], [rb]) is not None:  # the rule `handsoff validate` applies to a spec's toy sets
                 raise ValueError(f"--{a}-seeds {_seed_range(ra)} and --{b}-seeds {_seed_range(rb)} overlap: "
                                  f"test faces must never be trained on")
         return seeds
 
 
 def parse_seed_range(text: str) -> range:
-    """'A-B' (inclusive) or 'A' -> range; ValueError with the expected form otherwise."""
-    a, sep, b = text.partition("-")
-    try:
-        lo, hi = int(a), int(b) if sep else int(a)
-    except ValueError:
-        raise ValueError(f"seed range {text!r}: expected A-B with integers A <= B, e.g. 0-15") from None
-    if hi < lo:
-        raise ValueError(f"seed range {text!r}: expected A-B with A <= B")
-    return range(lo, hi + 1)
+    """'A-B' (inclusive) or 'A' -> range; ValueError with the expected form otherwise (config's seed-range
+    parser, which also bounds the count: one range per option here)."""
+    ranges = parse_seed_ranges(text, what="seed range")
+    if len(ranges) != 1:
+        raise ValueError(f"seed range {text!r}: expected one range A-B, e.g. 0-15")
+    return ranges[0]
 
 
 def demo_spec(out: str, size: DemoSize, generator: str = "toy", seeds: DemoSeeds | None = None) -> dict:

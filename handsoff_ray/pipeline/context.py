@@ -30,7 +30,7 @@ from handsoff_ray.pipeline.plan import resolve_checkpoint, stage_hash
 from handsoff_ray.pipeline.storage import RunStore
 
 __all__ = ["RunContext", "open_run", "apply_torch_threads", "resolve_device", "ensure_ray", "ray_init_args",
-           "enter_driver_cwd"]
+           "check_ray_reachable", "enter_driver_cwd"]
 
 
 def open_run(spec: JobSpec) -> RunStore:
@@ -173,6 +173,22 @@ def _cached_checkpoint(uri: str, endpoint_url: str | None, region: str | None) -
 # ------------------------------------------------------------------------------------------- Ray
 
 
+# How long the probe of a named Ray cluster waits for its GCS port: a head that is up answers in milliseconds,
+# while ray.init retries a dead one for minutes.
+RAY_PROBE_TIMEOUT_S = 3.0
+
+
+def _named_ray_address(spec: JobSpec, environ=os.environ) -> tuple[str, str] | None:
+    """(address, what named it) of the Ray cluster to join, or None for a private local Ray."""
+    if spec.resources.ray_address:
+        return spec.resources.ray_address, "resources.ray_address"
+    env_address = environ.get("RAY_ADDRESS", "")
+    # An http(s):// RAY_ADDRESS is a dashboard URL meant for `ray job submit`, not a cluster to join.
+    if env_address and "://" not in env_address:
+        return env_address, "RAY_ADDRESS"
+    return None
+
+
 def ray_init_args(spec: JobSpec, environ=os.environ) -> tuple[dict, str]:
     """(ray.init keyword arguments, a line saying what they do) for this spec in this environment.
 
@@ -182,17 +198,40 @@ def ray_init_args(spec: JobSpec, environ=os.environ) -> tuple[dict, str]:
     - else start a private local Ray. `address="local"` is what keeps `ray.init` from attaching to a
       head some other `ray start` left running (or a stale address file one left behind in Ray's temp dir).
     """
-    if spec.resources.ray_address:
-        return ({"address": spec.resources.ray_address},
-                f"joining the Ray cluster at {spec.resources.ray_address} (resources.ray_address)")
-    env_address = environ.get("RAY_ADDRESS", "")
-    # An http(s):// RAY_ADDRESS is a dashboard URL meant for `ray job submit`, not a cluster to join.
-    if env_address and "://" not in env_address:
-        return {"address": env_address}, f"joining the Ray cluster at {env_address} (RAY_ADDRESS: inside a Ray job)"
+    named = _named_ray_address(spec, environ)
+    if named is not None:
+        address, source = named
+        why = "resources.ray_address" if source == "resources.ray_address" else "RAY_ADDRESS: inside a Ray job"
+        return {"address": address}, f"joining the Ray cluster at {address} ({why})"
     cpus = os.cpu_count()
     return ({"address": "local", "num_cpus": cpus, "include_dashboard": False,
              "object_store_memory": 512 * 2**20},
             f"starting a private local Ray ({cpus} CPUs); set resources.ray_address to use a cluster")
+
+
+def check_ray_reachable(spec: JobSpec, environ=os.environ) -> None:
+    """UserError naming the field (or RAY_ADDRESS) when the cluster it names does not answer a TCP connect to
+    its GCS port within RAY_PROBE_TIMEOUT_S. Called before ray.init and before a stage writes anything:
+    ray.init would retry a dead head for minutes. 'auto' (Ray finds the address itself) is not probed."""
+    named = _named_ray_address(spec, environ)
+    ray = sys.modules.get("ray")
+    if named is None or (ray is not None and ray.is_initialized()):
+        return
+    import socket
+
+    address, source = named
+    if address == "auto":
+        return
+    hostport = address.removeprefix("ray://")  # Ray Client (port 10001), a TCP port too
+    host, _, port = hostport.rpartition(":")
+    fix = "unset RAY_ADDRESS to start a private local Ray" if source == "RAY_ADDRESS" else "fix the address"
+    if not host or not port.isdigit():
+        raise UserError(f"{source}: {address!r} is not HOST:PORT (the head's GCS address, e.g. 10.0.0.5:6379)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_PROBE_TIMEOUT_S).close()
+    except OSError as err:
+        raise UserError(f"{source}: no Ray cluster answers at {address} ({err.strerror or err}); start it "
+                        f"(`ray start --head`), or {fix}") from None
 
 
 def ensure_ray(spec: JobSpec) -> str:
@@ -201,6 +240,7 @@ def ensure_ray(spec: JobSpec) -> str:
 
     if ray.is_initialized():  # inside a Ray worker, or a caller that initialised Ray itself
         return "using the Ray this process is already connected to"
+    check_ray_reachable(spec)
     kwargs, what = ray_init_args(spec)
     print(f"handsoff: {what}", file=sys.stderr, flush=True)
     ray.init(log_to_driver=False, **kwargs)

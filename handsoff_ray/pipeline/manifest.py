@@ -127,6 +127,10 @@ def verify_dataset(fs: pafs.FileSystem, root: str, uri: str) -> dict:
     """Every check readers make plus each shard's sha256 and Parquet row count; a report listing every problem."""
     import pyarrow.parquet as pq
 
+    # Neither a manifest nor data/: not a dataset at all (a labeled folder, a typo), rather than an interrupted run
+    if all(fs.get_file_info(posixpath.join(root, name)).type == pafs.FileType.NotFound for name in (MANIFEST, DATA)):
+        raise DatasetError(f"{uri.rstrip('/')} is not a handsoff dataset (no {MANIFEST}); pass the dataset folder "
+                           "of a run, e.g. RUN/dataset")
     problems, manifest, sizes = _problems(fs, root, uri)
     report = {"dataset": uri, "shards": 0, "rows": 0, "verified": 0}
     if manifest is not None:

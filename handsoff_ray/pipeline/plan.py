@@ -7,6 +7,7 @@ exist) are reported under `problems`.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 
@@ -50,17 +51,34 @@ def _source(fmt: str, path: str | None, seeds: str | None) -> str | None:
     return f"toy faces, seeds {seeds}" if fmt == "toy" else path
 
 
+def _path_problem(field: str, path: str, *, want_folder: bool) -> str | None:
+    """What is wrong with a local path a field names (None when it is the file or folder it should be):
+    missing, the other kind of entry, or a symlink that points at itself (os.stat says ELOOP)."""
+    if want_folder and os.path.isdir(path) or not want_folder and os.path.isfile(path):
+        return None
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return f"{field}: {path} is a symlink loop; point it at a real {'folder' if want_folder else 'file'}"
+        return f"{field}: no such {'folder' if want_folder else 'file'} {path}"
+    if want_folder:
+        return f"{field}: {path} is a file, expected a labeled folder"
+    return f"{field}: {path} is a folder; pass the checkpoint file (.pt, .pkl or .safetensors)"
+
+
 def make_plan(spec: JobSpec) -> dict:
     problems = []
     ckpt = resolve_checkpoint(spec.generator.checkpoint)
-    if "://" not in ckpt and not os.path.isfile(ckpt):
+    if "://" not in ckpt and (problem := _path_problem("generator.checkpoint", ckpt, want_folder=False)):
         hint = " (the toy generator is not in this install)" if spec.generator.checkpoint == "toy" else ""
-        problems.append(f"generator.checkpoint: no such file {ckpt}{hint}")
-    if spec.data.format != "toy" and not os.path.isdir(spec.data.path):
-        problems.append(f"data.path: no such folder {spec.data.path}")
+        problems.append(problem + hint)
+    if spec.data.format != "toy" and (problem := _path_problem("data.path", spec.data.path, want_folder=True)):
+        problems.append(problem)
     ev = spec.evaluation
-    if ev.enabled and ev.test_format != "toy" and ev.test_path and not os.path.isdir(ev.test_path):
-        problems.append(f"evaluation.test_path: no such folder {ev.test_path}")
+    if ev.enabled and ev.test_format != "toy" and ev.test_path and (
+            problem := _path_problem("evaluation.test_path", ev.test_path, want_folder=True)):
+        problems.append(problem)
 
     run_root = f"{spec.storage.output.rstrip('/')}/{spec.run_id}"
     syn = spec.synthesis

@@ -5,7 +5,8 @@
 Beyond the plan's cheap checks (files and folders exist) it opens what the stages would open: the labeled set
 (every file decoded, data.ids known), the checkpoint (its header and weights), the device, the LPIPS trunk,
 the storage URI (scheme, a writable local folder, a reachable object store, no other spec's outputs under this
-run id) and the evaluation test set. Nothing is written.
+run id), the Ray cluster the spec or RAY_ADDRESS names (it answers) and the evaluation test set (readable, and
+sharing no image with the labeled set). Nothing is written.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 
 from handsoff_ray.config import JobSpec
+from handsoff_ray.pipeline.errors import UserError
 
 __all__ = ["preflight"]
 
@@ -29,6 +31,8 @@ def preflight(spec: JobSpec, stages: tuple[str, ...] = ("invert", "fit", "synthe
 
     problems = list(make_plan(spec)["problems"])
     checks = [_labeled_set, _checkpoint, _device, _storage]
+    if spec.resources.engine == "ray":
+        checks.append(_ray)
     if "invert" in stages and spec.inversion.lpips_weight > 0:
         checks.append(_lpips_trunk)
     if "evaluate" in stages and spec.evaluation.enabled:
@@ -61,6 +65,12 @@ def _device(ctx) -> None:
     from handsoff_ray.pipeline.context import resolve_device
 
     resolve_device(ctx.spec)
+
+
+def _ray(ctx) -> None:
+    from handsoff_ray.pipeline.context import check_ray_reachable
+
+    check_ray_reachable(ctx.spec)
 
 
 def _lpips_trunk(ctx) -> None:
@@ -98,6 +108,75 @@ def _test_set(ctx) -> None:
 
     ev = ctx.spec.evaluation
     if ev.test_format == "toy":
-        open_public_set(None, "toy", ids=ev.test_ids, seeds=ev.test_seeds)
+        test = open_public_set(None, "toy", ids=ev.test_ids, seeds=ev.test_seeds)
     elif ev.test_path and os.path.isdir(ev.test_path):
-        open_public_set(ev.test_path, ev.test_format, ids=ev.test_ids, split=ev.test_split)
+        test = open_public_set(ev.test_path, ev.test_format, ids=ev.test_ids, split=ev.test_split)
+    else:
+        return
+    _shares_no_image(ctx, test)
+
+
+_NEVER_TRAINED_ON = "test images must never be trained on"
+
+
+def _shares_no_image(ctx, test) -> None:
+    """UserError when the test set holds a labeled image (the model would be scored on its training images): the
+    same id in the same folder, or, for two labeled-set folders, the same image file bytes."""
+    from handsoff_ray.datasets import LabeledSet, ReaderSet
+    from handsoff_ray.pipeline.errors import user_errors
+
+    d, ev = ctx.spec.data, ctx.spec.evaluation
+    if "toy" in (d.format, ev.test_format):
+        return  # two toy sets sharing seeds are refused at validation (config); a toy face has no file to compare
+    try:
+        labeled, ids = ctx.labeled()
+    except user_errors():
+        return  # the labeled-set check reports it
+    if os.path.realpath(d.path) == os.path.realpath(ev.test_path) and \
+            (d.split or "trainingset") == (ev.test_split or "trainingset"):
+        shared = sorted(set(ids) & set(test.ids))
+        if shared:
+            raise UserError(f"evaluation.test_path: {len(shared)} test image(s) are labeled images of data.path "
+                            f"(the same folder; first: {shared[0]!r}); {_NEVER_TRAINED_ON}: set evaluation.test_ids "
+                            "or data.ids apart, or point test_path at a held-out set")
+        return
+
+    def plain(s) -> bool:  # a labeled-set folder: images/<id>.png (public layouts keep theirs elsewhere)
+        return isinstance(s, LabeledSet) and not isinstance(s, ReaderSet)
+
+    if plain(labeled) and plain(test):
+        same = _same_files({i: labeled.root / "images" / f"{i}.png" for i in ids},
+                           {i: test.root / "images" / f"{i}.png" for i in test.ids})
+        if same:
+            test_id, labeled_id = same[0]
+            raise UserError(f"evaluation.test_path: images/{test_id}.png has the same bytes as data.path's "
+                            f"images/{labeled_id}.png ({len(same)} such image(s)); {_NEVER_TRAINED_ON}: remove "
+                            "them from one of the two sets")
+
+
+def _same_files(a: dict, b: dict) -> list[tuple[str, str]]:
+    """[(id in b, id in a)] of files holding the same bytes. Only files whose size occurs on both sides are read
+    (streamed through sha256), so two sets of different images cost two listings of sizes."""
+    import hashlib
+
+    def digest(path) -> str:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+
+    sizes_a: dict[int, list[str]] = {}
+    for i, path in a.items():
+        sizes_a.setdefault(os.path.getsize(path), []).append(i)
+    digests_a: dict[str, str] = {}  # read once each, and only when a file of b has its size
+    same = []
+    for j, path in sorted(b.items()):
+        candidates = sizes_a.get(os.path.getsize(path), [])
+        if not candidates:
+            continue
+        d = digest(path)
+        for i in candidates:
+            if i not in digests_a:
+                digests_a[i] = digest(a[i])
+            if digests_a[i] == d:
+                same.append((j, i))
+                break
+    return same

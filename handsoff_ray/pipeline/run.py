@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from handsoff_ray.config import JobSpec
-from handsoff_ray.pipeline.context import RunContext
+from handsoff_ray.pipeline.context import RunContext, check_ray_reachable
 from handsoff_ray.pipeline.stages import STAGES
 
 __all__ = ["select_stages", "run_stage", "run_stages", "stage_summary"]
@@ -66,6 +66,8 @@ def run_stage(spec: JobSpec, name: str, *, engine: str | None = None, ctx: RunCo
     t0 = time.time()
     ctx = ctx or RunContext(spec)
     stage = STAGES[name]
+    if engine == "ray" and stage.ray:
+        check_ray_reachable(spec)  # before prepare writes the stage's marker: a dead head fails in seconds
     plan = stage.prepare(ctx)
     result = plan.done
     if result is None:

@@ -55,6 +55,8 @@ def resolve_filesystem(
         path = parsed.path if parsed.scheme == "file" else uri
         return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
     if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise StorageError(f"{uri!r} names no bucket; write s3://BUCKET/PREFIX")
         endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         kwargs: dict = {
             "region": region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",

@@ -22,6 +22,12 @@ from click.testing import CliRunner
 from handsoff_ray.cli import main
 
 
+def _port() -> int:
+    from tests.support import free_port
+
+    return free_port()  # nothing listens there: a Ray head that is gone
+
+
 class Workspace:
     """A tmp folder holding a good spec's inputs: labeled set, generator, output folder (and a dataset copy)."""
 
@@ -112,6 +118,28 @@ def _run_of_another_spec(w: Workspace) -> None:
     w.file("runs/t/latents/_stage.json", json.dumps({"stage": "invert", "stage_hash": "0123456789abcdef"}))
 
 
+# A billion laughs: nine levels of ten aliases, 10**9 strings once expanded, from 1 KB of YAML.
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi")) + "name: *i\n"
+
+
+def _toy_spec(w: Workspace, seeds: str, test_seeds: str | None = None) -> str:
+    ev = {"evaluation": {"enabled": True, "test_format": "toy", "test_seeds": test_seeds}} if test_seeds else {}
+    return w.spec(data={"format": "toy", "seeds": seeds, "limit": 16}, **ev)
+
+
+def _copy_of_labeled(w: Workspace) -> str:
+    """Another folder holding the labeled set's files byte for byte (as a test set)."""
+    shutil.copytree(w.labeled, w.root / "test")
+    return str(w.root / "test")
+
+
+def _symlink_loop(w: Workspace) -> str:
+    loop = w.root / "loop"
+    os.symlink(loop, loop)
+    return str(loop)
+
+
 # (id, what the case sets up and which command it runs -> argv, text the one Error: line must contain)
 SPECS = [
     ("duplicate-top-level-key", lambda w: ["validate", w.spec("name: a\nseed: 1\nname: b\n")],
@@ -162,6 +190,30 @@ SPECS = [
      "holds invert output of another spec"),
     ("broken-evaluation-set", lambda w: ["validate", w.spec(evaluation={"enabled": True, "test_path": _broken_copy(w)})],
      "test/images/"),
+    ("toy-test-seeds-overlap-labeled", lambda w: ["validate", _toy_spec(w, "0-15", "10-19")],
+     "evaluation.test_seeds 10-19 and data.seeds 0-15 share seeds 10-15"),
+    ("test-set-is-the-labeled-folder", lambda w: ["validate", w.spec(evaluation={
+        "enabled": True, "test_path": str(w.labeled)})], "evaluation.test_path: 4 test image(s) are labeled images"),
+    ("test-set-copies-labeled-images", lambda w: ["validate", w.spec(evaluation={
+        "enabled": True, "test_path": _copy_of_labeled(w)})], "has the same bytes as data.path's images/"),
+    ("yaml-alias-bomb", lambda w: ["validate", w.spec(ALIAS_BOMB)], "spec.yaml: the YAML expands to more than"),
+    ("seed-range-of-1e11-faces", lambda w: ["validate", _toy_spec(w, "0-99999999999")],
+     "data.seeds: '0-99999999999' names 100,000,000,000 seeds; at most 1,000,000"),
+    ("s3-without-bucket", lambda w: ["validate", w.spec(storage={"output": "s3:///runs"})],
+     "storage.output: 's3:///runs' names no bucket"),
+    ("s3-scheme-only", lambda w: ["validate", w.spec(storage={"output": "s3://"})], "storage.output: 's3://' names no bucket"),
+    ("spec-empty", lambda w: ["validate", w.spec("")], "spec.yaml is empty; start from `handsoff spec defaults`"),
+    ("spec-comments-only", lambda w: ["run", w.spec("# my spec\n\n# todo\n")], "spec.yaml is empty"),
+    ("checkpoint-is-a-folder-on-validate", lambda w: ["validate", w.spec(generator={"checkpoint": str(w.labeled)})],
+     "generator.checkpoint: " + "{labeled} is a folder; pass the checkpoint file"),
+    ("checkpoint-is-a-folder-on-run", lambda w: ["run", w.spec(generator={"checkpoint": str(w.labeled)})],
+     "generator.checkpoint: " + "{labeled} is a folder"),
+    ("data-path-is-a-file", lambda w: ["validate", w.spec(data={"path": w.file("afile")})],
+     "data.path: {root}/afile is a file, expected a labeled folder"),
+    ("data-path-is-a-symlink-loop", lambda w: ["run", w.spec(data={"path": _symlink_loop(w)})],
+     "data.path: {root}/loop is a symlink loop"),
+    ("dead-ray-head-in-spec", lambda w: ["run", w.spec(resources={"engine": "ray", "ray_address": f"127.0.0.1:{_port()}"})],
+     "resources.ray_address: no Ray cluster answers at 127.0.0.1:"),
 ]
 if not torch.cuda.is_available():
     SPECS.append(("cuda-without-a-gpu", lambda w: ["run", w.spec(generator={"device": "cuda"})],
@@ -227,12 +279,21 @@ DATASETS = [
 ]
 
 
+OTHERS = [
+    ("verify-not-a-dataset", lambda w: ["verify", str(w.labeled)],
+     "{labeled} is not a handsoff dataset (no _manifest.json)"),
+    ("verify-nothing-there", lambda w: ["verify", str(w.root / "nowhere")],
+     "{root}/nowhere is not a handsoff dataset (no _manifest.json)"),
+    ("inspect-s3-without-bucket", lambda w: ["inspect", "s3:///runs/t/dataset"], "'s3:///runs/t/dataset' names no bucket"),
+]
+
+
 def _cases(table, group):
     return [pytest.param(group, build, expected, id=f"{group}:{name}") for name, build, expected in table]
 
 
 ALL = _cases(SPECS, "spec") + _cases(LABELED, "labeled") + _cases(CHECKPOINTS, "checkpoint") + \
-    _cases(DATASETS, "dataset")
+    _cases(DATASETS, "dataset") + _cases(OTHERS, "other")
 
 
 def test_the_corpus_is_large_enough():
@@ -261,7 +322,7 @@ def test_bad_input_is_refused_cleanly(group, build, expected, request, tmp_path,
         w.dataset = tmp_path / "dataset"
         shutil.copytree(open_run(spec).path("dataset"), w.dataset)
     argv = [str(a) for a in build(w)]
-    _assert_refused(w, argv, expected)
+    _assert_refused(w, argv, expected.replace("{root}", str(tmp_path)).replace("{labeled}", str(w.labeled)))
     assert not (tmp_path / "pwned").exists()
 
 
@@ -299,3 +360,64 @@ class TestStorageCorpus:
     def test_run_into_a_missing_bucket(self, w, s3_endpoint):
         spec = w.spec(storage={"output": "s3://no-such-bucket/runs", "s3": {"endpoint_url": s3_endpoint}})
         _assert_refused(w, ["run", spec, "--stages", "invert"], "bucket does not exist")
+
+
+class TestEnvironmentCorpus:
+    """What the environment names that cannot be used: a Ray head that is gone, a stdout that cannot be written."""
+
+    @pytest.fixture
+    def w(self, tmp_path, tiny_generator_path, toy_labeled_path):
+        return Workspace(tmp_path, tiny_generator_path, toy_labeled_path)
+
+    @pytest.mark.parametrize("command", ["run", "invert"])
+    def test_dead_ray_head_fails_before_any_marker(self, w, monkeypatch, command):
+        """`ray job submit` sets RAY_ADDRESS; a head that is gone used to be retried for minutes after the invert
+        stage wrote its marker. The single-stage commands (no preflight) are refused the same way."""
+        monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{_port()}")
+        _assert_refused(w, [command, w.spec(resources={"engine": "ray"})],
+                        "RAY_ADDRESS: no Ray cluster answers at 127.0.0.1:")
+
+    @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+    @pytest.mark.parametrize("command", ["schema", "defaults"])
+    def test_spec_discovery_into_a_full_disk(self, command):
+        """`handsoff spec schema > /dev/full`: one line about the write, exit 2, no traceback."""
+        import subprocess
+        import sys
+
+        with open("/dev/full", "w") as full:
+            res = subprocess.run([sys.executable, "-m", "handsoff_ray", "spec", command], stdout=full,
+                                 stderr=subprocess.PIPE, text=True, timeout=120,
+                                 env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+        assert res.returncode == 2, res.stderr
+        assert "Traceback" not in res.stderr and "Exception ignored" not in res.stderr, res.stderr
+        lines = res.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: cannot write") and "No space left" in lines[0], lines
+
+
+class TestTestSetSharesNoImage:
+    """preflight's comparison of the evaluation set with the labeled set: refuses shared images, passes held-out ones."""
+
+    def test_a_held_out_folder_passes(self, tmp_path, tiny_generator_path, toy_labeled_path):
+        from handsoff_ray.config import load_spec
+        from handsoff_ray.pipeline.preflight import preflight
+        from handsoff_ray.toy.world import write_toy_labeled_set
+
+        w = Workspace(tmp_path, tiny_generator_path, toy_labeled_path)
+        write_toy_labeled_set(tmp_path / "test", seeds=range(100, 104), size=32)  # other faces, same size
+        spec = load_spec(w.spec(evaluation={"enabled": True, "test_path": str(tmp_path / "test")}))
+        assert preflight(spec, ("evaluate",)) == []
+
+    def test_same_bytes_under_another_name_are_found_and_only_equal_sizes_are_read(self, tmp_path, monkeypatch):
+        import hashlib as hl
+
+        from handsoff_ray.pipeline.preflight import _same_files
+
+        files = {name: tmp_path / name for name in ("a1", "a2", "b1", "b2", "b3")}
+        for name, content in [("a1", b"one"), ("a2", b"two!"), ("b1", b"two!"), ("b2", b"owt"), ("b3", b"longer")]:
+            files[name].write_bytes(content)
+        read = []
+        real = hl.file_digest
+        monkeypatch.setattr(hl, "file_digest", lambda f, d: (read.append(os.path.basename(f.name)), real(f, d))[1])
+        same = _same_files({"x": files["a1"], "y": files["a2"]}, {"p": files["b1"], "q": files["b2"], "r": files["b3"]})
+        assert same == [("p", "y")]  # b2 has a1's size but other bytes
+        assert "b3" not in read and sorted(read) == ["a1", "a2", "b1", "b2"]
