@@ -28,6 +28,11 @@ TOY_CHECKPOINT = SHIPPED_GENERATOR.name
 
 
 def stage_hash(spec: JobSpec, stage: str) -> str:
+    """The spec part of a stage's identity (identity.py adds what it reads): it names which spec owns a run's
+    stage folder and is every row's `spec_hash`. synthesis.version picks a batch of the same dataset, so it
+    is left out: every version of one dataset belongs to one spec."""
+    if spec.synthesis.version:
+        spec = spec.model_copy(update={"synthesis": spec.synthesis.model_copy(update={"version": 0})})
     return spec_hash(spec, sections=_STAGE_SECTIONS[stage])
 
 
