@@ -86,14 +86,14 @@ class RunContext:
 
     def identities(self):
         """Every stage's identity (pipeline/identity.py), computed once per context: the checkpoint's and the
-        selected labeled files' sha256 come from the digest cache (digests.py) unless a file changed."""
+        selected labeled files' sha256 come from the digest cache (digests.py) unless a file changed. A folder
+        or toy set is not opened for it (synthesis decodes no labeled image)."""
         if self._identities is None:
             from handsoff_ray.pipeline.digests import file_digest, labeled_digests
             from handsoff_ray.pipeline.identity import Identities
 
-            labeled, ids = self.labeled()
             self._identities = Identities.of(self.spec, file_digest(self.checkpoint_path()),
-                                             labeled_digests(self.spec, labeled, ids))
+                                             labeled_digests(self.spec, self.labeled))
         return self._identities
 
     @functools.cached_property

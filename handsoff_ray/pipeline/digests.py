@@ -9,7 +9,7 @@ path, a mask corrected under the same name, a face added to the folder all chang
 The cache is one small JSON file, `$HANDSOFF_CACHE_DIR/digests.json` (default ~/.cache/handsoff): an entry
 is used only while the file's size and mtime_ns are what they were when it was hashed, so a rewrite is seen
 even when the size stays. Concurrent processes each rewrite the whole file atomically; a lost update only
-costs a re-hash. Toy faces (`data.format: toy`) read no file: their content is (renderer version, seed, size).
+costs a re-hash. Toy faces (`data.format: toy`) read no file: their content is (renderer version, seed).
 """
 
 from __future__ import annotations
@@ -112,39 +112,70 @@ class LabeledDigests:
         return digest_of(self.images, self.labels, self.shared)
 
 
-def labeled_digests(spec, labeled, ids: list[str]) -> LabeledDigests:
-    """Digests of the selected images of `labeled` (opened from spec.data): files for a labeled-set folder,
-    (renderer version, seed, size) for toy faces, the decoded arrays for the public layouts (their readers
-    resize and merge classes, so what the stages see is what counts)."""
-    shared = digest_of(list(labeled.classes or []), list(labeled.keypoint_names or []), labeled.depth_scale,
-                       list(labeled.image_size))
-    fmt = spec.data.format
-    if fmt == "toy":
+def labeled_digests(spec, opened=None) -> LabeledDigests:
+    """Digests of the labeled images spec.data selects, without decoding one for a labeled-set folder or toy
+    faces (synthesis checks its inputs without opening the set):
+
+    - folder: each selected image's and label file's sha256 (masks/, depth/), its keypoints.json row, and
+      the metadata files (classes.yaml, depth.yaml, keypoint names) as `shared`;
+    - toy: (renderer version, seed, size) per face;
+    - public layouts: the decoded arrays of `opened()` ((labeled set, ids): their readers resize and merge
+      classes, so what the stages see is what counts).
+    """
+    d = spec.data
+    if d.format == "toy":
+        from handsoff_ray.config import parse_seeds
         from handsoff_ray.toy.world import toy_ids
 
-        from handsoff_ray.config import parse_seeds
-
-        seeds = parse_seeds(spec.data.seeds, what="data.seeds")
+        seeds = parse_seeds(d.seeds, what="data.seeds")
         seed_of = dict(zip(toy_ids(seeds), seeds))
-        images = {i: digest_of(TOY_RENDERER_VERSION, seed_of[i], list(labeled.image_size)) for i in ids}
-        return LabeledDigests(images, dict(images), shared)
-    if fmt == "folder":
-        root = str(labeled.root)
-        parts = [p for p, have in (("masks", labeled.has_masks), ("depth", labeled.has_depth)) if have]
-        paths = [os.path.join(root, "images", f"{i}.png") for i in ids]
-        paths += [os.path.join(root, p, f"{i}.png") for p in parts for i in ids]
-        d = file_digests(paths)
-        images = {i: d[os.path.join(root, "images", f"{i}.png")] for i in ids}
-        points = getattr(labeled, "_points", {})
-        labels = {i: digest_of([d[os.path.join(root, p, f"{i}.png")] for p in parts],
-                               np.asarray(points[i]).tolist() if i in points else None) for i in ids}
-        return LabeledDigests(images, labels, shared)
+        chosen = list(d.ids) if d.ids is not None else sorted(seed_of)[: d.limit] if d.limit else sorted(seed_of)
+        size = d.resize[0] if d.resize else 64  # datasets/public.py: toy faces are rendered at resize's height
+        images = {i: digest_of(TOY_RENDERER_VERSION, seed_of.get(i), size) for i in chosen}
+        return LabeledDigests(images, dict(images), digest_of(TOY_RENDERER_VERSION))
+    if d.format == "folder":
+        return _folder_digests(d.path, d.ids, d.limit)
+    labeled, ids = opened()
     images, labels = {}, {}
     for i in ids:
         s = labeled.load(i)
         images[i] = hashlib.sha256(np.ascontiguousarray(s.image).tobytes()).hexdigest()
         labels[i] = digest_of(*(None if a is None else hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
                                 for a in (s.segmentation, s.keypoints, s.depth)))
+    shared = digest_of(list(labeled.classes or []), list(labeled.keypoint_names or []), labeled.depth_scale,
+                       list(labeled.image_size))
+    return LabeledDigests(images, labels, shared)
+
+
+def _folder_digests(root: str, ids, limit) -> LabeledDigests:
+    """A labeled-set folder's digests (labeled_folder's layout: images/, masks/, depth/, keypoints.json)."""
+    def pngs(part: str) -> set[str]:
+        folder = os.path.join(root, part)
+        if not os.path.isdir(folder):
+            return set()
+        return {n[:-4] for n in os.listdir(folder) if n.endswith(".png") and not n.startswith(".")}
+
+    available = pngs("images")
+    chosen = list(ids) if ids is not None else sorted(available)[:limit] if limit else sorted(available)
+    parts = [p for p in ("masks", "depth") if os.path.isdir(os.path.join(root, p))]
+    have = {p: pngs(p) for p in parts}
+    paths = [os.path.join(root, "images", f"{i}.png") for i in chosen if i in available]
+    paths += [os.path.join(root, p, f"{i}.png") for p in parts for i in chosen if i in have[p]]
+    meta = [os.path.join(root, rel) for rel in ("masks/classes.yaml", "depth/depth.yaml") if os.path.isfile(os.path.join(root, rel))]
+    digests = file_digests(paths + meta)
+    points, names = {}, None
+    kp_path = os.path.join(root, "keypoints.json")
+    if os.path.isfile(kp_path):
+        try:
+            with open(kp_path) as f:
+                doc = json.load(f)
+            names, points = doc.get("names"), doc.get("points") or {}
+        except (OSError, ValueError, AttributeError):
+            names, points = file_digest(kp_path), {}  # unreadable: open_labeled_set will say why
+    images = {i: digests.get(os.path.join(root, "images", f"{i}.png")) for i in chosen}
+    labels = {i: digest_of([digests.get(os.path.join(root, p, f"{i}.png")) for p in parts], points.get(i))
+              for i in chosen}
+    shared = digest_of({os.path.relpath(m, root): digests[m] for m in meta}, names)
     return LabeledDigests(images, labels, shared)
 
 

@@ -42,6 +42,8 @@ class InvertStage(Stage):
         ctx.content_rows(ctx.generator(torch.device("cpu")))  # a bad checkpoint or crop_rows fails here
         ctx.claim_stage("invert")
         idn = ctx.identities()
+        if list(idn.latents) != list(ids):  # digests.py selects like labeled.py; a mismatch is a bug, never data
+            raise RuntimeError(f"content digests cover other images than the labeled set ({len(idn.latents)} vs {len(ids)})")
         todo = _pending(ctx, ids)
         reason = _reason(ctx, ids, todo)
         if todo and ctx.spec.inversion.encoder.enabled:
