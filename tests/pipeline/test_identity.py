@@ -346,3 +346,26 @@ def test_ray_engine_inverts_only_the_added_image_and_refits(tmp_path, generator,
     assert inv["inverted_now"] == 1 and "1 labeled image added" in inv["reason"]
     assert fit["reason"] == "fit: 1 labeled image added since the last fit; fitting 2 of 2 members"
     assert run_stage(spec, "synthesize", engine="local")["shards_written_now"] == SHARDS
+
+
+class TestDigestCache:
+    def test_a_file_is_hashed_once_until_its_size_or_mtime_changes(self, tmp_path, monkeypatch):
+        import hashlib
+
+        from handsoff_ray.pipeline import digests
+
+        monkeypatch.setenv("HANDSOFF_CACHE_DIR", str(tmp_path / "cache"))
+        monkeypatch.setattr(digests, "_memo", {})
+        calls = []
+        real = hashlib.file_digest
+        monkeypatch.setattr(hashlib, "file_digest", lambda f, name: calls.append(1) or real(f, name))
+        path = tmp_path / "f.bin"
+        path.write_bytes(b"a" * 100)
+        first = digests.file_digest(str(path))
+        assert first == hashlib.sha256(b"a" * 100).hexdigest() and len(calls) == 1
+        digests._memo.clear()  # a new process: the JSON cache answers
+        assert digests.file_digest(str(path)) == first and len(calls) == 1
+        path.write_bytes(b"b" * 100)  # same size, new mtime
+        st = os.stat(path)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+        assert digests.file_digest(str(path)) == hashlib.sha256(b"b" * 100).hexdigest() and len(calls) == 2
