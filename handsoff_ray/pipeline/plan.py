@@ -11,7 +11,7 @@ import math
 import os
 
 from handsoff_ray.config import JobSpec, spec_hash
-from handsoff_ray.pipeline.layout import RUN
+from handsoff_ray.pipeline.layout import ARTIFACTS, RUN
 from handsoff_ray.toy import SHIPPED_GENERATOR
 
 __all__ = ["make_plan", "stage_hash", "resolve_checkpoint", "TOY_CHECKPOINT"]
@@ -68,6 +68,7 @@ def make_plan(spec: JobSpec) -> dict:
         problems.append(f"evaluation.test_path: no such folder {ev.test_path}")
 
     run_root = f"{spec.storage.output.rstrip('/')}/{spec.run_id}"
+    artifacts = f"{spec.storage.output.rstrip('/')}/{ARTIFACTS.root}"
     syn = spec.synthesis
     n_shards = math.ceil(syn.num_samples / syn.shard_size)
     return {
@@ -84,14 +85,15 @@ def make_plan(spec: JobSpec) -> dict:
                 "steps": spec.inversion.steps,
                 "batch_size": spec.inversion.batch_size,
                 "init": "encoder" if spec.inversion.encoder.enabled else "average latent",
-                "writes": f"{run_root}/{RUN.latents}/",
+                "writes": f"{artifacts}/{ARTIFACTS.latents}/ (one latent per image, by content), "
+                          f"{run_root}/{RUN.latents_refs}",
                 "workers": spec.resources.num_workers,
             },
             "fit": {
                 "hash": stage_hash(spec, "fit"),
                 "tasks": spec.label_generator.tasks.enabled(),
                 "ensemble_size": spec.label_generator.ensemble_size,
-                "writes": f"{run_root}/{RUN.label_generator}/",
+                "writes": f"{artifacts}/{ARTIFACTS.label_generators}/<identity>/, {run_root}/{RUN.label_generator_ref}",
             },
             "synthesize": {
                 "hash": stage_hash(spec, "synthesize"),
@@ -99,7 +101,7 @@ def make_plan(spec: JobSpec) -> dict:
                 "shards": n_shards,
                 "shard_size": syn.shard_size,
                 "truncation_psi": syn.truncation_psi,
-                "writes": f"{run_root}/{RUN.dataset}/",
+                "writes": f"{run_root}/{RUN.dataset}/" + (f" (version {syn.version})" if syn.version else ""),
                 "actors": spec.resources.synthesis_actors,
             },
             "evaluate": {"enabled": ev.enabled, "hash": stage_hash(spec, "evaluate"),
