@@ -233,6 +233,12 @@ class TestSharedArtifacts:
         assert out["fit"]["skipped"] and "reusing the label generator" in out["fit"]["reason"]
         assert shard_bytes(other) == shard_bytes(spec)  # the same inputs: the same pairs
         assert label_generator_folder(open_run(other)) == label_generator_folder(open_run(spec))
+        from handsoff_ray.core.label_generator import load_label_generator
+        from handsoff_ray.pipeline.stages.fit import label_generator_location
+
+        where, rel = label_generator_location(open_run(other))  # what the demo and benchmarks load
+        assert rel.startswith("label_generator/") and where.root.endswith("_artifacts")
+        assert load_label_generator(where.path(rel)).ensemble_size == 2
 
     def test_a_spec_with_other_synthesis_settings_reuses_invert_and_fit(self, tmp_path, generator, labeled):
         run_all(spec_for(tmp_path, generator, labeled))

@@ -99,8 +99,11 @@ class SynthesizeStage(Stage):
 
         apply_torch_threads(ctx.spec)
         G = ctx.generator()
-        with tempfile.TemporaryDirectory() as d:  # the label generator of this spec's inputs (prepare checked it)
-            lg_file = ARTIFACTS.label_generator_file(ctx.identities().fit)
+        # The label generator the run refers to: prepare checked that it is the one of this spec's inputs, and an
+        # actor need not reach the labeled set to know it.
+        fit_identity = ctx.store.read_json(RUN.label_generator_ref)["identity"]
+        with tempfile.TemporaryDirectory() as d:
+            lg_file = ARTIFACTS.label_generator_file(fit_identity)
             lg = load_label_generator(ctx.artifacts.local_copy(lg_file, d), device=ctx.device)
         facts = _facts(ctx)
         writer, meta, shift = DatasetWriter(ctx.store, RUN.dataset), _meta(facts), _prior_shift(ctx, facts)
