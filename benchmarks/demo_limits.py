@@ -92,13 +92,16 @@ def main(argv=None) -> dict:
     base = demo_spec(args.demo, FULL)
     spec = parse_spec(base)
     store = open_run(spec)
-    if not store.exists("label_generator/label_generator.safetensors"):
+    from handsoff_ray.pipeline.stages.fit import label_generator_location
+
+    lg_store, lg_file = label_generator_location(store)  # the shared artifact (or a run from before them)
+    if not lg_store.exists(lg_file):
         raise SystemExit(f"no finished demo under {args.demo}: run `make demo` (or pass --demo DIR)")
     G = RunContext(spec).generator(torch.device("cpu"))
     labeled, ids = open_spec_labeled_set(spec)
     result: dict = {"demo": args.demo, "classes": list(labeled.classes)}
     log("label generator of the demo on its 16 inverted training images")
-    lg = load_label_generator(store.path("label_generator/label_generator.safetensors"))
+    lg = load_label_generator(lg_store.path(lg_file))
     result["fit"] = {"steps": spec.label_generator.max_steps, "members": spec.label_generator.ensemble_size,
                      **on_training_images(G, lg, store, labeled, ids)}
 
@@ -122,7 +125,8 @@ def _refit(args, base, spec, store, G, labeled, ids, result):
 
     log(f"refit {args.refit_members} members for {args.refit_steps} steps on the same latents")
     with tempfile.TemporaryDirectory() as tmp:
-        shutil.copytree(store.path("latents"), os.path.join(tmp, spec.run_id, "latents"))
+        # fit finds the demo's latents by content in <output>/_artifacts: copy those
+        shutil.copytree(store.sibling("_artifacts").path("latents"), os.path.join(tmp, "_artifacts", "latents"))
         refit = {**base, "storage": {**base["storage"], "output": tmp},
                  "label_generator": {**base["label_generator"], "max_steps": args.refit_steps,
                                      "ensemble_size": args.refit_members},
@@ -130,7 +134,10 @@ def _refit(args, base, spec, store, G, labeled, ids, result):
         rspec = parse_spec(refit)
         t0 = time.time()
         run_stage(rspec, "fit", engine="local")
-        lg2 = load_label_generator(open_run(rspec).path("label_generator/label_generator.safetensors"))
+        from handsoff_ray.pipeline.stages.fit import label_generator_location
+
+        lg_store, lg_file = label_generator_location(open_run(rspec))
+        lg2 = load_label_generator(lg_store.path(lg_file))
         result["refit"] = {"steps": args.refit_steps, "members": args.refit_members,
                            "seconds": round(time.time() - t0, 1), **on_training_images(G, lg2, store, labeled, ids)}
     return lg2

@@ -84,7 +84,10 @@ def time_bare(spec, args) -> dict:
 
     device = resolve_device(spec)
     G = RunContext(spec).generator(device)
-    lg = load_label_generator(open_run(spec).path("label_generator/label_generator.safetensors"), device=device)
+    from handsoff_ray.pipeline.stages.fit import label_generator_location
+
+    lg_store, lg_file = label_generator_location(open_run(spec))
+    lg = load_label_generator(lg_store.path(lg_file), device=device)
     n, b = spec.synthesis.num_samples, spec.synthesis.batch_size
 
     def sync():

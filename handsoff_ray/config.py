@@ -317,6 +317,9 @@ class SynthesisSpec(_Section):
         0.0, ge=0, le=2,
         description="Logit adjustment of the segmentation towards the labeled images' class prior (a class-balanced "
         "fit over-paints rare parts on samples): 0 = none, 1 = the full Bayes correction (benchmarks/README.md).")
+    # A scheduled run sets it (the chart: the launch's Unix minute) to add a batch to the same dataset.
+    version: int = Field(0, ge=0, le=2**29, description="Dataset version (batch) this run writes: sample ids "
+                         "start at version * 2^34, so versions never share a sample or seed; 0 = the first.")
 
 
 class S3Spec(_Section):
@@ -607,7 +610,7 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 _LEGACY_HASHED_READER = {"filter_portion": 0.1, "drop_most_certain": 30}
-_HASHED_WHEN_SET = {"prior_tau": 0.0}
+_HASHED_WHEN_SET = {"prior_tau": 0.0, "version": 0}
 
 
 def spec_hash(spec: JobSpec, *, sections: tuple[str, ...] | None = None) -> str:

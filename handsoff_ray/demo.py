@@ -184,7 +184,10 @@ def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | N
     store = ctx.store
     from handsoff_ray.core.label_generator import load_label_generator
 
-    lg = load_label_generator(store.path(RUN.label_generator_file), device=device)
+    from handsoff_ray.pipeline.stages.fit import label_generator_location
+
+    lg_store, lg_file = label_generator_location(store)
+    lg = load_label_generator(lg_store.path(lg_file), device=device)
     pairs = synthesize(G, lg, sample_ids=range(8), run_seed=spec.seed, return_maps=True)
     grid = preview_grid(pairs.images, segmentation=pairs.labels.get("segmentation"),
                         keypoints=pairs.labels.get("keypoints"), uncertainty=pairs.uncertainty_maps["segmentation"],

@@ -7,7 +7,8 @@ The template is a complete `ray.io/v1` RayJob (the chart renders it into a Confi
   * names the RayJob "<template name>-<YYYYmmddHHMM>" (UTC; the template name is cut so the result stays
     within KubeRay's 47 characters) - the run id;
   * adds HANDSOFF_RUN_ID, HANDSOFF_SEED_OFFSET and HANDSOFF_SCHEDULE to runtimeEnvYAML.env_vars, which
-    reach the driver (jobs/entrypoint.py turns them into storage.run_id and seed);
+    reach the driver (jobs/entrypoint.py turns them into storage.run_id = the schedule's name and
+    synthesis.version = the offset: each scheduled run adds a version to one dataset);
   * refuses to start while an earlier RayJob of the same schedule (label handsoff.io/schedule) is not
     finished, unless --allow-concurrent.
 
@@ -156,7 +157,7 @@ def k8s() -> None:
 @click.option("--template", "template_path", required=True, metavar="FILE", help="A rendered ray.io/v1 RayJob.")
 @click.option("--namespace", default="default", show_default=True, metavar="NS", help="Namespace to create it in.")
 @click.option("--seed-offset", default="minutes", show_default=True, metavar="minutes|INT",
-              help="Added to spec.seed: the launch's Unix minute (new data each run) or a fixed integer.")
+              help="The dataset version the run adds: the launch's Unix minute (a new batch each run) or a fixed integer.")
 @click.option("--allow-concurrent", is_flag=True, help="Start even while an earlier run of the schedule is active.")
 @click.option("--kubeconfig", default=None, metavar="FILE", help="Outside a pod: the kubeconfig (default ~/.kube/config).")
 @click.option("--context", default=None, metavar="NAME", help="Kubeconfig context.")

@@ -7,7 +7,12 @@ What it adds to a plain `python -m handsoff_ray run SPEC`:
                       OWNER_NAME (KubeRay sets it in Ray pods to the RayJob's name; a RayCronJob's children
                       are named "<cron>-<unix minute>"). The RayJob name survives backoffLimit retries, so a
                       retry on a fresh RayCluster resumes the same run.
-  * seed            = spec.seed + HANDSOFF_SEED_OFFSET ("from-run-id": the run id's trailing number).
+  * a scheduled run (HANDSOFF_SEED_OFFSET set; "from-run-id": the run id's trailing number, the chart's
+    launcher: the launch's Unix minute) adds a version to one dataset instead of starting from scratch:
+    synthesis.version = the offset, storage.run_id = HANDSOFF_SCHEDULE (the schedule's name; else the run id).
+    Its sample ids start at version * 2^34, so no pair repeats an earlier batch's sample or seed, and the
+    labeled set and generator are those of the last run, so invert and fit are reused (they rerun only for
+    what changed: pipeline/identity.py) and the run spends its time on synthesis.
   * resources.ray_address = auto (join the RayCluster this driver runs in).
   * HANDSOFF_DRIVER_METRICS_PORT: serve the driver's own metrics (shards planned, stage times, run info) on
     that port while the run goes, for the head PodMonitor's "driver-metrics" endpoint.
@@ -24,7 +29,7 @@ import sys
 
 import yaml
 
-SEED_MAX = 2**31 - 1
+VERSION_MAX = 2**29  # synthesis.version's bound (config.py)
 
 
 def resolve_run_id(env: dict[str, str]) -> str:
@@ -35,8 +40,8 @@ def resolve_run_id(env: dict[str, str]) -> str:
     return run_id
 
 
-def resolve_seed(spec_path: str, run_id: str, env: dict[str, str]) -> int | None:
-    """spec.seed plus the offset, or None when there is no offset (the spec's seed stands)."""
+def resolve_version(run_id: str, env: dict[str, str]) -> int | None:
+    """The dataset version a scheduled run adds, or None when the run is not scheduled (no offset)."""
     offset = env.get("HANDSOFF_SEED_OFFSET", "")
     if not offset:
         return None
@@ -47,17 +52,19 @@ def resolve_seed(spec_path: str, run_id: str, env: dict[str, str]) -> int | None
         offset = match.group(1)
     if not offset.isdigit():
         raise SystemExit(f"Error: HANDSOFF_SEED_OFFSET must be an integer or from-run-id, got {offset!r}")
-    with open(spec_path) as f:
-        base = int((yaml.safe_load(f) or {}).get("seed", 0))
-    return (base + int(offset)) % (SEED_MAX + 1)
+    if int(offset) > VERSION_MAX:
+        raise SystemExit(f"Error: HANDSOFF_SEED_OFFSET {offset} is above the largest dataset version {VERSION_MAX}")
+    return int(offset)
 
 
 def build_args(spec_path: str, extra: list[str], env: dict[str, str]) -> list[str]:
     run_id = resolve_run_id(env)
+    version = resolve_version(run_id, env)
+    if version is not None:  # every scheduled run of one schedule adds a version to the same run's dataset
+        run_id = env.get("HANDSOFF_SCHEDULE") or run_id
     args = ["run", spec_path, "--set", f"storage.run_id={run_id}", "--set", "resources.ray_address=auto"]
-    seed = resolve_seed(spec_path, run_id, env)
-    if seed is not None:
-        args += ["--set", f"seed={seed}"]
+    if version is not None:
+        args += ["--set", f"synthesis.version={version}"]
     return args + extra
 
 

@@ -12,6 +12,22 @@ from handsoff_ray.core.stylegan2 import Generator, GeneratorConfig
 # 30x slower, and single-threaded kernels also keep float results identical run to run.
 torch.set_num_threads(1)
 
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _digest_cache(tmp_path_factory):
+    """Stages cache file digests (pipeline/digests.py) under HANDSOFF_CACHE_DIR: a session's own, never ~/.cache."""
+    import os
+
+    old = os.environ.get("HANDSOFF_CACHE_DIR")
+    os.environ["HANDSOFF_CACHE_DIR"] = str(tmp_path_factory.mktemp("handsoff-cache"))
+    yield
+    if old is None:
+        os.environ.pop("HANDSOFF_CACHE_DIR", None)
+    else:
+        os.environ["HANDSOFF_CACHE_DIR"] = old
+
+
 TINY = GeneratorConfig(resolution=16, style_dim=32, n_mlp=2, channel_base=256, channel_max=32)
 
 

@@ -99,7 +99,8 @@ class TestHash:
 
     def test_stage_hashes_are_those_of_earlier_versions(self):
         """Pinned: a changed hash refuses every existing run's outputs ("holds output of another spec") and
-        changes every shard's bytes (the spec_hash column). Values from before reader.* left synthesis."""
+        changes every shard's bytes (the spec_hash column). Values from before reader.* left synthesis.
+        Content identities (next test) add what a stage reads to these and leave them as they were."""
         from handsoff_ray.pipeline.plan import stage_hash
 
         toy = load_spec(Path(__file__).parents[1] / "jobs/specs/toy.yaml")
@@ -107,6 +108,32 @@ class TestHash:
                                (toy, ["b82f1e9b5f9dacfb", "112098439e467547", "cc7b753d7f9ac0d2"])):
             assert [stage_hash(spec, s) for s in ("invert", "fit", "synthesize")] == expected
         assert spec_hash(parse_spec({})) == "20113b07732b3640"
+
+    def test_content_identities_of_the_toy_spec_are_pinned(self):
+        """Pinned: a stage's identity (pipeline/identity.py) is its stage hash above plus the content it reads
+        (here: the toy faces' renderer version and seeds, the shipped toy checkpoint's sha256) and the
+        identities before it. A changed value recomputes every existing run's invert, fit and synthesis
+        outputs once (their bytes stay the same when the stage hashes above do). New with content identities."""
+        from handsoff_ray.pipeline.digests import file_digest, labeled_digests
+        from handsoff_ray.pipeline.identity import Identities
+        from handsoff_ray.pipeline.plan import resolve_checkpoint
+
+        toy = load_spec(Path(__file__).parents[1] / "jobs/specs/toy.yaml")
+        checkpoint = file_digest(resolve_checkpoint(toy.generator.checkpoint))
+        assert checkpoint == "39ce8695a60e244032aa5655a009f6065b97e5a05976f89a5040ee5d2f054532"  # the shipped toy GAN
+        ids = Identities.of(toy, checkpoint, labeled_digests(toy))
+        assert [ids.invert[:16], ids.fit[:16], ids.synthesize[:16]] == \
+            ["1bea4a6848b50f05", "3ce52ccf269bd3df", "39c8ed00b88a2dcc"]
+
+    def test_synthesis_version_is_in_no_stage_hash(self):
+        """A dataset's versions (scheduled batches) belong to one spec: the version changes no stage hash, so
+        no row's spec_hash, and the full spec hash only when set."""
+        from handsoff_ray.pipeline.plan import stage_hash
+
+        a, b = parse_spec({}), parse_spec({"synthesis": {"version": 29_000_000}})
+        assert [stage_hash(a, s) for s in ("invert", "fit", "synthesize", "evaluate")] == \
+            [stage_hash(b, s) for s in ("invert", "fit", "synthesize", "evaluate")]
+        assert spec_hash(a) == "20113b07732b3640" != spec_hash(b)
 
     def test_section_hash_ignores_other_sections(self):
         a, b = parse_spec({}), parse_spec({"synthesis": {"num_samples": 5}})

@@ -4,6 +4,8 @@
     ctx.store                     # the run's RunStore (storage.output/<run_id>)
     ctx.generator()               # the spec's generator on ctx.device, loaded once per process
     ctx.labeled()                 # (labeled set, selected ids), opened and checked once per process
+    ctx.artifacts                 # <storage.output>/_artifacts: outputs shared by identity across runs
+    ctx.identities()              # every stage's identity (identity.py): spec sections + input digests
 
 A process (the driver, a Ray Train worker, a Ray Data actor) loads each model once, whatever number of
 stages or units of work it runs: the model caches are per process, keyed by what the model depends on
@@ -25,7 +27,7 @@ import torch
 
 from handsoff_ray.config import JobSpec
 from handsoff_ray.pipeline.errors import UserError
-from handsoff_ray.pipeline.layout import RUN
+from handsoff_ray.pipeline.layout import ARTIFACTS, RUN
 from handsoff_ray.pipeline.plan import resolve_checkpoint, stage_hash
 from handsoff_ray.pipeline.storage import RunStore
 
@@ -62,6 +64,7 @@ class RunContext:
     spec: JobSpec
     _store: RunStore | None = field(default=None, repr=False)
     _labeled: tuple | None = field(default=None, repr=False)
+    _identities: object | None = field(default=None, repr=False)
 
     @property
     def store(self) -> RunStore:
@@ -69,15 +72,37 @@ class RunContext:
             self._store = open_run(self.spec)
         return self._store
 
+    @property
+    def artifacts(self) -> RunStore:
+        """<storage.output>/_artifacts (layout.py ARTIFACTS): latents and label generators by identity."""
+        return self.store.sibling(ARTIFACTS.root)
+
+    def checkpoint_path(self) -> str:
+        """A local path of the spec's generator checkpoint (a remote one is downloaded once per machine)."""
+        path = resolve_checkpoint(self.spec.generator.checkpoint)
+        if "://" in path:
+            path = _cached_checkpoint(path, self.spec.storage.s3.endpoint_url, self.spec.storage.s3.region)
+        return path
+
+    def identities(self):
+        """Every stage's identity (pipeline/identity.py), computed once per context: the checkpoint's and the
+        selected labeled files' sha256 come from the digest cache (digests.py) unless a file changed. A folder
+        or toy set is not opened for it (synthesis decodes no labeled image)."""
+        if self._identities is None:
+            from handsoff_ray.pipeline.digests import file_digest, labeled_digests
+            from handsoff_ray.pipeline.identity import Identities
+
+            self._identities = Identities.of(self.spec, file_digest(self.checkpoint_path()),
+                                             labeled_digests(self.spec, self.labeled))
+        return self._identities
+
     @functools.cached_property
     def device(self) -> torch.device:
         return resolve_device(self.spec)
 
     def generator(self, device: torch.device | None = None):
         """The spec's generator (eval mode, no gradients) on `device` (default ctx.device)."""
-        path = resolve_checkpoint(self.spec.generator.checkpoint)
-        if "://" in path:
-            path = _cached_checkpoint(path, self.spec.storage.s3.endpoint_url, self.spec.storage.s3.region)
+        path = self.checkpoint_path()
         stat = os.stat(path)  # a file replaced at the same path is loaded again
         return _load_generator(path, stat.st_size, stat.st_mtime_ns, str(device or self.device))
 

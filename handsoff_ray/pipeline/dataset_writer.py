@@ -30,15 +30,15 @@ class DatasetWriter:
         """A DATASET_FILES path relative to the store's root."""
         return posixpath.join(self.folder, name) if self.folder else name
 
-    def shard(self, k: int) -> str:
-        return self.rel(DATASET_FILES.shard(k))
+    def shard(self, k: int, version: int = 0) -> str:
+        return self.rel(DATASET_FILES.shard(k, version))
 
-    def commit_shard(self, k: int, local_path: str) -> dict:
-        """Commit a finished local Parquet file as shard k (streamed; it appears only when whole); returns
-        the manifest fields that identify it."""
+    def commit_shard(self, k: int, local_path: str, version: int = 0) -> dict:
+        """Commit a finished local Parquet file as shard k of a version (streamed; it appears only when
+        whole); returns the manifest fields that identify it."""
         digest, size = sha256_file(pafs.LocalFileSystem(), local_path)
-        self.store.put_file(self.shard(k), local_path)
-        return {"file": DATASET_FILES.shard(k), "bytes": size, "sha256": digest}
+        self.store.put_file(self.shard(k, version), local_path)
+        return {"file": DATASET_FILES.shard(k, version), "bytes": size, "sha256": digest}
 
     def load_manifest(self) -> tuple[dict | None, str | None]:
         """(the manifest a previous writer left, or None; a note when it was unreadable)."""

@@ -1,18 +1,26 @@
 """Every path of a run and of a dataset, in one place.
 
     <output>/<run_id>/                      RunStore root (storage.py)
-      latents/<image id>.safetensors        invert: W+ latent + inversion metrics, one file per image
-      latents/_encoder.safetensors          invert: the ReStyle-style encoder, when enabled
+      latents/_refs.json                    invert: image id -> latent key (in _artifacts), what was read
       latents/_index.json                   invert: summary (mean PSNR / LPIPS, per image)
-      label_generator/members/member-NNN.safetensors   fit: one file per ensemble member
-      label_generator/fit.json              fit: summary and what fit learnt about the data (classes, ...)
-      label_generator/label_generator.safetensors      fit: the merged ensemble (written last)
-      dataset/                              synthesize: a dataset (DATASET_FILES below)
+      label_generator/_ref.json             fit: the label generator's identity (in _artifacts), what was read
+      label_generator/fit.json              fit: a copy of the artifact's fit.json (summary, data facts)
+      dataset/                              synthesize: a dataset (DATASET_FILES below), one or more versions
       eval/report.json                      evaluate
       <stage folder>/_stage.json            which spec owns the stage's folder (its stage hash)
       <stage folder>/_progress/             Ray Train workers' progress counters
 
-    <dataset>/data/part-NNNNNN.parquet       shards (the Hugging Face layout: readers open data/ directly)
+    <output>/_artifacts/                    shared by every run under <output>, stored by identity (identity.py)
+      latents/<latent key>.safetensors      W+ latent + inversion metrics of one image
+      encoders/<key>.safetensors            the ReStyle-style encoder, when enabled
+      label_generator/<fit identity>/members/member-NNN.safetensors, fit.json,
+                                  label_generator.safetensors (written last)
+
+    Runs written before content identities keep latents/<id>.safetensors and
+    label_generator/label_generator.safetensors in the run folder; readers still open them (`legacy_*`).
+
+    <dataset>/data/part-NNNNNN.parquet       shards of version 0 (the Hugging Face layout: readers open data/)
+    <dataset>/data/part-vV-NNNNNN.parquet    shards of version V > 0 (synthesis.version: a scheduled batch)
     <dataset>/_manifest.json                what the dataset holds: the truth readers check (manifest.py)
     <dataset>/README.md                     the dataset card
     <dataset>/_SUCCESS                      written last: the dataset is complete
@@ -22,7 +30,11 @@ Paths are relative (to the run root, or to the dataset root) and use "/" on ever
 
 from __future__ import annotations
 
-__all__ = ["RUN", "DATASET_FILES", "RunLayout", "DatasetLayout"]
+__all__ = ["RUN", "DATASET_FILES", "ARTIFACTS", "RunLayout", "DatasetLayout", "ArtifactLayout", "VERSION_STRIDE"]
+
+# Version V of a dataset holds sample ids [V * VERSION_STRIDE, V * VERSION_STRIDE + num_samples): versions never
+# share a sample id, and so never a sample seed. Above synthesis.num_samples' maximum (1e10).
+VERSION_STRIDE = 2**34
 
 
 class DatasetLayout:
@@ -33,28 +45,32 @@ class DatasetLayout:
     success = "_SUCCESS"
     card = "README.md"
 
-    def shard(self, k: int) -> str:
-        return f"{self.data}/part-{k:06d}.parquet"
+    def shard(self, k: int, version: int = 0) -> str:
+        return f"{self.data}/part-{k:06d}.parquet" if not version else f"{self.data}/part-v{version}-{k:06d}.parquet"
+
+    @staticmethod
+    def shard_key(k: int, version: int = 0) -> str:
+        """Shard k of a version in the manifest's "shards" (version 0 keeps the plain "k" of older datasets)."""
+        return str(k) if not version else f"v{version}-{k}"
 
 
 class RunLayout:
     """Paths inside one run (<output>/<run_id>)."""
 
     latents = "latents"
-    encoder = "latents/_encoder.safetensors"
+    latents_refs = "latents/_refs.json"
     latents_index = "latents/_index.json"
     label_generator = "label_generator"
+    label_generator_ref = "label_generator/_ref.json"
     fit_summary = "label_generator/fit.json"
-    label_generator_file = "label_generator/label_generator.safetensors"
+    legacy_encoder = "latents/_encoder.safetensors"
+    legacy_label_generator_file = "label_generator/label_generator.safetensors"
     dataset = "dataset"
     eval_report = "eval/report.json"
     _stage_folders = {"invert": latents, "fit": label_generator, "synthesize": dataset, "evaluate": "eval"}
 
-    def latent(self, image_id: str) -> str:
+    def legacy_latent(self, image_id: str) -> str:
         return f"{self.latents}/{image_id}.safetensors"
-
-    def member(self, m: int) -> str:
-        return f"{self.label_generator}/members/member-{m:03d}.safetensors"
 
     def in_dataset(self, rel: str) -> str:
         """A DatasetLayout path of the run's dataset, relative to the run root."""
@@ -70,5 +86,32 @@ class RunLayout:
         return f"{self._stage_folders[stage]}/_progress"
 
 
+class ArtifactLayout:
+    """Paths inside <output>/_artifacts, the outputs every run under <output> shares by identity."""
+
+    root = "_artifacts"  # a run id never starts with "_" (config's pattern), so no run collides with it
+    latents = "latents"
+    label_generators = "label_generator"
+
+    def latent(self, key: str) -> str:
+        return f"{self.latents}/{key}.safetensors"
+
+    def encoder(self, key: str) -> str:
+        return f"encoders/{key}.safetensors"
+
+    def label_generator(self, identity: str) -> str:
+        return f"{self.label_generators}/{identity}"
+
+    def member(self, identity: str, m: int) -> str:
+        return f"{self.label_generator(identity)}/members/member-{m:03d}.safetensors"
+
+    def fit_summary(self, identity: str) -> str:
+        return f"{self.label_generator(identity)}/fit.json"
+
+    def label_generator_file(self, identity: str) -> str:
+        return f"{self.label_generator(identity)}/label_generator.safetensors"
+
+
 RUN = RunLayout()
+ARTIFACTS = ArtifactLayout()
 DATASET_FILES = DatasetLayout()

@@ -24,7 +24,8 @@ from handsoff_ray.pipeline.layout import DATASET_FILES
 from handsoff_ray.pipeline.storage import list_sizes, sha256_file
 
 __all__ = [
-    "DatasetError", "DatasetFiles", "IncompleteDatasetWarning", "check_dataset", "manifest_files", "parse_manifest",
+    "DatasetError", "DatasetFiles", "IncompleteDatasetWarning", "check_dataset", "manifest_files", "manifest_versions",
+    "parse_manifest",
     "read_manifest", "verify_dataset",
 ]
 
@@ -101,8 +102,18 @@ def _problems(fs: pafs.FileSystem, root: str, uri: str) -> tuple[list[str], dict
     return problems, manifest, sizes
 
 
-def check_dataset(fs: pafs.FileSystem, root: str, uri: str, *, allow_incomplete: bool = False) -> DatasetFiles:
-    """The shards a reader may open; DatasetError (one line, naming the first bad file) unless all is whole."""
+def manifest_versions(manifest: dict) -> list[int]:
+    """The versions (batches) a dataset holds: [0] for a dataset written before versions."""
+    versions = manifest.get("versions")
+    if versions:
+        return sorted(int(v) for v in versions)
+    return sorted({int(e.get("version", 0)) for e in manifest["shards"].values()})
+
+
+def check_dataset(fs: pafs.FileSystem, root: str, uri: str, *, allow_incomplete: bool = False,
+                  version: int | None = None) -> DatasetFiles:
+    """The shards a reader may open (all versions, or one); DatasetError (one line, naming the first bad file)
+    unless all is whole."""
     problems, manifest, sizes = _problems(fs, root, uri)
     if manifest is None and not sizes and len(problems) == 2:  # no _SUCCESS, no manifest, no shards
         raise DatasetError(f"{uri}: no handsoff dataset here (no {MANIFEST}, {SUCCESS} or data/*.parquet); "
@@ -116,6 +127,11 @@ def check_dataset(fs: pafs.FileSystem, root: str, uri: str, *, allow_incomplete:
         names, rows = sorted(sizes), {}
     else:
         expected = manifest_files(manifest)
+        if version is not None:
+            if version not in manifest_versions(manifest):
+                raise DatasetError(f"{uri}: no version {version} in this dataset (it holds versions "
+                                   f"{manifest_versions(manifest)}); pass one of them, or version=None for all")
+            expected = {n: e for n, e in expected.items() if int(e.get("version", 0)) == version}
         names = sorted(n for n, e in expected.items() if sizes.get(n) == e["bytes"])
         rows = {posixpath.join(root, DATA, n): int(expected[n]["rows"]) for n in names}
     if not names:

@@ -12,7 +12,7 @@ import math
 import os
 
 from handsoff_ray.config import JobSpec, spec_hash
-from handsoff_ray.pipeline.layout import RUN
+from handsoff_ray.pipeline.layout import ARTIFACTS, RUN
 from handsoff_ray.toy import SHIPPED_GENERATOR
 
 __all__ = ["make_plan", "stage_hash", "resolve_checkpoint", "TOY_CHECKPOINT"]
@@ -29,6 +29,11 @@ TOY_CHECKPOINT = SHIPPED_GENERATOR.name
 
 
 def stage_hash(spec: JobSpec, stage: str) -> str:
+    """The spec part of a stage's identity (identity.py adds what it reads): it names which spec owns a run's
+    stage folder and is every row's `spec_hash`. synthesis.version picks a batch of the same dataset, so it
+    is left out: every version of one dataset belongs to one spec."""
+    if spec.synthesis.version:
+        spec = spec.model_copy(update={"synthesis": spec.synthesis.model_copy(update={"version": 0})})
     return spec_hash(spec, sections=_STAGE_SECTIONS[stage])
 
 
@@ -81,6 +86,7 @@ def make_plan(spec: JobSpec) -> dict:
         problems.append(problem)
 
     run_root = f"{spec.storage.output.rstrip('/')}/{spec.run_id}"
+    artifacts = f"{spec.storage.output.rstrip('/')}/{ARTIFACTS.root}"
     syn = spec.synthesis
     n_shards = math.ceil(syn.num_samples / syn.shard_size)
     return {
@@ -97,14 +103,15 @@ def make_plan(spec: JobSpec) -> dict:
                 "steps": spec.inversion.steps,
                 "batch_size": spec.inversion.batch_size,
                 "init": "encoder" if spec.inversion.encoder.enabled else "average latent",
-                "writes": f"{run_root}/{RUN.latents}/",
+                "writes": f"{artifacts}/{ARTIFACTS.latents}/ (one latent per image, by content), "
+                          f"{run_root}/{RUN.latents_refs}",
                 "workers": spec.resources.num_workers,
             },
             "fit": {
                 "hash": stage_hash(spec, "fit"),
                 "tasks": spec.label_generator.tasks.enabled(),
                 "ensemble_size": spec.label_generator.ensemble_size,
-                "writes": f"{run_root}/{RUN.label_generator}/",
+                "writes": f"{artifacts}/{ARTIFACTS.label_generators}/<identity>/, {run_root}/{RUN.label_generator_ref}",
             },
             "synthesize": {
                 "hash": stage_hash(spec, "synthesize"),
@@ -112,7 +119,7 @@ def make_plan(spec: JobSpec) -> dict:
                 "shards": n_shards,
                 "shard_size": syn.shard_size,
                 "truncation_psi": syn.truncation_psi,
-                "writes": f"{run_root}/{RUN.dataset}/",
+                "writes": f"{run_root}/{RUN.dataset}/" + (f" (version {syn.version})" if syn.version else ""),
                 "actors": spec.resources.synthesis_actors,
             },
             "evaluate": {"enabled": ev.enabled, "hash": stage_hash(spec, "evaluate"),

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from handsoff_ray.pipeline.manifest import DatasetError, IncompleteDatasetWarning, check_dataset
+from handsoff_ray.pipeline.manifest import DatasetError, IncompleteDatasetWarning, check_dataset, manifest_versions
 from handsoff_ray.pipeline.schema import decode_row, schema_meta
 from handsoff_ray.pipeline.storage import StorageError, resolve_filesystem, retry_remote
 
@@ -37,8 +37,11 @@ __all__ = ["SyntheticDataset"]
 class SyntheticDataset(IterableDataset):
     def __init__(self, uri: str | os.PathLike, *, uncertainty_filter: str | float | None = "reference",
                  filter_task: str | None = None, endpoint_url: str | None = None, batch_rows: int = 64,
-                 allow_incomplete: bool = False):
+                 allow_incomplete: bool = False, version: int | None = None):
         """uri: the dataset folder (holding data/, _manifest.json and _SUCCESS), local or s3://.
+
+        version: read one version (batch) of the dataset (the manifest's "versions"; a scheduled run adds
+        one each time), or every version with None (default). `self.versions` lists what the dataset holds.
 
         A dataset without _SUCCESS, or whose shards disagree with its manifest, raises DatasetError naming
         the file; allow_incomplete=True reads the shards that match instead and warns about the rest.
@@ -48,9 +51,11 @@ class SyntheticDataset(IterableDataset):
         self.fs, root = resolve_filesystem(uri, endpoint_url=endpoint_url)
         self.root = root.rstrip("/")
         found = retry_remote("open", uri, lambda: check_dataset(self.fs, self.root, uri,
-                                                                allow_incomplete=allow_incomplete))
+                                                                allow_incomplete=allow_incomplete, version=version))
         self.files, self._rows, self.warnings = found.paths, found.rows, found.warnings
         self.manifest = found.manifest or {}
+        self.version = version
+        self.versions = manifest_versions(self.manifest) if self.manifest else []
         for message in self.warnings:
             warnings.warn(f"reading an incomplete dataset: {message}", IncompleteDatasetWarning, stacklevel=2)
         self.meta = schema_meta(self.open_shard(self.files[0]).schema_arrow)

@@ -9,7 +9,8 @@ This is the one place stages are dispatched: `handsoff run`, the single-stage co
 `fit`, `synthesize`, `evaluate`), the demo and the RayJob entrypoint all come through `run_stage`, so a
 stage runs the same way whichever starts it. A command prints `stage_summary`: {"stage", "run" (the
 run's URI), "output" (the stage's), "skipped" (nothing was left to do), the stage's counts, "seconds"
-(wall time of this call)}. Details stay in the stage's files (latents/_index.json,
+(wall time of this call), "reason" (one line: what reran and why, e.g. "fit: 2 labeled images changed since
+the last fit")}. Details stay in the stage's files (latents/_index.json,
 label_generator/fit.json, dataset/_manifest.json, eval/report.json).
 """
 
@@ -28,7 +29,7 @@ __all__ = ["select_stages", "run_stage", "run_stages", "stage_summary"]
 _COUNTS = {
     "invert": ("images", "inverted_now", "mean_psnr", "mean_lpips", "workers"),
     "fit": ("images", "ensemble_size", "tasks", "workers"),
-    "synthesize": ("samples", "shards", "shards_written_now", "actors"),
+    "synthesize": ("samples", "shards", "shards_written_now", "version", "actors"),
     "evaluate": ("test_images", "synthetic"),
 }
 
@@ -46,6 +47,8 @@ def stage_summary(result: dict) -> dict:
     name = result["stage"]
     out = {"stage": name, "run": result["run"], "output": result["output"], "skipped": bool(result["skipped"])}
     out.update({k: result[k] for k in _COUNTS[name] if k in result})
+    if "reason" in result:  # what reran and why, one line
+        out["reason"] = result["reason"]
     if name == "evaluate":  # the headline scores, not the per-class lists
         out["synthetic"] = {k: v for k, v in result["synthetic"].items() if not isinstance(v, list)}
     out["seconds"] = result["seconds"]

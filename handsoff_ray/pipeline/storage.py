@@ -172,6 +172,11 @@ class RunStore:
         fs, base = resolve_filesystem(output, endpoint_url=endpoint_url, region=region, max_attempts=max_attempts)
         return cls(fs=fs, root=posixpath.join(base, run_id), run_id=run_id, retry_seconds=retry_seconds)
 
+    def sibling(self, run_id: str) -> "RunStore":
+        """The prefix <output>/<run_id> next to this one, on the same file system (e.g. _artifacts)."""
+        return RunStore(fs=self.fs, root=posixpath.join(posixpath.dirname(self.root), run_id), run_id=run_id,
+                        retry_seconds=self.retry_seconds)
+
     def path(self, rel: str) -> str:
         return posixpath.join(self.root, rel)
 

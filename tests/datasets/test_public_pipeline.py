@@ -23,6 +23,7 @@ from handsoff_ray.pipeline.context import RunContext, open_run
 from handsoff_ray.pipeline.run import run_stage
 from handsoff_ray.pipeline.run import run_stage
 from tests.datasets.public_fixtures import write_car_parts, write_celebamask, write_deepfashion
+from tests.pipeline.runs import label_generator_folder
 from tests.support import spec_with
 
 _LG = {"ensemble_size": 2, "max_steps": 10, "batch_pixels": 64, "patience": 2}
@@ -54,7 +55,7 @@ def test_celebamask_public_layout_inverts_and_fits(tmp_path, tiny_generator_path
     inv = run_stage(spec, "invert", engine="local")
     assert inv["images"] == 4 and sorted(inv["per_image"]) == ["0", "1", "2", "3"]
     fit = run_stage(spec, "fit", engine="local")
-    lg = load_label_generator(open_run(spec).path("label_generator/label_generator.safetensors"))
+    lg = load_label_generator(f"{label_generator_folder(open_run(spec))}/label_generator.safetensors")
     assert fit["tasks"] == ["segmentation"] and lg.tasks["segmentation"].num_outputs == 8 and lg.out_size == (16, 16)
 
 
@@ -120,7 +121,7 @@ def test_car_crop_rows_in_inversion_fit_and_synthesis(tmp_path, tiny_generator_p
     run_stage(spec, "invert", engine="local")
     run_stage(spec, "fit", engine="local")
     store = open_run(spec)
-    lg = load_label_generator(store.path("label_generator/label_generator.safetensors"))
+    lg = load_label_generator(f"{label_generator_folder(store)}/label_generator.safetensors")
     assert lg.out_size == (16, 16) and lg.tasks["segmentation"].num_outputs == 10
     G = RunContext(spec).generator(torch.device("cpu"))
     pairs = synthesize(G, lg, sample_ids=range(3), run_seed=0, crop_rows=(2, 14), return_maps=True)

@@ -26,21 +26,26 @@ def test_run_id_from_the_chart_and_ray_address_auto(spec_file):
                     "resources.ray_address=auto", "--stages", "synthesize"]
 
 
-def test_raycronjob_child_name_gives_run_id_and_seed(spec_file):
-    env = {"OWNER_NAME": "faces-weekly-29927807", "HANDSOFF_SEED_OFFSET": "from-run-id"}
+def test_raycronjob_child_adds_a_version_to_the_schedules_dataset(spec_file):
+    """The child's trailing minute is the version; the run id is the schedule's, so every child adds a batch
+    to one dataset and reuses its inversions and label generator; the spec's seed stands."""
+    env = {"OWNER_NAME": "faces-weekly-29927807", "HANDSOFF_SEED_OFFSET": "from-run-id",
+           "HANDSOFF_SCHEDULE": "faces-weekly"}
     args = entrypoint.build_args(spec_file, [], env)
-    assert "storage.run_id=faces-weekly-29927807" in args and args[-1] == f"seed={5 + 29927807}"
+    assert "storage.run_id=faces-weekly" in args and args[-1] == "synthesis.version=29927807"
+    assert not any(a.startswith("seed=") for a in args)
 
 
-def test_launcher_seed_offset_wraps_into_the_seed_range(spec_file):
-    args = entrypoint.build_args(spec_file, [], {"HANDSOFF_RUN_ID": "r", "HANDSOFF_SEED_OFFSET": str(2**31)})
-    assert args[-1] == "seed=5"
+def test_launcher_offset_without_schedule_keeps_the_run_id(spec_file):
+    args = entrypoint.build_args(spec_file, [], {"HANDSOFF_RUN_ID": "r", "HANDSOFF_SEED_OFFSET": "7"})
+    assert "storage.run_id=r" in args and args[-1] == "synthesis.version=7"
 
 
 @pytest.mark.parametrize("env, message", [
     ({}, "no run id: set HANDSOFF_RUN_ID"),
     ({"HANDSOFF_RUN_ID": "plain", "HANDSOFF_SEED_OFFSET": "from-run-id"}, "ends in no number"),
     ({"HANDSOFF_RUN_ID": "r", "HANDSOFF_SEED_OFFSET": "soon"}, "must be an integer or from-run-id"),
+    ({"HANDSOFF_RUN_ID": "r", "HANDSOFF_SEED_OFFSET": str(2**29 + 1)}, "above the largest dataset version"),
 ])
 def test_missing_or_bad_identity_stops_with_one_line(spec_file, env, message):
     with pytest.raises(SystemExit, match=message):

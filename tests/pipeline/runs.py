@@ -32,3 +32,18 @@ def copy_run(finished, tmp_path, **sections) -> JobSpec:
     spec, _ = finished
     shutil.copytree(spec.storage.output, tmp_path / "runs")
     return make_spec(tmp_path / "runs", spec.generator.checkpoint, spec.data.path, **sections)
+
+
+def latent_file(store, image_id: str) -> str:
+    """The local path of one image's latent in the shared artifacts, by the run's latents/_refs.json."""
+    from handsoff_ray.pipeline.layout import ARTIFACTS, RUN
+
+    key = store.read_json(RUN.latents_refs)["latents"][image_id]
+    return store.sibling(ARTIFACTS.root).path(ARTIFACTS.latent(key))
+
+
+def label_generator_folder(store) -> str:
+    """The local folder of the run's label generator in the shared artifacts (label_generator/_ref.json)."""
+    from handsoff_ray.pipeline.layout import ARTIFACTS, RUN
+
+    return store.sibling(ARTIFACTS.root).path(ARTIFACTS.label_generator(store.read_json(RUN.label_generator_ref)["identity"]))

@@ -269,13 +269,15 @@ class TestObjectStoreOutage:
         # moto keeps buckets per process, across servers: one bucket per test.
         bucket = f"outage-{uuid.uuid4().hex[:12]}"
         client.create_bucket(Bucket=bucket)
-        # The finished run's invert and fit outputs, uploaded: synthesis starts from them.
+        # The finished run's invert and fit outputs (its folder and the shared _artifacts they refer to),
+        # uploaded: synthesis starts from them.
         local = copy_run(finished, tmp_path)
         root = open_run(local).root
-        for dirpath, _, files in os.walk(root):
+        output = os.path.dirname(root)
+        for dirpath, _, files in os.walk(output):
             for f in files:
                 if not dirpath.startswith(os.path.join(root, "dataset")):
-                    key = "runs/t/" + os.path.relpath(os.path.join(dirpath, f), root)
+                    key = "runs/" + os.path.relpath(os.path.join(dirpath, f), output)
                     client.upload_file(os.path.join(dirpath, f), bucket, key)
         outage = _Outage(port)
         spec = make_spec(f"s3://{bucket}/runs", local.generator.checkpoint, local.data.path, synthesis=BIG,

@@ -11,6 +11,7 @@ from handsoff_ray.pipeline.progress import StageProgress, stage_progress, watch
 from handsoff_ray.pipeline.context import open_run
 from handsoff_ray.pipeline.run import run_stage
 from tests.pipeline.runs import copy_run as _copy_of
+from tests.pipeline.runs import label_generator_folder, latent_file
 
 
 def _events(err: str, stage: str) -> list[dict]:
@@ -59,9 +60,10 @@ class TestStageProgress:
 def test_local_engine_reports_inversion_steps_and_fitted_members(finished, tmp_path, capsys):
     spec = _copy_of(finished, tmp_path)
     store = open_run(spec)
-    os.remove(store.path("latents/000001.safetensors"))
+    lg_folder = label_generator_folder(store)
+    os.remove(latent_file(store, "000001"))
     for name in ["label_generator.safetensors", "members/member-000.safetensors"]:
-        os.remove(store.path(f"label_generator/{name}"))
+        os.remove(f"{lg_folder}/{name}")
     capsys.readouterr()
     run_stage(spec, "invert", engine="local")
     run_stage(spec, "fit", engine="local")

@@ -19,6 +19,7 @@ from handsoff_ray.pipeline.context import open_run
 from handsoff_ray.pipeline.run import run_stage
 from handsoff_ray.pipeline.stages.invert import read_latent
 from tests.pipeline.runs import copy_run as _copy_of
+from tests.pipeline.runs import label_generator_folder, latent_file
 from tests.pipeline.runs import make_spec as _spec
 from tests.support import private_ray_args
 
@@ -28,8 +29,8 @@ class TestInvert:
         spec, results = finished
         assert results["invert"]["images"] == 4 and results["invert"]["inverted_now"] == 4
         store = open_run(spec)
-        names = [n for n in store.list("latents") if not n.startswith("_")]
-        assert names == [f"{i:06d}.safetensors" for i in range(4)]
+        assert sorted(store.read_json("latents/_refs.json")["latents"]) == [f"{i:06d}" for i in range(4)]
+        assert all(os.path.isfile(latent_file(store, f"{i:06d}")) for i in range(4))  # in <output>/_artifacts
         ws, meta = read_latent(store, "000002")
         assert ws.shape == (6, 32)  # n_latent of a 16x16 generator, style_dim 32
         assert set(meta) >= {"psnr", "lpips", "final_loss", "stage_hash"}
@@ -38,10 +39,12 @@ class TestInvert:
     def test_rerun_redoes_only_missing_images(self, finished, tmp_path):
         spec = _copy_of(finished, tmp_path)
         store = open_run(spec)
-        os.remove(store.path("latents/000001.safetensors"))  # as if the run died before writing it
-        before = store.read_bytes("latents/000000.safetensors")
+        os.remove(latent_file(store, "000001"))  # as if the run died before writing it
+        with open(latent_file(store, "000000"), "rb") as f:
+            before = f.read()
         assert run_stage(spec, "invert", engine="local")["inverted_now"] == 1
-        assert store.read_bytes("latents/000000.safetensors") == before
+        with open(latent_file(store, "000000"), "rb") as f:
+            assert f.read() == before
 
     def test_other_spec_under_same_run_id_is_refused(self, finished, tmp_path):
         spec = _copy_of(finished, tmp_path, inversion={"steps": 5})
@@ -71,7 +74,7 @@ class TestFit:
     def test_fit_writes_a_loadable_label_generator(self, finished):
         spec, results = finished
         assert results["fit"]["tasks"] == ["segmentation", "keypoints", "depth"]
-        lg = load_label_generator(open_run(spec).path("label_generator/label_generator.safetensors"))
+        lg = load_label_generator(os.path.join(label_generator_folder(open_run(spec)), "label_generator.safetensors"))
         assert lg.out_size == (16, 16) and lg.ensemble_size == 2
         assert lg.tasks["segmentation"].num_outputs == 8
 
@@ -196,11 +199,12 @@ def test_encoder_initialisation_is_trained_once_and_reused(tmp_path, tiny_genera
                  inversion={"steps": 2, "encoder": {"enabled": True, "steps": 3, "batch_size": 2, "n_iters": 1}})
     run_stage(spec, "invert", engine="local")
     store = open_run(spec)
-    assert store.exists("latents/_encoder.safetensors")
-    os.remove(store.path("latents/000000.safetensors"))
-    encoder_bytes = store.read_bytes("latents/_encoder.safetensors")
-    run_stage(spec, "invert", engine="local")
-    assert store.read_bytes("latents/_encoder.safetensors") == encoder_bytes
+    artifacts = store.sibling("_artifacts")
+    [encoder] = artifacts.list("encoders")  # stored by the invert settings' and checkpoint's identity
+    os.remove(latent_file(store, "000000"))
+    encoder_bytes = artifacts.read_bytes(f"encoders/{encoder}")
+    assert run_stage(spec, "invert", engine="local")["inverted_now"] == 1
+    assert artifacts.list("encoders") == [encoder] and artifacts.read_bytes(f"encoders/{encoder}") == encoder_bytes
 
 
 @pytest.mark.ray
@@ -242,20 +246,26 @@ def test_ray_train_workers_match_the_local_run(finished, tmp_path, monkeypatch):
     spec = _spec("runs", finished[0].generator.checkpoint, finished[0].data.path,
                  resources={"engine": "ray", "num_workers": 2, "torch_threads": 1})
     store = open_run(spec)
-    latent = store.read_bytes("latents/000003.safetensors")
-    lg_before = store.read_bytes("label_generator/label_generator.safetensors")
-    os.remove(store.path("latents/000003.safetensors"))
+    lg_folder = label_generator_folder(store)
+
+    def read(path):
+        with open(path, "rb") as f:
+            return f.read()
+
+    latent = read(latent_file(store, "000003"))
+    lg_before = read(f"{lg_folder}/label_generator.safetensors")
+    os.remove(latent_file(store, "000003"))
     for name in ["label_generator.safetensors", "fit.json", "members/member-001.safetensors"]:
-        os.remove(store.path(f"label_generator/{name}"))
+        os.remove(f"{lg_folder}/{name}")
     ray.init(**private_ray_args())
     try:
         assert run_stage(spec, "invert", engine="ray")["inverted_now"] == 1
         fit = run_stage(spec, "fit", engine="ray")
     finally:
         ray.shutdown()
-    assert store.read_bytes("latents/000003.safetensors") == latent
+    assert read(latent_file(store, "000003")) == latent
     assert fit["ensemble_size"] == 2
-    assert store.read_bytes("label_generator/label_generator.safetensors") == lg_before
+    assert read(f"{lg_folder}/label_generator.safetensors") == lg_before
 
 
 class TestReaders:

@@ -10,6 +10,7 @@ are brought to the synthetic resolution with the inversion's geometry (centre cr
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -34,7 +35,7 @@ def load_synthetic(store, spec: JobSpec, *, apply_filter: bool) -> tuple[object,
         raise UserError("no finished synthetic dataset in this run; run `handsoff run SPEC` (synthesize) first")
     # The training readers' own policy ("reference": the reader defaults the dataset's manifest records).
     ds = SyntheticDataset(store.uri(RUN.dataset), uncertainty_filter="reference" if apply_filter else None,
-                          endpoint_url=spec.storage.s3.endpoint_url)
+                          endpoint_url=spec.storage.s3.endpoint_url, version=spec.synthesis.version)
     meta, tasks = ds.meta, ds.meta["tasks"]
     pick = list(ds.numpy_rows())
     data = DownstreamData(
@@ -115,10 +116,16 @@ class EvaluateStage(Stage):
         if not spec.evaluation.test_path and spec.evaluation.test_format != "toy":
             raise UserError("evaluation.test_path is not set; point it at a labeled folder of real test images")
         done = store.read_json(RUN.eval_report)
-        if done is not None and done.get("stage_hash") == ctx.stage_hash("evaluate"):  # nothing to redo
+        identity = evaluate_identity(ctx)
+        if done is not None and done.get("identity") == identity:  # nothing to redo
+            reason = "evaluate: nothing changed since the last evaluation"
+            print(f"handsoff: {reason}", file=sys.stderr, flush=True)
             return Plan(done={"stage": "evaluate", "run": store.uri(), "output": store.uri(RUN.eval_report),
-                              "skipped": True, **done})
-        return Plan(units=["train-and-score"])
+                              "skipped": True, **done, "reason": reason})
+        reason = ("evaluate: first evaluation in this run" if done is None else
+                  "evaluate: the synthetic dataset, the test set or the evaluation settings changed since the last "
+                  "evaluation")
+        return Plan(units=["train-and-score"], state={"reason": reason})
 
     def worker(self, ctx: RunContext):
         return lambda unit, report: _evaluate(ctx)
@@ -129,8 +136,18 @@ class EvaluateStage(Stage):
     def finish(self, ctx: RunContext, plan: Plan) -> dict:
         report = plan.state["report"]
         ctx.store.write_json(RUN.eval_report, report)  # written last: it marks the stage done for this spec
+        print(f"handsoff: {plan.state['reason']}", file=sys.stderr, flush=True)
         return {"stage": "evaluate", "run": ctx.store.uri(), "output": ctx.store.uri(RUN.eval_report),
-                "skipped": False, **report}
+                "skipped": False, "reason": plan.state["reason"], **report}
+
+
+def evaluate_identity(ctx: RunContext) -> str:
+    """What the report depends on: the evaluation settings, the version of the dataset it trains on (by its
+    identity) and the test set's content."""
+    from handsoff_ray.pipeline.digests import digest_of, test_set_digest
+
+    return digest_of("evaluate", ctx.stage_hash("evaluate"), ctx.identities().synthesize, ctx.spec.synthesis.version,
+                     test_set_digest(ctx.spec))
 
 
 def _evaluate(ctx: RunContext) -> dict:
@@ -159,5 +176,6 @@ def _evaluate(ctx: RunContext) -> dict:
         num_keypoints=len(meta["keypoint_names"]) if "keypoints" in tasks else 0, depth="depth" in tasks,
         device=str(ctx.device),
     )
-    return {"run_id": spec.run_id, "stage_hash": ctx.stage_hash("evaluate"), "test_images": len(test),
+    return {"run_id": spec.run_id, "stage_hash": ctx.stage_hash("evaluate"), "identity": evaluate_identity(ctx),
+            "test_images": len(test),
             "synthetic": scores, "classes": list(classes)}

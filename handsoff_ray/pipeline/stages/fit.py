@@ -1,6 +1,12 @@
 """fit: the inverted images' hypercolumns + their labels -> the label-generator ensemble.
 
-    handsoff fit jobs/specs/toy.yaml        # -> <run>/label_generator/label_generator.safetensors, fit.json
+    handsoff fit jobs/specs/toy.yaml        # -> <output>/_artifacts/label_generator/<identity>/, <run>/label_generator/
+
+The label generator is stored under fit's identity (identity.py: the latents' keys, the labels' bytes, the
+label_generator settings and the checkpoint) in the shared artifacts; the run folder refers to it
+(label_generator/_ref.json, which also records what fit read) and keeps a copy of its fit.json. A labeled
+image added, removed or corrected changes the identity, so fit runs again and says why; another run or
+spec with the same inputs reuses the label generator.
 
 Units are ensemble members. Every member has its own seed, so members fitted by different workers merge
 into exactly the label generator one process would fit; each is saved as soon as it is done. `finish`
@@ -11,6 +17,7 @@ image.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 
 import numpy as np
@@ -19,13 +26,14 @@ import torch
 from handsoff_ray.pipeline.context import RunContext, apply_torch_threads
 from handsoff_ray.pipeline.errors import UserError
 from handsoff_ray.pipeline.labeled import AlignedLabels, align_labels, align_labels_in_content
-from handsoff_ray.pipeline.layout import RUN
+from handsoff_ray.pipeline.identity import explain_changes
+from handsoff_ray.pipeline.layout import ARTIFACTS, RUN
 from handsoff_ray.pipeline.stages.base import Plan, Stage
 from handsoff_ray.pipeline.stages.invert import read_latent
 from handsoff_ray.pipeline.storage import RunStore
 from handsoff_ray.pipeline.telemetry import metrics
 
-__all__ = ["FitStage", "data_facts", "fit_inputs", "hypercolumn_features"]
+__all__ = ["FitStage", "data_facts", "fit_inputs", "hypercolumn_features", "label_generator_location"]
 
 
 class FitStage(Stage):
@@ -33,24 +41,32 @@ class FitStage(Stage):
 
     def prepare(self, ctx: RunContext) -> Plan:
         _, ids = ctx.labeled()
-        store = ctx.store
-        missing = [i for i in ids if not store.exists(RUN.latent(i))]
+        store, artifacts, idn = ctx.store, ctx.artifacts, ctx.identities()
+        have = set(artifacts.list(ARTIFACTS.latents))
+        missing = [i for i in ids if f"{idn.latent_key(i)}.safetensors" not in have]
         if missing:
             raise UserError(f"{len(missing)} of {len(ids)} images are not inverted yet (first: {missing[0]}); "
                             f"run `handsoff invert SPEC` first")
         ctx.claim_stage("fit")
-        if store.exists(RUN.label_generator_file):
-            done = store.read_json(RUN.fit_summary) or {}
+        before = store.read_json(RUN.label_generator_ref)
+        if artifacts.exists(ARTIFACTS.label_generator_file(idn.fit)):
+            if before is not None and before.get("identity") == idn.fit:
+                reason = "fit: nothing changed since the last fit"
+            else:
+                reason = f"fit: {_why(ctx, before)}; reusing the label generator fitted from these inputs"
+            summary = _adopt(ctx)
+            print(f"handsoff: {reason}", file=sys.stderr, flush=True)
             return Plan(done={"stage": "fit", "run": store.uri(), "output": store.uri(RUN.label_generator),
-                              "skipped": True, **done})
-        todo = _pending(store, range(ctx.spec.label_generator.ensemble_size))
-        return Plan(units=todo, total=len(todo), state={"ids": ids})
+                              "skipped": True, "reason": reason, "identity": idn.fit, **summary})
+        todo = _pending(ctx, range(ctx.spec.label_generator.ensemble_size))
+        reason = f"fit: {_why(ctx, before)}; fitting {len(todo)} of {ctx.spec.label_generator.ensemble_size} members"
+        return Plan(units=todo, total=len(todo), state={"ids": ids, "reason": reason})
 
     def worker(self, ctx: RunContext):
         from handsoff_ray.core.label_generator import fit_label_generator, save_label_generator
 
         apply_torch_threads(ctx.spec)
-        store, lg_spec = ctx.store, ctx.spec.label_generator
+        store, lg_spec, fid = ctx.artifacts, ctx.spec.label_generator, ctx.identities().fit
         state: dict = {}
 
         def inputs() -> dict:  # hypercolumns and targets: computed once per process, at its first member
@@ -59,7 +75,7 @@ class FitStage(Stage):
             return state
 
         def work(m: int, report) -> int:
-            if store.exists(RUN.member(m)):  # a retried worker skips saved members
+            if store.exists(ARTIFACTS.member(fid, m)):  # a retried worker skips saved members
                 return m
             x = inputs()
             lg, _ = fit_label_generator(
@@ -70,7 +86,7 @@ class FitStage(Stage):
             )
             with tempfile.TemporaryDirectory() as d:
                 save_label_generator(lg, f"{d}/m.safetensors")
-                store.put_file(RUN.member(m), f"{d}/m.safetensors")
+                store.put_file(ARTIFACTS.member(fid, m), f"{d}/m.safetensors")
             metrics().inc("members_fitted", 1, run_id=ctx.spec.run_id)
             for task, per_member in lg.history_summary.items():
                 best = per_member.get(str(m), {}).get("best_val_loss")
@@ -84,19 +100,52 @@ class FitStage(Stage):
         """Merge the saved members into label_generator.safetensors (written last: it marks the stage done)."""
         from handsoff_ray.core.label_generator import load_label_generator, merge_label_generators, save_label_generator
 
-        store, ids = ctx.store, plan.state["ids"]
+        artifacts, ids, fid = ctx.artifacts, plan.state["ids"], ctx.identities().fit
         with tempfile.TemporaryDirectory() as d:
-            parts = [load_label_generator(store.local_copy(RUN.member(m), d))
+            parts = [load_label_generator(artifacts.local_copy(ARTIFACTS.member(fid, m), d))
                      for m in range(ctx.spec.label_generator.ensemble_size)]
             lg = merge_label_generators(parts)
             save_label_generator(lg, f"{d}/lg.safetensors")
             summary = {"images": len(ids), "tasks": list(lg.tasks), "out_size": list(lg.out_size),
-                       "ensemble_size": lg.ensemble_size, "stage_hash": ctx.stage_hash("fit"),
+                       "ensemble_size": lg.ensemble_size, "stage_hash": ctx.stage_hash("fit"), "identity": fid,
                        "members": lg.history_summary, "data": data_facts(ctx)}
-            store.write_json(RUN.fit_summary, summary)
-            store.put_file(RUN.label_generator_file, f"{d}/lg.safetensors")
-        return {"stage": "fit", "run": store.uri(), "output": store.uri(RUN.label_generator), "skipped": False,
-                **summary}
+            artifacts.write_json(ARTIFACTS.fit_summary(fid), summary)
+            artifacts.put_file(ARTIFACTS.label_generator_file(fid), f"{d}/lg.safetensors")  # last: marks it done
+        _adopt(ctx)
+        print(f"handsoff: {plan.state['reason']}", file=sys.stderr, flush=True)
+        return {"stage": "fit", "run": ctx.store.uri(), "output": ctx.store.uri(RUN.label_generator),
+                "skipped": False, "reason": plan.state["reason"], **summary}
+
+
+def _why(ctx: RunContext, before: dict | None) -> str:
+    """Why the run's label generator is not the one of these inputs ("2 labeled images changed since ...")."""
+    if before is None:
+        legacy = ctx.store.exists(RUN.legacy_label_generator_file)
+        return ("this run folder was written before content identities (no record of what fit read)" if legacy
+                else "first fit in this run")
+    return explain_changes(before.get("inputs"), ctx.identities().fit_inputs(), "fit")
+
+
+def _adopt(ctx: RunContext) -> dict:
+    """Point the run at the label generator of fit's identity: label_generator/_ref.json and a copy of its
+    fit.json (what synthesis and the demo read). Returns that fit.json."""
+    idn, store = ctx.identities(), ctx.store
+    summary = ctx.artifacts.read_json(ARTIFACTS.fit_summary(idn.fit)) or {}
+    ref = {"identity": idn.fit, "artifact": f"{ARTIFACTS.root}/{ARTIFACTS.label_generator(idn.fit)}",
+           "inputs": idn.fit_inputs()}
+    if store.read_json(RUN.label_generator_ref) != ref:
+        store.write_json(RUN.fit_summary, summary)
+        store.write_json(RUN.label_generator_ref, ref)  # last: the run now uses this label generator
+    return summary
+
+
+def label_generator_location(store: RunStore) -> tuple[RunStore, str]:
+    """(store, path) of the run's merged label generator: the artifact its _ref.json names, else (a run written
+    before content identities) label_generator/label_generator.safetensors in the run folder."""
+    ref = store.read_json(RUN.label_generator_ref)
+    if ref is not None:
+        return store.sibling(ARTIFACTS.root), ARTIFACTS.label_generator_file(ref["identity"])
+    return store, RUN.legacy_label_generator_file
 
 
 def data_facts(ctx: RunContext) -> dict:
@@ -116,8 +165,9 @@ def data_facts(ctx: RunContext) -> dict:
             "image_size": [h if rows is None else rows.stop - rows.start, w], "class_pixels": class_pixels.tolist()}
 
 
-def _pending(store: RunStore, members) -> list[int]:
-    return [m for m in members if not store.exists(RUN.member(m))]
+def _pending(ctx: RunContext, members) -> list[int]:
+    fid = ctx.identities().fit
+    return [m for m in members if not ctx.artifacts.exists(ARTIFACTS.member(fid, m))]
 
 
 def fit_inputs(ctx: RunContext) -> dict:
@@ -125,7 +175,8 @@ def fit_inputs(ctx: RunContext) -> dict:
     labeled, ids = ctx.labeled()
     G = ctx.generator()
     out_size = ctx.feature_size(G)
-    ws = torch.stack([read_latent(ctx.store, i)[0] for i in ids])  # [N, L, D]
+    refs = {"latents": dict(ctx.identities().latents)}  # these inputs' latents, whatever the run last recorded
+    ws = torch.stack([read_latent(ctx.store, i, refs)[0] for i in ids])  # [N, L, D]
     # Full-resolution feature maps of big generators are ~0.5 GB per image in fp32: keep them in fp16.
     features = hypercolumn_features(G, ws, store_dtype=torch.float16 if G.resolution >= 256 else torch.float32)
     rows = ctx.content_rows(G)

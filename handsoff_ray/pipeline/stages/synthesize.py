@@ -8,6 +8,13 @@ streams to a local file a row group at a time and is committed whole (DatasetWri
 each in the manifest as it arrives. A rerun first verifies every committed shard against the manifest
 (size and sha256, `verify_committed`), rebuilds a lost or unreadable manifest from the shards, and writes
 only what is missing or does not match. The dataset ends with `_SUCCESS` and a `README.md` card.
+
+A dataset holds one or more versions (batches): `synthesis.version` V writes sample ids
+[V * VERSION_STRIDE, ... + num_samples) as data/part-vV-NNNNNN.parquet (version 0: part-NNNNNN.parquet, the
+ids and bytes of a run before versions), next to the versions already there. The manifest's "versions"
+records each one's identity (identity.py: label generator, checkpoint, synthesis settings): a version
+whose identity changed (a refit, a new checkpoint) is written again, one whose identity holds is verified
+and kept. A scheduled run (the chart) adds a version and computes nothing else.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from handsoff_ray.config import JobSpec
 from handsoff_ray.pipeline.context import RunContext, apply_torch_threads
 from handsoff_ray.pipeline.dataset_writer import DatasetWriter
 from handsoff_ray.pipeline.errors import UserError
-from handsoff_ray.pipeline.layout import DATASET_FILES, RUN
+from handsoff_ray.pipeline.layout import ARTIFACTS, DATASET_FILES, RUN, VERSION_STRIDE
 from handsoff_ray.pipeline.schema import TASK_COLUMNS
 from handsoff_ray.pipeline.stages.base import Plan, Stage
 from handsoff_ray.pipeline.storage import sha256_file
@@ -44,54 +51,122 @@ class SynthesizeStage(Stage):
 
     def prepare(self, ctx: RunContext) -> Plan:
         """Claim the dataset folder, verify what an earlier run committed, list the shards still to write."""
-        store, spec = ctx.store, ctx.spec
-        if not store.exists(RUN.label_generator_file):
+        store, spec, idn = ctx.store, ctx.spec, ctx.identities()
+        ref = store.read_json(RUN.label_generator_ref)
+        if ref is None:
             raise UserError("no fitted label generator in this run; run `handsoff fit SPEC` first")
+        if ref.get("identity") != idn.fit:
+            from handsoff_ray.pipeline.identity import explain_changes
+
+            raise UserError(f"the run's label generator is stale: {explain_changes(ref.get('inputs'), idn.fit_inputs(), 'fit')}; "
+                            "run `handsoff fit SPEC` (or `handsoff run SPEC`) first")
         h = ctx.claim_stage("synthesize")
         meta = _meta(_facts(ctx))
         writer = DatasetWriter(store, RUN.dataset)
         manifest, note = writer.load_manifest()
         notes = [f"{note}; rebuilding it from the verified shards"] if note else []
-        manifest = manifest or {"shards": {}}
+        manifest = _with_versions(manifest or {"shards": {}})
+        v = spec.synthesis.version
+        before = manifest["versions"].get(str(v))
+        ranges = version_ranges(spec, v)
+        if before is not None and before.get("identity") != idn.synthesize:
+            # Made from other inputs: none of its shards may be kept or adopted, whatever their spec_hash says.
+            for key in [key for key, e in manifest["shards"].items() if e.get("version", 0) == v]:
+                del manifest["shards"][key]
+            for k in range(max(len(ranges), len(before.get("shards") or []))):
+                store.delete(writer.shard(k, v))
+            why = _why(before, idn)
+        else:
+            why = None
         manifest["stage_hash"] = h
-        ranges = shard_ranges(spec.synthesis.num_samples, spec.synthesis.shard_size)
-        todo, repaired = verify_committed(writer, manifest, ranges, meta, h)
+        manifest["versions"][str(v)] = {"identity": idn.synthesize, "fit": idn.fit, "checkpoint": idn.checkpoint,
+                                        "stage_hash": h, "seed": spec.seed, "first_sample_id": v * VERSION_STRIDE,
+                                        "samples": spec.synthesis.num_samples,
+                                        "shards": [DATASET_FILES.shard_key(k, v) for k in range(len(ranges))]}
+        todo, repaired = verify_committed(writer, manifest, ranges, meta, h, version=v)
         if todo:
             writer.unmark()
         for line in notes + repaired:
             print(f"handsoff: {line}", file=sys.stderr, flush=True)
+        reason = _reason(before, why, v, len(todo), len(ranges))
         metrics().set("shards_planned", len(ranges), run_id=spec.run_id)
         return Plan(units=[[k, *ranges[k]] for k in todo], total=len(todo),
                     state={"writer": writer, "manifest": manifest, "meta": meta, "shards": len(ranges),
-                           "written_now": len(todo)})
+                           "written_now": len(todo), "reason": reason})
 
     def worker(self, ctx: RunContext):
         from handsoff_ray.core.label_generator import load_label_generator
 
         apply_torch_threads(ctx.spec)
         G = ctx.generator()
+        # The label generator the run refers to: prepare checked that it is the one of this spec's inputs, and an
+        # actor need not reach the labeled set to know it.
+        fit_identity = ctx.store.read_json(RUN.label_generator_ref)["identity"]
         with tempfile.TemporaryDirectory() as d:
-            lg = load_label_generator(ctx.store.local_copy(RUN.label_generator_file, d), device=ctx.device)
+            lg_file = ARTIFACTS.label_generator_file(fit_identity)
+            lg = load_label_generator(ctx.artifacts.local_copy(lg_file, d), device=ctx.device)
         facts = _facts(ctx)
         writer, meta, shift = DatasetWriter(ctx.store, RUN.dataset), _meta(facts), _prior_shift(ctx, facts)
         return lambda unit, report: _write_shard(ctx, writer, *unit, G, lg, meta, shift)
 
     def record(self, ctx: RunContext, plan: Plan, entry: dict) -> None:
         manifest = plan.state["manifest"]
-        manifest["shards"][str(entry["shard"])] = entry
+        manifest["shards"][DATASET_FILES.shard_key(entry["shard"], entry.get("version", 0))] = entry
         plan.state["writer"].write_manifest(manifest)
 
     def finish(self, ctx: RunContext, plan: Plan) -> dict:
         spec, manifest = ctx.spec, plan.state["manifest"]
         # Readers trust the manifest: it carries the reader policy's defaults (reader.*, not hashed, so a
         # new policy never needs regeneration) next to what the shards hold.
-        manifest.update(num_samples=spec.synthesis.num_samples, meta=plan.state["meta"],
-                        reader=spec.reader.model_dump(mode="json"))
+        manifest.update(num_samples=sum(v["samples"] for v in manifest["versions"].values()),
+                        meta=plan.state["meta"], reader=spec.reader.model_dump(mode="json"))
         plan.state["writer"].finish(manifest, dataset_card(spec, manifest))
+        print(f"handsoff: {plan.state['reason']}", file=sys.stderr, flush=True)
         return {"stage": "synthesize", "run": ctx.store.uri(), "output": ctx.store.uri(RUN.dataset),
                 "skipped": not plan.units, "shards_written_now": plan.state["written_now"],
                 "shards": plan.state["shards"], "samples": spec.synthesis.num_samples,
-                "actors": spec.resources.synthesis_actors}
+                "version": spec.synthesis.version, "versions": sorted(int(v) for v in manifest["versions"]),
+                "actors": spec.resources.synthesis_actors, "reason": plan.state["reason"],
+                "identity": ctx.identities().synthesize}
+
+
+def _with_versions(manifest: dict) -> dict:
+    """The manifest with its "versions" record; a dataset written before versions is version 0 whose
+    identity nobody recorded (so it is written again rather than trusted)."""
+    if "versions" not in manifest:
+        keys = sorted(manifest["shards"], key=lambda key: int(key) if key.isdigit() else -1)
+        manifest["versions"] = {} if not keys else {"0": {"identity": None, "samples": manifest.get("num_samples", 0),
+                                                          "shards": keys, "first_sample_id": 0}}
+    return manifest
+
+
+def version_ranges(spec: JobSpec, version: int) -> list[tuple[int, int]]:
+    """The sample-id ranges of the shards of one version (version 0: 0..num_samples, as before versions)."""
+    base = version * VERSION_STRIDE
+    return [(base + a, base + b) for a, b in shard_ranges(spec.synthesis.num_samples, spec.synthesis.shard_size)]
+
+
+def _why(before: dict, idn) -> str:
+    if before.get("identity") is None:
+        return "this dataset was written before content identities (no record of what it was made from)"
+    if before.get("checkpoint") not in (None, idn.checkpoint):
+        return "the generator checkpoint changed since the last synthesis"
+    if before.get("fit") not in (None, idn.fit):
+        return "the label generator was refitted since the last synthesis"
+    return "the synthesis settings changed since the last synthesis"
+
+
+def _reason(before: dict | None, why: str | None, version: int, todo: int, shards: int) -> str:
+    """One line: what synthesize does now and why."""
+    what = f"version {version}" if version else "the dataset"
+    if why is not None:
+        return f"synthesize: {why}; writing {what} again ({todo} of {shards} shards)"
+    if before is None:
+        return f"synthesize: {what} is new; writing {todo} shards" if version else \
+            f"synthesize: first synthesis in this run; writing {todo} shards"
+    if todo:
+        return f"synthesize: nothing changed; writing {todo} missing or damaged of {shards} shards"
+    return f"synthesize: nothing changed since the last synthesis ({shards} shards verified)"
 
 
 def _facts(ctx: RunContext) -> dict:
@@ -151,10 +226,10 @@ def _write_shard(ctx: RunContext, writer: DatasetWriter, k: int, start: int, sto
             if "segmentation" in pairs.labels:
                 _count_classes(class_pixels, pairs.labels["segmentation"])
         writer_pq.close()
-        committed = writer.commit_shard(k, local)
+        committed = writer.commit_shard(k, local, spec.synthesis.version)
     seconds = time.time() - t0
     _record_metrics(spec.run_id, stop - start, seconds, scores)
-    return _entry(k, start, stop, committed, seconds, scores, class_pixels)
+    return _entry(k, start, stop, committed, seconds, scores, class_pixels, spec.synthesis.version)
 
 
 def _histogram(values: list[float]) -> dict:
@@ -170,14 +245,15 @@ def _count_classes(class_pixels: np.ndarray, segmentation: np.ndarray) -> None:
 
 
 def _entry(k: int, start: int, stop: int, committed: dict, seconds: float, scores: dict[str, list[float]],
-           class_pixels: np.ndarray) -> dict:
+           class_pixels: np.ndarray, version: int = 0) -> dict:
     """Shard k's manifest entry."""
-    return {"shard": k, "file": committed["file"], "start": start, "stop": stop, "rows": stop - start,
+    return {"shard": k, "version": version, "file": committed["file"], "start": start, "stop": stop, "rows": stop - start,
             "bytes": committed["bytes"], "sha256": committed["sha256"], "seconds": round(seconds, 2),
             "uncertainty": {t: _histogram(v) for t, v in scores.items()}, "class_pixels": class_pixels.tolist()}
 
 
-def _rebuilt_entry(writer: DatasetWriter, k: int, start: int, stop: int, meta: dict, h: str) -> dict | None:
+def _rebuilt_entry(writer: DatasetWriter, k: int, start: int, stop: int, meta: dict, h: str,
+                   version: int = 0) -> dict | None:
     """Shard k's manifest entry recomputed from the committed file, or None when it is not a whole shard
     of this spec (unreadable, other sample ids, another spec's rows). Streams the shard a row group at a time."""
     from handsoff_ray.pipeline.schema import decode_png
@@ -186,7 +262,7 @@ def _rebuilt_entry(writer: DatasetWriter, k: int, start: int, stop: int, meta: d
     class_pixels = np.zeros(len(meta.get("classes") or []), np.int64)
     ids: list[int] = []
     with tempfile.TemporaryDirectory(prefix="handsoff-verify-") as tmp:
-        local = writer.store.local_copy(writer.shard(k), tmp)
+        local = writer.store.local_copy(writer.shard(k, version), tmp)
         digest, size = sha256_file(pafs.LocalFileSystem(), local)
         try:
             pf = pq.ParquetFile(local)
@@ -205,31 +281,37 @@ def _rebuilt_entry(writer: DatasetWriter, k: int, start: int, stop: int, meta: d
             return None
     if ids != list(range(start, stop)):
         return None
-    committed = {"file": DATASET_FILES.shard(k), "bytes": size, "sha256": digest}
-    return _entry(k, start, stop, committed, 0.0, scores, class_pixels)
+    committed = {"file": DATASET_FILES.shard(k, version), "bytes": size, "sha256": digest}
+    return _entry(k, start, stop, committed, 0.0, scores, class_pixels, version)
 
 
 def verify_committed(writer: DatasetWriter, manifest: dict, ranges: list[tuple[int, int]], meta: dict,
-                     h: str) -> tuple[list[int], list[str]]:
+                     h: str, *, version: int = 0) -> tuple[list[int], list[str]]:
     """(shard ids still to write, one note per shard repaired) after checking what a previous run committed.
 
     One listing of data/ finds the committed shards. Each one with a manifest entry must match it in size
     and sha256 (streamed); one without (the driver died between commit and manifest, or the manifest was
     lost) is taken in when it is a whole shard of this spec, its entry recomputed. Anything else is
     dropped from the manifest and written again; a file that is no shard of this dataset stops the run
-    before any compute, so nothing of the user's is overwritten.
+    before any compute, so nothing of the user's is overwritten. Only `version`'s shards are checked; the
+    other versions' shards (in the manifest) are left as they are.
     """
     store = writer.store
     sizes = store.sizes(writer.rel(DATASET_FILES.data))
-    names = [posixpath.basename(DATASET_FILES.shard(k)) for k in range(len(ranges))]
-    strangers = sorted(n for n in sizes if not n.startswith(".") and n not in set(names))
+    names = [posixpath.basename(DATASET_FILES.shard(k, version)) for k in range(len(ranges))]
+    others = {posixpath.basename(e["file"]) for e in manifest["shards"].values() if e.get("version", 0) != version}
+    strangers = sorted(n for n in sizes if not n.startswith(".") and n not in set(names) | others)
     if strangers:
         raise UserError(f"{store.uri(writer.rel(f'{DATASET_FILES.data}/{strangers[0]}'))}: not a shard of this "
                         f"dataset ({len(strangers)} such file(s)); move it out of {store.uri(writer.folder)} and rerun")
     todo, notes = [], []
+    for key in [key for key, e in manifest["shards"].items()  # shards of a bigger num_samples than this one
+                if e.get("version", 0) == version and e.get("shard", -1) >= len(ranges)]:
+        del manifest["shards"][key]
     for k, (start, stop) in enumerate(ranges):
-        entry = manifest["shards"].pop(str(k), None)
-        where = store.uri(writer.shard(k))
+        key = DATASET_FILES.shard_key(k, version)
+        entry = manifest["shards"].pop(key, None)
+        where = store.uri(writer.shard(k, version))
         if names[k] not in sizes:
             if entry is not None:
                 notes.append(f"{where}: missing (the manifest lists it); writing it again")
@@ -237,14 +319,14 @@ def verify_committed(writer: DatasetWriter, manifest: dict, ranges: list[tuple[i
             continue
         if entry is not None:
             if (entry.get("bytes") == sizes[names[k]] and (entry.get("start"), entry.get("stop")) == (start, stop)
-                    and store.sha256(writer.shard(k))[0] == entry.get("sha256")):
-                manifest["shards"][str(k)] = entry
+                    and store.sha256(writer.shard(k, version))[0] == entry.get("sha256")):
+                manifest["shards"][key] = entry
                 continue
             notes.append(f"{where}: differs from its manifest entry (size or sha256); writing it again")
         else:
-            rebuilt = _rebuilt_entry(writer, k, start, stop, meta, h)
+            rebuilt = _rebuilt_entry(writer, k, start, stop, meta, h, version)
             if rebuilt is not None:
-                manifest["shards"][str(k)] = rebuilt
+                manifest["shards"][key] = rebuilt
                 continue
             notes.append(f"{where}: not a whole shard of this spec; writing it again")
         todo.append(k)
@@ -263,7 +345,7 @@ def _record_metrics(run_id: str, rows: int, seconds: float, scores: dict[str, li
 
 def dataset_card(spec: JobSpec, manifest: dict) -> str:
     """A human-readable README.md for the dataset folder."""
-    shards = [manifest["shards"][k] for k in sorted(manifest["shards"], key=int)]
+    shards = sorted(manifest["shards"].values(), key=lambda e: (e.get("version", 0), e["shard"]))
     lines = [f"# Synthetic dataset `{spec.run_id}`", "",
              "Generated by handsoff_ray (HandsOff, Xu et al. CVPR 2023).", "",
              f"- samples: {sum(s['rows'] for s in shards)} in {len(shards)} Parquet shards",
@@ -271,7 +353,18 @@ def dataset_card(spec: JobSpec, manifest: dict) -> str:
              f"- generator: `{spec.generator.checkpoint}`",
              f"- label resolution: {manifest['meta']['image_size']}",
              f"- reader defaults (`uncertainty_filter=\"reference\"`): drop {spec.reader.filter_portion:g} of the pairs, "
-             f"{spec.reader.drop_most_certain} of them the most certain", ""]
+             f"{spec.reader.drop_most_certain} of them the most certain", ]
+    versions = manifest.get("versions") or {}
+    if versions:
+        lines += ["", "## Versions (batches)", "",
+                  "Read one with `SyntheticDataset(path, version=V)`, all with the default `version=None`.", "",
+                  "| version | samples | sample ids | seed | identity |", "|---|---|---|---|---|"]
+        for v in sorted(versions, key=int):
+            r = versions[v]
+            first = r.get("first_sample_id", 0)
+            lines.append(f"| {v} | {r['samples']} | {first}..{first + r['samples'] - 1} | {r.get('seed', '')} | "
+                         f"`{(r.get('identity') or 'unrecorded')[:16]}` |")
+    lines.append("")
     tasks = sorted({t for s in shards for t in s["uncertainty"]})
     if tasks:
         lines += ["## Uncertainty (image scores)", "", "| task | count | mean | min | max | histogram (log bins 1e-6..10) |",
