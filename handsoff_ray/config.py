@@ -368,6 +368,18 @@ class EvaluationSpec(_Section):
                              "max(H, W) pixels.")
     use_uncertainty_filter: bool = Field(True, description="Train on the pairs the reader policy keeps (reader.*), "
                                          "not on all of them.")
+    seg_loss: Literal["ce", "ce_dice"] = Field(
+        "ce", description="Segmentation loss: ce (the reference) or ce_dice (+ soft Dice over the classes in a "
+        "batch, so parts of a few pixels count like large ones; the demo's UNet learns toy brows and ears only so).")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="constant (the reference) or cosine (3 % warm-up, decays to 0 at max_steps).")
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        "fp32", description="Downstream training arithmetic: auto = bf16 autocast where the device has native "
+        "bf16 (CUDA, or a CPU with AVX512-BF16/AMX), else fp32.")
+    augment: bool = Field(False, description="Random horizontal flips (left/right keypoints swap by name).")
+    train_seeds: int = Field(
+        1, ge=1, le=16, description="Downstream networks trained per evaluation (seeds seed, seed+1, ...); the "
+        "report gives each one's scores, their mean and their spread (max - min).")
     test_format: DataFormat = Field("folder", description="Layout of the real test set, as data.format; the paper "
                                     "scores merged classes.")
     test_seeds: str | None = Field(None, description="test_format toy: the test faces' seeds, e.g. "
@@ -610,7 +622,11 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 _LEGACY_HASHED_READER = {"filter_portion": 0.1, "drop_most_certain": 30}
-_HASHED_WHEN_SET = {"prior_tau": 0.0, "version": 0}
+# (section, field): default. Fields added since hashes were first pinned count only when set.
+_HASHED_WHEN_SET = {("synthesis", "prior_tau"): 0.0, ("synthesis", "version"): 0,
+                    ("evaluation", "seg_loss"): "ce",
+                    ("evaluation", "lr_schedule"): "constant", ("evaluation", "precision"): "fp32",
+                    ("evaluation", "augment"): False, ("evaluation", "train_seeds"): 1}
 
 
 def spec_hash(spec: JobSpec, *, sections: tuple[str, ...] | None = None) -> str:
@@ -624,9 +640,9 @@ def spec_hash(spec: JobSpec, *, sections: tuple[str, ...] | None = None) -> str:
     # the bytes, of every dataset synthesized before the move (reader policy itself is in no dataset hash).
     dumped["synthesis"]["uncertainty"].update(_LEGACY_HASHED_READER)
     # Fields added since hashes were first pinned count only when set, so existing runs keep their hashes.
-    for key, default in _HASHED_WHEN_SET.items():
-        if dumped["synthesis"].get(key) == default:
-            del dumped["synthesis"][key]
+    for (section, key), default in _HASHED_WHEN_SET.items():
+        if dumped[section].get(key) == default:
+            del dumped[section][key]
     # evaluation and the reader policy change no dataset: only the evaluate stage's own hash (sections
     # naming them) covers them
     dumped = {k: v for k, v in dumped.items() if k in sections} if sections is not None else \

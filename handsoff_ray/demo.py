@@ -39,6 +39,8 @@ class DemoSize:
     fit_steps: int
     ensemble: int
     downstream_steps: int
+    downstream_batch: int = 16
+    downstream_seeds: int = 2  # networks per arm: report.json gives their mean and spread
 
 
 # Sized for 2 CPU cores: FULL measured 726 s, QUICK 155 s on a Zen 4 EPYC (2026-11-26); FULL 1,188 s on an
@@ -116,7 +118,12 @@ def demo_spec(out: str, size: DemoSize, generator: str = "toy", seeds: DemoSeeds
                        "model": "unet", "unet_width": 16,
                        # epochs at the maximum so that max_steps decides: every network, the 16-image
                        # baseline included, gets the same number of optimiser steps.
-                       "batch_size": 16, "epochs": 1000, "max_steps": size.downstream_steps},
+                       "batch_size": size.downstream_batch, "epochs": 1000, "max_steps": size.downstream_steps,
+                       # Measured by benchmarks/downstream_harness.py on a validation range: plain CE never
+                       # learns brows and ears (a few pixels each) even from 2,000 real faces; + Dice, a
+                       # cosine decay and 2e-3 does. bf16 only where the CPU has it natively (auto).
+                       "seg_loss": "ce_dice", "lr_schedule": "cosine", "lr": 2e-3, "precision": "auto",
+                       "train_seeds": size.downstream_seeds},
     }
 
 
@@ -138,6 +145,35 @@ def _table(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def _class_table(iou: dict[str, dict[str, float]]) -> str:
+    classes = list(next(iter(iou.values())))
+    head = f"{'IoU':12s}" + "".join(f"{c[:8]:>9s}" for c in classes)
+    return "\n".join([head] + [f"{arm:12s}" + "".join(f"{v:9.3f}" for v in vals.values()) for arm, vals in iou.items()])
+
+
+def _downstream_workers(device) -> int:
+    """Networks trained at once: one per core (one torch thread each) on CPU, one at a time on a GPU."""
+    if str(device).startswith("cuda"):
+        return 1
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def _machine() -> dict:
+    """The CPU a report was measured on, and whether it computes bf16 natively."""
+    import platform
+
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "bf16_native": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+            "torch": torch.__version__}
+
+
 def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | None = None,
              generator: str = "toy", seeds: DemoSeeds | None = None, log=print) -> dict:
     """Run the whole demo; returns the report dict (also written to `report` when given)."""
@@ -150,7 +186,7 @@ def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | N
     from handsoff_ray.pipeline.plan import resolve_checkpoint
     from handsoff_ray.pipeline.preview import preview_grid
     from handsoff_ray.pipeline.run import run_stage
-    from handsoff_ray.pipeline.stages.evaluate import load_real, load_synthetic, train_and_score
+    from handsoff_ray.pipeline.stages.evaluate import _precision, load_real, load_synthetic, score_arms
 
     t_start = time.time()
 
@@ -173,13 +209,21 @@ def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | N
     step(f"[1/6] toy world at {res}x{res}: labeled {len(seeds.labeled)} (seeds {_seed_range(seeds.labeled)}), "
          f"oracle {len(seeds.oracle)} ({_seed_range(seeds.oracle)}), test {len(seeds.test)} ({_seed_range(seeds.test)})")
 
+    stage_s: dict[str, float] = {}
+
+    def timed(name: str, fn):
+        t0 = time.time()
+        out = fn()
+        stage_s[name] = round(time.time() - t0, 1)
+        return out
+
     step(f"[2/6] invert {len(seeds.labeled)} images into the toy StyleGAN2 ({size.invert_steps} steps)")
-    inv = run_stage(spec, "invert", ctx=ctx)
+    inv = timed("invert", lambda: run_stage(spec, "invert", ctx=ctx))
     log(f"      mean PSNR {inv['mean_psnr']:.2f} dB, mean LPIPS {inv['mean_lpips']:.4f}")
     step(f"[3/6] fit the label generator ({size.ensemble} members x 3 tasks)")
-    run_stage(spec, "fit", ctx=ctx)
+    timed("fit", lambda: run_stage(spec, "fit", ctx=ctx))
     step(f"[4/6] synthesise {size.n_synthetic} pairs to Parquet")
-    syn = run_stage(spec, "synthesize", ctx=ctx)
+    syn = timed("synthesize", lambda: run_stage(spec, "synthesize", ctx=ctx))
 
     store = ctx.store
     from handsoff_ray.core.label_generator import load_label_generator
@@ -189,42 +233,62 @@ def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | N
     lg_store, lg_file = label_generator_location(store)
     lg = load_label_generator(lg_store.path(lg_file), device=device)
     pairs = synthesize(G, lg, sample_ids=range(8), run_seed=spec.seed, return_maps=True)
+    classes = list(store.read_json(RUN.in_dataset(DATASET_FILES.manifest))["meta"]["classes"])
     grid = preview_grid(pairs.images, segmentation=pairs.labels.get("segmentation"),
                         keypoints=pairs.labels.get("keypoints"), uncertainty=pairs.uncertainty_maps["segmentation"],
-                        classes=list(store.read_json(RUN.in_dataset(DATASET_FILES.manifest))["meta"]["classes"]))
+                        classes=classes)
     preview = out_dir / "preview.png"
     Image.fromarray(grid).save(preview)
 
-    step(f"[5/6] train the downstream network three times ({size.downstream_steps} steps each)")
-    synthetic, meta = load_synthetic(store, spec, apply_filter=spec.evaluation.use_uncertainty_filter)
+    ev = spec.evaluation
+    n_nets = 3 * ev.train_seeds
+    step(f"[5/6] train the downstream network {n_nets} times (3 training sets x {ev.train_seeds} seeds, "
+         f"{size.downstream_steps} steps each, {_downstream_workers(device)} at a time)")
+    t0 = time.time()
+    synthetic, meta = load_synthetic(store, spec, apply_filter=ev.use_uncertainty_filter)
     tasks = meta["tasks"]
     hw = synthetic.image_size
-    kw = dict(num_classes=len(meta["classes"]), num_keypoints=len(meta["keypoint_names"]), depth=True,
-              device=str(device))
+
     def toy(seeds: range):
         return load_real(None, hw, tasks, format="toy", seeds=_seed_range(seeds))
 
     test = toy(seeds.test)
-    scores = {}
-    for name, train in (("handsoff", synthetic), ("baseline", toy(seeds.labeled)), ("oracle", toy(seeds.oracle))):
-        scores[name] = train_and_score(train, test, spec, label=f"train {name}", **kw)
-        log(f"      {name:9s} trained on {len(train):5d} images: mIoU {scores[name]['miou']:.4f}, "
-            f"PCK {scores[name]['pck']:.4f}, depth RMSE {scores[name]['depth_rmse']:.4f}")
+    arms = {"handsoff": synthetic, "baseline": toy(seeds.labeled), "oracle": toy(seeds.oracle)}
+    scores = score_arms(arms, test, spec, num_classes=len(meta["classes"]), num_keypoints=len(meta["keypoint_names"]),
+                        depth=True, keypoint_names=meta["keypoint_names"], device=str(device),
+                        workers=_downstream_workers(device), label="downstream")
+    stage_s["downstream"] = round(time.time() - t0, 1)
+    for name, sc in scores.items():
+        log(f"      {name:9s} trained on {len(arms[name]):5d} images: mIoU {sc['miou']:.4f} +- {sc['spread']['miou']:.4f}, "
+            f"PCK {sc['pck']:.4f}, depth RMSE {sc['depth_rmse']:.4f}")
 
     step("[6/6] results on real held-out toy faces")
-    pick = lambda key: {k: float(scores[k][key]) for k in ("handsoff", "baseline", "oracle")}  # noqa: E731
+    arm_names = ("handsoff", "baseline", "oracle")
+    pick = lambda key: {k: float(scores[k][key]) for k in arm_names}  # noqa: E731
     result = {
         "miou": pick("miou"), "pck": pick("pck"), "depth_rmse": pick("depth_rmse"),
+        "iou": {k: dict(zip(classes, (round(v, 4) for v in scores[k]["iou"]))) for k in arm_names},
+        "spread": {k: {m: round(v, 4) for m, v in scores[k]["spread"].items()} for k in arm_names},
         "n_labeled": len(seeds.labeled), "n_synthetic": int(syn["samples"]), "n_test": len(seeds.test),
         "seeds": {k: _seed_range(getattr(seeds, k)) for k in ("labeled", "test", "oracle")},
         "n_synthetic_after_filter": len(synthetic), "seconds": round(time.time() - t_start, 1),
+        "stage_seconds": stage_s,
+        "settings": {"truncation_psi": spec.synthesis.truncation_psi, "pairs": int(syn["samples"]),
+                     "pairs_kept_after_filter": len(synthetic), "filter_portion": spec.reader.filter_portion,
+                     "invert_steps": size.invert_steps, "fit_steps": size.fit_steps, "ensemble": size.ensemble,
+                     "downstream": {"steps": ev.max_steps, "batch_size": ev.batch_size, "lr": ev.lr,
+                                    "seg_loss": ev.seg_loss, "lr_schedule": ev.lr_schedule, "width": ev.unet_width,
+                                    "precision": _precision(ev.precision, str(device)),
+                                    "train_seeds": ev.train_seeds}},
+        "machine": _machine(),
         "quick": quick, "inversion": {"mean_psnr": inv["mean_psnr"], "mean_lpips": inv["mean_lpips"]},
         "generator": {"path": ckpt, **_card_summary(G.metadata.get("model_card") or {})},
-        "downstream": {k: {kk: v for kk, v in s.items() if kk != "iou"} | {"iou": s.get("iou")} for k, s in scores.items()},
+        "downstream": scores,
         "preview": str(preview), "run": store.uri(),
     }
     log(_table({"mIoU": result["miou"], "PCK@0.05": result["pck"], "depth RMSE": result["depth_rmse"]}))
-    log(f"preview grid: {preview}; {result['seconds']} s in all")
+    log(_class_table(result["iou"]))
+    log(f"preview grid: {preview}; {result['seconds']} s in all ({', '.join(f'{k} {v} s' for k, v in stage_s.items())})")
     if report:
         Path(report).parent.mkdir(parents=True, exist_ok=True)
         Path(report).write_text(json.dumps(result, indent=2, default=float))

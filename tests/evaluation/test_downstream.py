@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from handsoff_ray.evaluation import (
     DownstreamData,
@@ -18,6 +19,7 @@ from handsoff_ray.evaluation import (
     predict_downstream,
     train_downstream,
 )
+from handsoff_ray.evaluation.data import IGNORE_INDEX
 from handsoff_ray.evaluation.train import _flip, _losses
 from handsoff_ray.core.label_generator import render_heatmaps
 from handsoff_ray.core.metrics import SegmentationMeter, depth_errors, miou, pck
@@ -213,6 +215,37 @@ class TestPretrainedBackbone:
 
 
 class TestLosses:
+    def test_dice_counts_a_small_class_like_a_large_one(self):
+        """CE + Dice: a prediction that misses a 4-pixel class entirely costs a Dice term of ~1/classes present,
+        whatever the class's size, while its CE share is ~4/area x the logit margin."""
+        target = torch.zeros(1, 16, 16, dtype=torch.long)
+        target[0, :8] = 1
+        target[0, 10:12, 10:12] = 2  # 4 pixels of class 2
+        perfect = F.one_hot(target, 3).permute(0, 3, 1, 2).float() * 20
+        miss_small = perfect.clone()
+        miss_small[0, :, 10:12, 10:12] = torch.tensor([20.0, 0, 0])[:, None, None]  # class 2 painted background
+        batch = {"segmentation": target, "weights": torch.ones(1)}
+        ce = lambda out: float(_losses({"segmentation": out}, batch, sigma=1, min_visibility=2)["segmentation"])  # noqa: E731
+        dice = lambda out: float(_losses({"segmentation": out}, batch, sigma=1, min_visibility=2,  # noqa: E731
+                                         seg_loss="ce_dice")["segmentation"])
+        assert dice(perfect) == pytest.approx(ce(perfect), abs=1e-3)  # nothing to add when every class is right
+        # Dice with +1 smoothing: class 2 scores 1/5 (nothing hit, 4 pixels), background 249/253 (4 extra
+        # pixels), class 1 is perfect; the loss is 1 - their mean, ~0.27, against a CE of ~0.06.
+        expected = 1 - (1 / 5 + 249 / 253 + 1) / 3
+        assert dice(miss_small) - ce(miss_small) == pytest.approx(expected, abs=1e-3)
+        assert ce(miss_small) < 0.5  # plain CE barely notices
+
+    def test_dice_ignores_ignored_pixels_and_zero_weights(self):
+        target = torch.randint(0, 3, (2, 8, 8))
+        logits = torch.randn(2, 3, 8, 8)
+        ignored = target.clone()
+        ignored[1] = IGNORE_INDEX
+        a = _losses({"segmentation": logits}, {"segmentation": target, "weights": torch.tensor([1.0, 0.0])},
+                    sigma=1, min_visibility=2, seg_loss="ce_dice")["segmentation"]
+        b = _losses({"segmentation": logits}, {"segmentation": ignored, "weights": torch.ones(2)},
+                    sigma=1, min_visibility=2, seg_loss="ce_dice")["segmentation"]
+        assert float(a) == pytest.approx(float(b), abs=1e-6)
+
     def test_all_zero_heatmaps_cost_exactly_one_per_visible_keypoint(self):
         kps = torch.tensor([[[3.0, 4.0, 2.0], [0.0, 0.0, 2.0], [5.0, 5.0, 1.0]]])
         batch = {"keypoints": kps, "weights": torch.ones(1)}
@@ -297,6 +330,32 @@ class TestTraining:
         again = evaluate_downstream(model, toy12.subset(list(summary.val_indices)), batch_size=4)
         assert again["miou"] == pytest.approx(summary.best_score, abs=1e-12)
 
+    def test_cosine_schedule_warms_up_and_ends_at_zero(self, toy12):
+        rates = []
+
+        class Spy(torch.optim.Adam):
+            def step(self, closure=None):
+                rates.append(self.param_groups[0]["lr"])
+                return super().step(closure)
+
+        from unittest import mock
+        with mock.patch("torch.optim.Adam", Spy):
+            self._train(toy12, epochs=100, max_steps=100, lr=1e-2, lr_schedule="cosine")
+        assert len(rates) == 100
+        assert rates[0] < rates[1] < rates[2]  # 3 warm-up steps (3 %)
+        assert rates[2] == pytest.approx(1e-2 * 0.5 * (1 + math.cos(2 * math.pi / 100)), rel=1e-6)
+        assert rates[2:] == sorted(rates[2:], reverse=True) and rates[-1] < 1e-4
+
+    def test_bf16_trains_and_stays_close_to_fp32(self, toy12):
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            pytest.skip("no native bf16 on this CPU (emulated bf16 is only slow, not wrong)")
+        a, sa = self._train(toy12, max_steps=3)
+        b, sb = self._train(toy12, max_steps=3, precision="bf16")
+        assert not _same_state(_state(a), _state(b))  # it did run in bf16
+        la = [h["loss"] for h in sa.history]
+        lb = [h["loss"] for h in sb.history]
+        assert lb == pytest.approx(la, rel=0.05)
+
     def test_callback_sees_every_step_and_max_steps_stops(self, toy12):
         seen = []
         _, summary = self._train(toy12, epochs=10, max_steps=5, callback=lambda step, logs: seen.append((step, logs)))
@@ -335,6 +394,10 @@ class TestTraining:
         ({"augment": True}, "needs flip_pairs"),
         ({"augment": True, "flip_pairs": [(0, 5)]}, r"flip_pairs pair \(0, 5\) is out of range"),
         ({"task_weights": {"normals": 1.0}}, "task_weights names"),
+        ({"seg_loss": "focal"}, "seg_loss must be one of"),
+        ({"lr_schedule": "step"}, "lr_schedule must be one of"),
+        ({"precision": "fp16"}, "precision must be one of"),
+        ({"lr_schedule": "cosine", "max_steps": None}, "cosine.*pass max_steps"),
     ])
     def test_rejects_bad_options(self, toy12, kwargs, match):
         with pytest.raises(ValueError, match=match):
