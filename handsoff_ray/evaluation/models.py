@@ -43,8 +43,22 @@ BACKBONES: tuple[str, ...] = ("resnet50", "resnet101", "mobilenet_v3_large")
 _UNET_LEVELS = 3  # downsamplings: 4 resolutions, inputs padded to a multiple of 2**3
 
 
+class _FP32GroupNorm(nn.GroupNorm):
+    """GroupNorm computed in fp32 under autocast (a no-op in fp32 training; same parameters and state_dict).
+
+    Under CPU bf16 autocast, GroupNorm's backward in bf16 took 3x its fp32 time and a third of the step
+    (benchmarks/downstream_step.py --profile); statistics in fp32 are also the numerically safe choice.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            return super().forward(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps)
+
+
 def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(math.gcd(8, channels), channels)
+    return _FP32GroupNorm(math.gcd(8, channels), channels)
 
 
 def _conv_block(cin: int, cout: int) -> nn.Sequential:
