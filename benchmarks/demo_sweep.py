@@ -9,9 +9,10 @@ readers do, and the downstream network is trained on each setting and scored per
 
     python benchmarks/demo_sweep.py --psis 0.7,1.0 --pairs 1000,2000 --filters 0.1   # ~25 CPU-min
     python benchmarks/demo_sweep.py --steps 1200 --seg-loss ce_dice --schedule cosine --precision bf16
+    python benchmarks/demo_sweep.py --out handsoff-demo --prior-taus 0,0.5   # reuse a finished demo's invert and fit
 
-Output: {"config", "stage_s", "label_generator_train": per-class IoU of the fitted label generator on its
-inverted training faces, "pairs": {psi: class frequencies}, "runs": [{psi, pairs, filter, kept, seed,
+Output: {"config", "stage_s", "pairs": {"psi<psi>-tau<tau>": class frequencies}, "runs": [{psi, prior_tau,
+pairs, filter, kept, seed,
 miou, iou, pck, depth_rmse, seconds}]}.
 """
 
@@ -41,6 +42,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--psis", default="0.7")
     p.add_argument("--pairs", default="2000", help="comma list of pair counts")
     p.add_argument("--filters", default="0.1", help="comma list of reader filter portions")
+    p.add_argument("--prior-taus", default="0", help="comma list of synthesis.prior_tau (logit adjustment)")
     p.add_argument("--invert-steps", type=int, default=None, help="default: the demo's")
     p.add_argument("--fit-steps", type=int, default=None, help="default: the demo's")
     p.add_argument("--ensemble", type=int, default=None, help="default: the demo's")
@@ -58,7 +60,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _pairs(G, lg, n: int, psi: float, seed: int, cache: Path) -> dict[str, np.ndarray]:
+def _pairs(G, lg, n: int, psi: float, seed: int, cache: Path, shift=None) -> dict[str, np.ndarray]:
     from handsoff_ray.core.pairs import synthesize
 
     if cache.exists():
@@ -67,7 +69,8 @@ def _pairs(G, lg, n: int, psi: float, seed: int, cache: Path) -> dict[str, np.nd
             return {k: v[:n] for k, v in got.items()}
     parts: list[Any] = []
     for start in range(0, n, 32):
-        p = synthesize(G, lg, sample_ids=range(start, min(n, start + 32)), run_seed=seed, truncation_psi=psi)
+        p = synthesize(G, lg, sample_ids=range(start, min(n, start + 32)), run_seed=seed, truncation_psi=psi,
+                       logit_shift=shift)
         parts.append(p)
         print(json.dumps({"synthesize": psi, "done": min(n, start + 32), "of": n}), file=sys.stderr, flush=True)
     out = {"images": np.concatenate([p.images for p in parts]),
@@ -88,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from handsoff_ray.pipeline.context import RunContext
     from handsoff_ray.pipeline.layout import RUN
     from handsoff_ray.pipeline.run import run_stage
+    from handsoff_ray.pipeline.stages.fit import label_generator_location
+    from handsoff_ray.core.pairs import class_prior_shift
     from handsoff_ray.toy.world import CLASSES, KEYPOINT_NAMES, render_batch
 
     size = FULL
@@ -106,19 +111,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         run_stage(spec, stage, ctx=ctx)
         stage_s[stage] = round(time.perf_counter() - t0, 1)
     G = ctx.generator()
-    lg = load_label_generator(ctx.store.path(RUN.label_generator_file), device="cpu")
+    lg_store, lg_file = label_generator_location(ctx.store)  # the shared artifact the run refers to
+    lg = load_label_generator(lg_store.path(lg_file), device="cpu")
+    class_pixels = ctx.store.read_json(RUN.fit_summary)["data"]["class_pixels"]
     val = parse_seed_range(a.val_seeds)
     test = DownstreamData.from_batch(render_batch(val, 64))
     flip_pairs = [(0, 1), (3, 4)]
     assert KEYPOINT_NAMES[:2] == ("left_eye", "right_eye") and KEYPOINT_NAMES[3:] == ("mouth_left", "mouth_right")
     report: dict[str, Any] = {"config": vars(a), "stage_s": stage_s, "classes": list(CLASSES), "pairs": {}, "runs": []}
     n_max = max(int(x) for x in a.pairs.split(","))
-    for psi in (float(x) for x in a.psis.split(",")):
+    settings = [(float(psi), float(tau)) for psi in a.psis.split(",") for tau in a.prior_taus.split(",")]
+    for psi, tau in settings:
         t0 = time.perf_counter()
-        pairs = _pairs(G, lg, n_max, psi, spec.seed, Path(a.out) / f"pairs-psi{psi}-n{n_max}.npz")
+        shift = class_prior_shift(class_pixels, tau) if tau else None
+        pairs = _pairs(G, lg, n_max, psi, spec.seed, Path(a.out) / f"pairs-psi{psi}-tau{tau}-n{n_max}.npz", shift)
         freq = np.bincount(pairs["segmentation"].ravel(), minlength=len(CLASSES)) / pairs["segmentation"].size
-        report["pairs"][str(psi)] = {"class_frequency": [round(float(f), 4) for f in freq],
-                                     "seconds": round(time.perf_counter() - t0, 1)}
+        report["pairs"][f"psi{psi}-tau{tau}"] = {"class_frequency": [round(float(f), 4) for f in freq],
+                                                 "seconds": round(time.perf_counter() - t0, 1)}
         for n in (int(x) for x in a.pairs.split(",")):
             for portion in (float(x) for x in a.filters.split(",")):
                 keep = filter_indices(torch.from_numpy(pairs["uncertainty"][:n].astype(np.float64)), portion=portion,
@@ -133,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                      seed=seed, seg_loss=a.seg_loss, lr_schedule=a.schedule, precision=a.precision,
                                      augment=a.augment, flip_pairs=flip_pairs, sigma=1.5)
                     s = evaluate_downstream(model, test)
-                    run = {"psi": psi, "pairs": n, "filter": portion, "kept": int(len(keep)), "seed": seed,
+                    run = {"psi": psi, "prior_tau": tau, "pairs": n, "filter": portion, "kept": int(len(keep)), "seed": seed,
                            "miou": round(s["miou"], 4), "iou": [round(v, 3) for v in s["iou"]],
                            "pck": round(s["pck"], 4), "depth_rmse": round(s["depth_rmse"], 4),
                            "seconds": round(time.perf_counter() - t1, 1)}

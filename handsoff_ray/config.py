@@ -361,7 +361,8 @@ class EvaluationSpec(_Section):
                                             "nothing is downloaded.")
     unet_width: int = Field(32, ge=4, le=256, description="Base width of the small UNet (16 is enough at 64 px).")
     max_steps: int | None = Field(None, ge=1, description="Cap on optimiser steps (same for every compared network).")
-    epochs: int = Field(20, ge=1, le=1000, description="Passes over the synthetic pairs.")
+    epochs: int = Field(20, ge=1, le=100_000, description="Passes over the training set (the reference: 20); "
+                        "with max_steps, set it high enough that max_steps decides for the smallest set.")
     batch_size: int = Field(8, ge=1, le=1024, description="Training batch size.")
     lr: float = Field(1e-3, gt=0, le=1, description="Training learning rate.")
     pck_alpha: float = Field(0.05, gt=0, le=1, description="A keypoint counts as correct within pck_alpha * "

@@ -118,7 +118,7 @@ def demo_spec(out: str, size: DemoSize, generator: str = "toy", seeds: DemoSeeds
                        "model": "unet", "unet_width": 16,
                        # epochs at the maximum so that max_steps decides: every network, the 16-image
                        # baseline included, gets the same number of optimiser steps.
-                       "batch_size": size.downstream_batch, "epochs": 1000, "max_steps": size.downstream_steps,
+                       "batch_size": size.downstream_batch, "epochs": 10_000, "max_steps": size.downstream_steps,
                        # Measured by benchmarks/downstream_harness.py on a validation range: plain CE never
                        # learns brows and ears (a few pixels each) even from 2,000 real faces; + Dice, a
                        # cosine decay and 2e-3 does. bf16 only where the CPU has it natively (auto).

@@ -159,6 +159,25 @@ class TestBuild:
         with pytest.raises(ValueError, match=match):
             build_downstream(**kwargs)
 
+    def test_unet_groupnorm_runs_in_fp32_under_bf16_autocast(self):
+        # bf16 GroupNorm backward was a third of a CPU step (benchmarks/downstream_step.py); the UNet's
+        # norms compute in fp32 and keep plain GroupNorm's parameters and state_dict keys.
+        model = build_downstream("unet", num_classes=2, base_width=4)
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
+        assert norms and all(type(m) is not torch.nn.GroupNorm for m in norms)
+        norm = norms[0]
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+        x = torch.randn(2, norm.num_channels, 8, 8)
+        plain = torch.nn.GroupNorm(norm.num_groups, norm.num_channels)
+        plain.load_state_dict(norm.state_dict())
+        assert torch.equal(norm(x), plain(x))  # fp32: the plain module exactly
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = norm(x.bfloat16())
+        assert y.dtype == torch.float32
+        assert torch.equal(y, plain(x.bfloat16().float()))
+
     def test_forward_rejects_channels_last_images(self):
         model = build_downstream("unet", num_classes=2, base_width=4)
         with pytest.raises(ValueError, match="images_to_input"):

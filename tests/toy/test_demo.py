@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from handsoff_ray.config import load_spec, parse_spec
-from handsoff_ray.demo import FULL, demo_spec
+from handsoff_ray.demo import FULL, QUICK, demo_spec
 
 SPEC = Path(__file__).parents[2] / "jobs" / "specs" / "toy.yaml"
 
@@ -18,6 +18,15 @@ def test_demo_spec_is_the_shipped_toy_spec_but_for_its_name():
     demo = parse_spec(demo_spec("./handsoff-demo", FULL)).model_dump()
     assert demo == shipped | {"name": "toy-demo"}
     assert demo["data"]["format"] == demo["evaluation"]["test_format"] == "toy"  # nothing on disk to prepare
+
+
+@pytest.mark.parametrize("size", [FULL, QUICK], ids=["full", "quick"])
+def test_every_arm_trains_for_max_steps(size):
+    """HandsOff, baseline and oracle networks get the same optimiser steps: even the 16-image baseline
+    (2 batches an epoch at batch 8) has epochs to spare. With epochs 1,000 it stopped at 2,000 of 2,400."""
+    ev = parse_spec(demo_spec("./handsoff-demo", size)).evaluation
+    for n_train in (16, size.n_oracle, size.n_synthetic):
+        assert ev.epochs * max(1, n_train // ev.batch_size) >= ev.max_steps == size.downstream_steps
 
 
 class TestSeedRanges:

@@ -170,6 +170,12 @@ def score_arms(arms: dict, test, spec: JobSpec, *, num_classes: int, num_keypoin
     # Steps per network: exact when max_steps decides (the toy spec), an upper bound otherwise.
     per_job = {job["key"]: min(ev.epochs * max(1, len(job["train"]) // ev.batch_size), ev.max_steps or 10**12)
                for job in jobs}
+    if len(set(per_job.values())) > 1:
+        # Unequal training lengths make the comparison unfair (a small set runs out of epochs first).
+        fewest = min(per_job, key=per_job.get)
+        print(f"handsoff: {label}: the {fewest[0]} network gets {per_job[fewest]} steps, others up to "
+              f"{max(per_job.values())}; raise evaluation.epochs so that evaluation.max_steps decides for every "
+              f"training set", file=sys.stderr, flush=True)
     results: dict = {}
     with stage_progress(label, total=sum(per_job.values()), unit="step", log_every_s=10) as bar:
         if workers <= 1 or len(jobs) == 1:
