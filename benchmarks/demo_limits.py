@@ -13,6 +13,9 @@ Three measurements on the demo's own run (its 16 inverted latents, its label gen
   toy generator at truncation 0.5 / 0.7 / 1.0, next to the frequencies in the real labeled images. When
   the label generator separates a class on inverted real images but almost never finds it in samples,
   the samples do not draw that part the way real images do: generator quality.
+- `held_out`: with --held-out-seeds A-B, the `fit` measurement on toy faces the label generator never
+  saw: they are inverted with the demo's inversion settings (into a scratch run folder) and labelled
+  from their latents. The gap between `fit` and `held_out` is how far the labels generalise.
 - `prior`: with --prior-taus, the `fit` and `samples` measurements again after a post-hoc logit
   adjustment of the segmentation outputs, logits + tau * log(class frequency in the 16 labeled images):
   a class-balanced fit learns as if every class were equally likely, which over-paints rare small parts
@@ -45,6 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, metavar="T", help="torch threads (default: 2)")
     p.add_argument("--prior-taus", default="", metavar="LIST",
                    help="logit-adjustment strengths to measure (e.g. 0.5,1); none by default")
+    p.add_argument("--held-out-seeds", default="", metavar="A-B",
+                   help="also score the label generator on these inverted, never-fitted toy faces (e.g. 3000000-3000031)")
     return p.parse_args(argv)
 
 
@@ -105,6 +110,8 @@ def main(argv=None) -> dict:
     result["fit"] = {"steps": spec.label_generator.max_steps, "members": spec.label_generator.ensemble_size,
                      **on_training_images(G, lg, store, labeled, ids)}
 
+    if args.held_out_seeds:
+        result["held_out"] = _held_out(args, G, lg)
     lg2 = lg
     if args.refit_members:
         lg2 = _refit(args, base, spec, store, G, labeled, ids, result)
@@ -115,6 +122,39 @@ def main(argv=None) -> dict:
         _prior_adjusted(args, spec, G, lg2, store, labeled, ids, result)
     print(json.dumps(result, indent=None if args.json else 2))
     return result
+
+
+_HELD_OUT: dict = {}
+
+
+def _held_out_set(args):
+    """(run store, labeled set, ids) of the held-out faces, inverted once into <demo>/held-out-<seeds>/ (kept,
+    so later calls and reruns reuse the latents) with the demo's inversion settings."""
+    if "set" not in _HELD_OUT:
+        from handsoff_ray.config import parse_spec
+        from handsoff_ray.demo import FULL, DemoSeeds, demo_spec, parse_seed_range
+        from handsoff_ray.pipeline.context import open_run
+        from handsoff_ray.pipeline.labeled import open_spec_labeled_set
+        from handsoff_ray.pipeline.run import run_stage
+
+        seeds = parse_seed_range(args.held_out_seeds)
+        raw = demo_spec(os.path.join(args.demo, f"held-out-{args.held_out_seeds}"), FULL,
+                        seeds=DemoSeeds(labeled=seeds))
+        raw["resources"]["engine"] = "local"
+        hspec = parse_spec(raw, source="held-out")
+        log(f"held-out faces {args.held_out_seeds}: inverted with the demo's inversion settings (once)")
+        t0 = time.time()
+        run_stage(hspec, "invert")
+        labeled, ids = open_spec_labeled_set(hspec)
+        _HELD_OUT["set"] = (open_run(hspec), labeled, ids)
+        _HELD_OUT["invert_s"] = round(time.time() - t0, 1)
+    return _HELD_OUT["set"]
+
+
+def _held_out(args, G, lg) -> dict:
+    """`on_training_images` on faces the label generator never saw."""
+    store, labeled, ids = _held_out_set(args)
+    return {"seeds": args.held_out_seeds, "invert_s": _HELD_OUT["invert_s"], **on_training_images(G, lg, store, labeled, ids)}
 
 
 def _refit(args, base, spec, store, G, labeled, ids, result):
@@ -140,6 +180,8 @@ def _refit(args, base, spec, store, G, labeled, ids, result):
         lg2 = load_label_generator(lg_store.path(lg_file))
         result["refit"] = {"steps": args.refit_steps, "members": args.refit_members,
                            "seconds": round(time.time() - t0, 1), **on_training_images(G, lg2, store, labeled, ids)}
+        if args.held_out_seeds:
+            result["refit"]["held_out"] = _held_out(args, G, lg2)
     return lg2
 
 
