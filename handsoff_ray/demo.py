@@ -43,8 +43,8 @@ class DemoSize:
     downstream_seeds: int = 2  # networks per arm: report.json gives their mean and spread
 
 
-# Sized for 2 CPU cores: FULL measured 726 s, QUICK 155 s on a Zen 4 EPYC (2026-11-26); FULL 1,188 s on an
-# EPYC without AVX-512 (2026-12-01, after fit grew from 300 x 512 to 1,500 x 128 pixels; downstream 3 x 160 s).
+# Sized for 2 CPU cores: FULL measured 1,202-1,281 s on a Zen 4 EPYC with avx512_bf16 (2026-12-06: invert 86,
+# fit 148, synthesis 283, downstream 760 s for 6 networks of 2,400 steps); over the 15-minute goal, see README.
 FULL = DemoSize(n_test=500, n_oracle=2000, n_synthetic=2000, invert_steps=150, fit_steps=1500, ensemble=10,
                 downstream_steps=2400)
 QUICK = DemoSize(n_test=100, n_oracle=300, n_synthetic=200, invert_steps=40, fit_steps=400, ensemble=4,
