@@ -48,6 +48,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, metavar="T", help="torch threads (default: 2)")
     p.add_argument("--prior-taus", default="", metavar="LIST",
                    help="logit-adjustment strengths to measure (e.g. 0.5,1); none by default")
+    p.add_argument("--labeled-seeds", default="", metavar="A-B",
+                   help="the demo's labeled faces (default 0-15); another range is inverted and fitted first "
+                        "(skipped when --demo already holds it), e.g. 0-31 to ask whether 16 labels are the limit")
+    p.add_argument("--loss-resolution", type=int, default=None, metavar="PX",
+                   help="inversion.loss_resolution for the demo's and the held-out faces (default: the demo's 32)")
     p.add_argument("--held-out-seeds", default="", metavar="A-B",
                    help="also score the label generator on these inverted, never-fitted toy faces (e.g. 3000000-3000031)")
     return p.parse_args(argv)
@@ -94,9 +99,15 @@ def main(argv=None) -> dict:
     from handsoff_ray.pipeline.run import run_stage
     from handsoff_ray.demo import FULL, demo_spec
 
-    base = demo_spec(args.demo, FULL)
+    from handsoff_ray.demo import DemoSeeds, parse_seed_range
+
+    seeds = DemoSeeds(labeled=parse_seed_range(args.labeled_seeds)) if args.labeled_seeds else DemoSeeds()
+    base = _with_inversion(args, demo_spec(args.demo, FULL, seeds=seeds))
     spec = parse_spec(base)
     store = open_run(spec)
+    if args.labeled_seeds or args.loss_resolution:
+        for stage in ("invert", "fit"):  # skipped when done
+            run_stage(spec, stage)
     from handsoff_ray.pipeline.stages.fit import label_generator_location
 
     lg_store, lg_file = label_generator_location(store)  # the shared artifact (or a run from before them)
@@ -127,6 +138,12 @@ def main(argv=None) -> dict:
 _HELD_OUT: dict = {}
 
 
+def _with_inversion(args, raw: dict) -> dict:
+    if args.loss_resolution:
+        raw["inversion"] = {**raw["inversion"], "loss_resolution": args.loss_resolution}
+    return raw
+
+
 def _held_out_set(args):
     """(run store, labeled set, ids) of the held-out faces, inverted once into <demo>/held-out-<seeds>/ (kept,
     so later calls and reruns reuse the latents) with the demo's inversion settings."""
@@ -140,7 +157,7 @@ def _held_out_set(args):
         seeds = parse_seed_range(args.held_out_seeds)
         raw = demo_spec(os.path.join(args.demo, f"held-out-{args.held_out_seeds}"), FULL,
                         seeds=DemoSeeds(labeled=seeds))
-        raw["resources"]["engine"] = "local"
+        raw = _with_inversion(args, raw)
         hspec = parse_spec(raw, source="held-out")
         log(f"held-out faces {args.held_out_seeds}: inverted with the demo's inversion settings (once)")
         t0 = time.time()
