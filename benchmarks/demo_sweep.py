@@ -45,6 +45,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--prior-taus", default="0", help="comma list of synthesis.prior_tau (logit adjustment)")
     p.add_argument("--invert-steps", type=int, default=None, help="default: the demo's")
     p.add_argument("--fit-steps", type=int, default=None, help="default: the demo's")
+    p.add_argument("--loss-resolution", type=int, default=None, help="inversion.loss_resolution (default: the demo's)")
     p.add_argument("--ensemble", type=int, default=None, help="default: the demo's")
     p.add_argument("--steps", type=int, default=600, help="downstream steps")
     p.add_argument("--batch-size", type=int, default=16)
@@ -103,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         size = dataclasses.replace(size, **over)
     raw = demo_spec(a.out, size, seeds=DemoSeeds(labeled=parse_seed_range(a.labeled_seeds)))
     raw["resources"]["engine"] = a.engine
+    if a.loss_resolution:
+        raw["inversion"] = {**raw["inversion"], "loss_resolution": a.loss_resolution}
     spec = parse_spec(raw, source="sweep")
     ctx = RunContext(spec)
     stage_s = {}
