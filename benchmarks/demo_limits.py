@@ -14,8 +14,8 @@ Three measurements on the demo's own run (its 16 inverted latents, its label gen
   the label generator separates a class on inverted real images but almost never finds it in samples,
   the samples do not draw that part the way real images do: generator quality.
 - `held_out`: with --held-out-seeds A-B, the `fit` measurement on toy faces the label generator never
-  saw: they are inverted with the demo's inversion settings (into a scratch run folder) and labelled
-  from their latents. The gap between `fit` and `held_out` is how far the labels generalise.
+  saw: they are inverted once with the demo's inversion settings (kept in <demo>/held-out-<seeds>/, so a
+  rerun reuses them) and labelled from their latents. The gap between `fit` and `held_out` is how far the labels generalise.
 - `prior`: with --prior-taus, the `fit` and `samples` measurements again after a post-hoc logit
   adjustment of the segmentation outputs, logits + tau * log(class frequency in the 16 labeled images):
   a class-balanced fit learns as if every class were equally likely, which over-paints rare small parts
@@ -97,9 +97,7 @@ def main(argv=None) -> dict:
     from handsoff_ray.pipeline.labeled import open_spec_labeled_set
     from handsoff_ray.pipeline.context import RunContext, open_run
     from handsoff_ray.pipeline.run import run_stage
-    from handsoff_ray.demo import FULL, demo_spec
-
-    from handsoff_ray.demo import DemoSeeds, parse_seed_range
+    from handsoff_ray.demo import FULL, DemoSeeds, demo_spec, parse_seed_range
 
     seeds = DemoSeeds(labeled=parse_seed_range(args.labeled_seeds)) if args.labeled_seeds else DemoSeeds()
     base = _with_inversion(args, demo_spec(args.demo, FULL, seeds=seeds))
@@ -121,11 +119,12 @@ def main(argv=None) -> dict:
     result["fit"] = {"steps": spec.label_generator.max_steps, "members": spec.label_generator.ensemble_size,
                      **on_training_images(G, lg, store, labeled, ids)}
 
-    if args.held_out_seeds:
-        result["held_out"] = _held_out(args, G, lg)
+    held_out = _held_out_set(args) if args.held_out_seeds else None
+    if held_out:
+        result["held_out"] = _held_out(held_out, G, lg)
     lg2 = lg
     if args.refit_members:
-        lg2 = _refit(args, base, spec, store, G, labeled, ids, result)
+        lg2 = _refit(args, base, spec, store, G, labeled, ids, result, held_out)
     else:
         log("no refit (--refit-members 0): fresh samples are labelled by the demo's own label generator")
     _sample_frequencies(args, spec, G, lg2, labeled, ids, result)
@@ -135,46 +134,39 @@ def main(argv=None) -> dict:
     return result
 
 
-_HELD_OUT: dict = {}
-
-
 def _with_inversion(args, raw: dict) -> dict:
     if args.loss_resolution:
         raw["inversion"] = {**raw["inversion"], "loss_resolution": args.loss_resolution}
     return raw
 
 
-def _held_out_set(args):
-    """(run store, labeled set, ids) of the held-out faces, inverted once into <demo>/held-out-<seeds>/ (kept,
-    so later calls and reruns reuse the latents) with the demo's inversion settings."""
-    if "set" not in _HELD_OUT:
-        from handsoff_ray.config import parse_spec
-        from handsoff_ray.demo import FULL, DemoSeeds, demo_spec, parse_seed_range
-        from handsoff_ray.pipeline.context import open_run
-        from handsoff_ray.pipeline.labeled import open_spec_labeled_set
-        from handsoff_ray.pipeline.run import run_stage
+def _held_out_set(args) -> dict:
+    """The held-out faces inverted with the demo's inversion settings into <demo>/held-out-<seeds>/ (kept:
+    a rerun reuses the latents): {"seeds", "invert_s", "store", "labeled", "ids"}."""
+    from handsoff_ray.config import parse_spec
+    from handsoff_ray.demo import FULL, DemoSeeds, demo_spec, parse_seed_range
+    from handsoff_ray.pipeline.context import open_run
+    from handsoff_ray.pipeline.labeled import open_spec_labeled_set
+    from handsoff_ray.pipeline.run import run_stage
 
-        seeds = parse_seed_range(args.held_out_seeds)
-        raw = demo_spec(os.path.join(args.demo, f"held-out-{args.held_out_seeds}"), FULL,
-                        seeds=DemoSeeds(labeled=seeds))
-        raw = _with_inversion(args, raw)
-        hspec = parse_spec(raw, source="held-out")
-        log(f"held-out faces {args.held_out_seeds}: inverted with the demo's inversion settings (once)")
-        t0 = time.time()
-        run_stage(hspec, "invert")
-        labeled, ids = open_spec_labeled_set(hspec)
-        _HELD_OUT["set"] = (open_run(hspec), labeled, ids)
-        _HELD_OUT["invert_s"] = round(time.time() - t0, 1)
-    return _HELD_OUT["set"]
+    raw = demo_spec(os.path.join(args.demo, f"held-out-{args.held_out_seeds}"), FULL,
+                    seeds=DemoSeeds(labeled=parse_seed_range(args.held_out_seeds)))
+    hspec = parse_spec(_with_inversion(args, raw), source="held-out")
+    log(f"held-out faces {args.held_out_seeds}: inverted with the demo's inversion settings")
+    t0 = time.time()
+    run_stage(hspec, "invert")
+    labeled, ids = open_spec_labeled_set(hspec)
+    return {"seeds": args.held_out_seeds, "invert_s": round(time.time() - t0, 1), "store": open_run(hspec),
+            "labeled": labeled, "ids": ids}
 
 
-def _held_out(args, G, lg) -> dict:
+def _held_out(held_out: dict, G, lg) -> dict:
     """`on_training_images` on faces the label generator never saw."""
-    store, labeled, ids = _held_out_set(args)
-    return {"seeds": args.held_out_seeds, "invert_s": _HELD_OUT["invert_s"], **on_training_images(G, lg, store, labeled, ids)}
+    return {"seeds": held_out["seeds"], "invert_s": held_out["invert_s"],
+            **on_training_images(G, lg, held_out["store"], held_out["labeled"], held_out["ids"])}
 
 
-def _refit(args, base, spec, store, G, labeled, ids, result):
+def _refit(args, base, spec, store, G, labeled, ids, result, held_out=None):
     from handsoff_ray.config import parse_spec
     from handsoff_ray.core.label_generator import load_label_generator
     from handsoff_ray.pipeline.context import open_run
@@ -197,8 +189,8 @@ def _refit(args, base, spec, store, G, labeled, ids, result):
         lg2 = load_label_generator(lg_store.path(lg_file))
         result["refit"] = {"steps": args.refit_steps, "members": args.refit_members,
                            "seconds": round(time.time() - t0, 1), **on_training_images(G, lg2, store, labeled, ids)}
-        if args.held_out_seeds:
-            result["refit"]["held_out"] = _held_out(args, G, lg2)
+        if held_out:
+            result["refit"]["held_out"] = _held_out(held_out, G, lg2)
     return lg2
 
 

@@ -32,27 +32,31 @@ def _data(n: int) -> DownstreamData:
     return DownstreamData.from_batch(render_batch(range(SEEDS0, SEEDS0 + n), 64))
 
 
-def _time(data: DownstreamData, *, precision: str, channels_last: bool, steps: int, warmup: int,
-          batch: int, width: int) -> float:
+def _train(data: DownstreamData, *, precision: str, steps: int, batch: int, width: int,
+           channels_last: bool = False, callback=None) -> None:
+    """The demo's downstream training (CE + Dice, cosine, lr 2e-3) for `steps` steps on a fresh network."""
     model = build_downstream("unet", num_classes=len(CLASSES), num_keypoints=len(KEYPOINT_NAMES), depth=True,
                              base_width=width, seed=0)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    train_downstream(model, data, epochs=10**6, batch_size=batch, seed=0, lr=2e-3, max_steps=steps,
+                     seg_loss="ce_dice", lr_schedule="cosine", precision=precision, callback=callback)
+
+
+def _time(data: DownstreamData, *, steps: int, warmup: int, **kw) -> float:
+    """Seconds per step after `warmup` steps."""
     stamps: list[float] = []
-    train_downstream(model, data, epochs=10**6, batch_size=batch, seed=0, lr=2e-3, max_steps=warmup + steps,
-                     seg_loss="ce_dice", lr_schedule="cosine", precision=precision,
-                     callback=lambda step, logs: stamps.append(time.perf_counter()) if "epoch" not in logs else None)
+    _train(data, steps=warmup + steps, **kw,
+           callback=lambda step, logs: stamps.append(time.perf_counter()) if "epoch" not in logs else None)
     return (stamps[-1] - stamps[warmup - 1]) / steps
 
 
-def _top_ops(data: DownstreamData, *, precision: str, batch: int, width: int, steps: int = 10) -> list:
+def _top_ops(data: DownstreamData, *, steps: int = 10, **kw) -> list:
+    """The 12 ops with the most self CPU time, in ms per step."""
     from torch.profiler import ProfilerActivity, profile
 
-    model = build_downstream("unet", num_classes=len(CLASSES), num_keypoints=len(KEYPOINT_NAMES), depth=True,
-                             base_width=width, seed=0)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        train_downstream(model, data, epochs=10**6, batch_size=batch, seed=0, lr=2e-3, max_steps=steps,
-                         seg_loss="ce_dice", lr_schedule="cosine", precision=precision)
+        _train(data, steps=steps, **kw)
     rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
     return [[e.key, round(e.self_cpu_time_total / 1000 / steps, 2)] for e in rows]
 

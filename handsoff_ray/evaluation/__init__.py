@@ -29,7 +29,7 @@ Tests: `python -m pytest -q tests/evaluation/test_downstream.py`.
 from handsoff_ray.evaluation.data import TASKS, DownstreamData, images_to_input
 from handsoff_ray.evaluation.models import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, KINDS, DownstreamNet, build_downstream
 from handsoff_ray.evaluation.scoring import evaluate_downstream, predict_downstream
-from handsoff_ray.evaluation.train import TrainSummary, train_downstream
+from handsoff_ray.evaluation.train import TrainSummary, planned_steps, train_downstream
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -43,6 +43,7 @@ __all__ = [
     "build_downstream",
     "images_to_input",
     "train_downstream",
+    "planned_steps",
     "predict_downstream",
     "evaluate_downstream",
 ]

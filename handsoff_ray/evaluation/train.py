@@ -143,6 +143,18 @@ def _selection(tasks: Sequence[str]) -> tuple[str, Callable[[dict[str, Any]], fl
     return "val_neg_abs_rel", lambda s: -s["depth_abs_rel"]
 
 
+def batches_per_epoch(n_train: int, batch_size: int) -> int:
+    """Optimiser steps in one pass over n_train samples: the reference skips incomplete batches, and a set
+    smaller than one batch trains as one batch."""
+    return max(1, n_train // batch_size)
+
+
+def planned_steps(n_train: int, *, epochs: int, batch_size: int, max_steps: int | None) -> int:
+    """The optimiser steps `train_downstream` takes on n_train samples (without a validation split)."""
+    steps = epochs * batches_per_epoch(n_train, batch_size)
+    return steps if max_steps is None else min(steps, max_steps)
+
+
 def train_downstream(
     model: DownstreamNet,
     data: DownstreamData,
@@ -242,8 +254,7 @@ def train_downstream(
     best_score, best_epoch, best_state = None, None, None
     history: list[dict[str, float]] = []
     step = 0
-    # The reference skips incomplete batches; a set smaller than one batch trains as one batch.
-    per_epoch = max(1, pool.numel() // batch_size)
+    per_epoch = batches_per_epoch(pool.numel(), batch_size)
     for epoch in range(1, epochs + 1):
         model.train()
         perm = pool[torch.randperm(pool.numel(), generator=gen)]

@@ -7,6 +7,7 @@ import pytest
 
 from handsoff_ray.config import load_spec, parse_spec
 from handsoff_ray.demo import FULL, QUICK, demo_spec
+from handsoff_ray.evaluation import planned_steps
 
 SPEC = Path(__file__).parents[2] / "jobs" / "specs" / "toy.yaml"
 
@@ -26,7 +27,8 @@ def test_every_arm_trains_for_max_steps(size):
     (2 batches an epoch at batch 8) has epochs to spare. With epochs 1,000 it stopped at 2,000 of 2,400."""
     ev = parse_spec(demo_spec("./handsoff-demo", size)).evaluation
     for n_train in (16, size.n_oracle, size.n_synthetic):
-        assert ev.epochs * max(1, n_train // ev.batch_size) >= ev.max_steps == size.downstream_steps
+        steps = planned_steps(n_train, epochs=ev.epochs, batch_size=ev.batch_size, max_steps=ev.max_steps)
+        assert steps == ev.max_steps == size.downstream_steps
 
 
 class TestSeedRanges:

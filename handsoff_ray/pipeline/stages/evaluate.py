@@ -157,6 +157,7 @@ def score_arms(arms: dict, test, spec: JobSpec, *, num_classes: int, num_keypoin
     (two single-threaded trainings on 2 cores finish ~1.7x sooner than one after the other at 2 threads);
     results are the same as in-process on CPU (each network's randomness is its own seeded generator).
     """
+    from handsoff_ray.evaluation import planned_steps
     from handsoff_ray.pipeline.progress import stage_progress
 
     ev = spec.evaluation
@@ -168,8 +169,8 @@ def score_arms(arms: dict, test, spec: JobSpec, *, num_classes: int, num_keypoin
                          "depth": depth, "device": device, "sigma": spec.label_generator.tasks.keypoints.sigma,
                          "flip_pairs": flip_pairs_by_name(list(keypoint_names or []))})
     # Steps per network: exact when max_steps decides (the toy spec), an upper bound otherwise.
-    per_job = {job["key"]: min(ev.epochs * max(1, len(job["train"]) // ev.batch_size), ev.max_steps or 10**12)
-               for job in jobs}
+    per_job = {job["key"]: planned_steps(len(job["train"]), epochs=ev.epochs, batch_size=ev.batch_size,
+                                         max_steps=ev.max_steps) for job in jobs}
     if len(set(per_job.values())) > 1:
         # Unequal training lengths make the comparison unfair (a small set runs out of epochs first).
         fewest = min(per_job, key=per_job.get)
