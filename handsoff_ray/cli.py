@@ -8,6 +8,7 @@
     handsoff checkpoint convert ffhq.pkl ffhq.safetensors
     handsoff checkpoint sample ffhq.pt --seeds 0-7 --out grid.png
     handsoff data check ./labeled                  # validate a labeled set, print a summary
+    handsoff suggest jobs/specs/toy.yaml --pool DIR --budget 16 --out to-label/   # which images to label
 
 Every command validates its inputs before computing anything. Exit codes, the same for every command:
 
@@ -204,6 +205,45 @@ _stage_command("fit", "Fit the label-generator ensemble on the inverted images (
 _stage_command("synthesize", "Write the synthetic image+label pairs as Parquet shards (writes <run>/dataset/).")
 _stage_command("evaluate", "Train a downstream network on the run's synthetic pairs and test it on "
                            "evaluation.test_path.")
+
+
+@main.command()
+@spec_argument
+@set_option
+@click.option("--pool", default=None, metavar="PATH",
+              help="The unlabeled images: a folder, a labeled-set folder (images/ only), Parquet, or s3://...")
+@click.option("--pool-seeds", default=None, metavar="RANGES", help="Toy faces as the pool instead, e.g. 4000000-4001999.")
+@click.option("--pool-format", type=click.Choice(["auto", "folder", "parquet"]), default=None,
+              help="How to read --pool (default: suggest.pool.format, auto).")
+@click.option("--budget", type=click.IntRange(1, 10_000), default=None, help="Images to suggest (default: suggest.budget).")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Folder for suggestions.parquet, contact_sheet.png, labeled/ (default: suggest.out).")
+@click.option("--after", default=None, metavar="RUN",
+              help="A later round: the fitted run folder <storage.output>/<run_id> of SPEC.")
+@click.option("--method", type=click.Choice(["typical", "kcenter"]), default=None, help="Default: suggest.method.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default=None, help="Default: resources.engine.")
+@click.option("--force", is_flag=True, help="Replace the suggestions of another request in --out.")
+@click.option("--dry-run", is_flag=True, help="Say what would be computed, compute nothing.")
+@verbose_option
+@_fail_on_user_error
+def suggest(spec: str, sets: tuple[str, ...], pool: str | None, pool_seeds: str | None, pool_format: str | None,
+            budget: int | None, out: str | None, after: str | None, method: str | None, engine: str | None,
+            force: bool, dry_run: bool) -> None:
+    """Choose the pool images worth labeling (pipeline/suggest.py): writes suggestions.parquet, a contact
+    sheet and a labeled-folder skeleton with the chosen images copied in. Pool labels are never read."""
+    from handsoff_ray.pipeline.suggest import suggest as run_suggest
+
+    if pool and pool_seeds:
+        raise click.BadParameter("give --pool or --pool-seeds, not both", param_hint="--pool")
+    named = {"path": pool, **({"format": pool_format} if pool_format else {})} if pool else \
+        {"format": "toy", "seeds": pool_seeds} if pool_seeds else None
+    result = run_suggest(_load(spec, sets), pool=named, budget=budget, out=out, after=after, method=method,
+                         engine=engine, force=force, dry_run=dry_run)
+    if dry_run:
+        click.echo(yaml.safe_dump(result, sort_keys=False))
+        return
+    click.echo(json.dumps({"out": result.out, "picked": len(result.ids), "ids": result.ids,
+                           "seconds": result.summary["seconds"]}))
 
 
 @main.command()

@@ -401,6 +401,49 @@ class EvaluationSpec(_Section):
         return self
 
 
+class PoolSpec(_Section):
+    path: str | None = Field(None, description="The unlabeled images: a folder of images (or a labeled-set folder, "
+                             "whose images/ alone is read), a Parquet file or folder with an image column, local or "
+                             "s3://. Labels found there are never opened.")
+    format: Literal["auto", "folder", "parquet", "toy"] = Field(
+        "auto", description="auto: Parquet when path is a .parquet file or a folder of them, else a folder of "
+        "images; toy: faces rendered from `seeds`.")
+    seeds: str | None = Field(None, description="format toy: the pool's seeds, e.g. '4000000-4001999'.")
+    image_column: str = Field("image", description="Parquet pools: the column holding encoded images (binary, or "
+                              "the struct<bytes, path> of Hugging Face datasets and of our own shards).")
+    id_column: str | None = Field(None, description="Parquet pools: a column of image ids; None = <file stem>:<row>.")
+
+    _seeds_parse = field_validator("seeds")(_valid_seed_ranges)
+
+    @model_validator(mode="after")
+    def _toy_needs_seeds(self) -> "PoolSpec":
+        _check_toy_seeds(self.format, self.seeds, "")
+        if self.format != "toy" and self.path is None and self.seeds is None:
+            return self  # no pool named yet: `handsoff suggest --pool` names it
+        if self.format != "toy" and self.seeds is not None:
+            raise ValueError("seeds names toy faces; it needs format toy")
+        return self
+
+
+class SuggestSpec(_Section):
+    pool: PoolSpec = Field(PoolSpec(), description="The unlabeled pool to choose from (`handsoff suggest --pool`).")
+    budget: int = Field(16, ge=1, le=10_000, description="How many images to suggest for labeling.")
+    method: Literal["typical", "kcenter"] = Field(
+        "typical", description="Round one (no fit yet): typical = one most-typical image per pool cluster "
+        "(TypiClust); kcenter = k-center greedy coverage (core-set). benchmarks/suggest.py measures both.")
+    feature: Literal["vgg", "alex"] = Field("vgg", description="The ImageNet trunk (LPIPS', read offline) whose "
+                                            "pooled activations describe each pool image.")
+    dims: int = Field(32, ge=2, le=1024, description="Whitened principal directions of the descriptors that "
+                      "distances are measured in.")
+    images_per_unit: int = Field(256, ge=1, le=100_000, description="Pool images per unit of work (one Parquet part "
+                                 "of features each; a killed run redoes at most one unit per worker).")
+    shortlist: int = Field(3, ge=1, le=100, description="After a fit (`--after`): shortlist this many times the "
+                           "budget in feature space, invert only those and score the label generator's "
+                           "disagreement on them.")
+    out: str = Field("to-label", description="Local folder for suggestions.parquet, contact_sheet.png and the "
+                     "labeled-folder skeleton.")
+
+
 class ResourcesSpec(_Section):
     engine: Literal["ray", "local"] = Field(
         "ray", description="ray: synthesis fans out to Ray Data actors (a local Ray when no address); "
@@ -433,6 +476,8 @@ class JobSpec(_Section):
     reader: ReaderSpec = Field(ReaderSpec(), description="Read-time policy recorded as the readers' defaults.")
     storage: StorageSpec = Field(StorageSpec(), description="Where outputs go.")
     evaluation: EvaluationSpec = Field(EvaluationSpec(), description="The optional downstream evaluation.")
+    suggest: SuggestSpec = Field(SuggestSpec(), description="`handsoff suggest`: which pool images to label next "
+                                 "(outside every stage's hash).")
     resources: ResourcesSpec = Field(ResourcesSpec(), description="Where the job runs (never what it computes; "
                                      "outside the spec hash).")
 
@@ -636,7 +681,8 @@ def spec_hash(spec: JobSpec, *, sections: tuple[str, ...] | None = None) -> str:
     Pass `sections` to hash only what one stage depends on, so that e.g. changing the synthesis sample
     count does not invalidate finished inversions.
     """
-    dumped = spec.model_dump(mode="json", exclude={"resources", "storage"})
+    # suggest chooses images to label: it changes nothing a run computes from the labeled set it has.
+    dumped = spec.model_dump(mode="json", exclude={"resources", "storage", "suggest"})
     # reader.* used to sit in synthesis.uncertainty; hashing the reference values there keeps the hash, and so
     # the bytes, of every dataset synthesized before the move (reader policy itself is in no dataset hash).
     dumped["synthesis"]["uncertainty"].update(_LEGACY_HASHED_READER)

@@ -144,5 +144,14 @@ class TestHash:
     def test_defaults_model_is_frozen_shape(self):
         assert set(JobSpec.model_fields) == {
             "name", "seed", "generator", "data", "inversion", "label_generator",
-            "synthesis", "reader", "storage", "evaluation", "resources",
+            "synthesis", "reader", "storage", "evaluation", "resources", "suggest",
         }
+
+    def test_suggest_changes_no_hash(self):
+        """Choosing images to label computes nothing of a run: no stage hash, no spec hash moves."""
+        from handsoff_ray.pipeline.plan import stage_hash
+
+        a, b = parse_spec({}), parse_spec({"suggest": {"budget": 3, "pool": {"format": "toy", "seeds": "5-9"}}})
+        assert spec_hash(a) == spec_hash(b) == "20113b07732b3640"
+        assert [stage_hash(a, s) for s in ("invert", "fit", "synthesize", "evaluate")] == \
+            [stage_hash(b, s) for s in ("invert", "fit", "synthesize", "evaluate")]

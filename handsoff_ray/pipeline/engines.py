@@ -64,12 +64,12 @@ def _train_loop(config: dict) -> None:
     import ray.train
 
     from handsoff_ray.config import parse_spec
-    from handsoff_ray.pipeline.stages import STAGES
+    from handsoff_ray.pipeline.stages import ALL_STAGES
 
     enter_driver_cwd(config["cwd"])
     train_ctx = ray.train.get_context()
     rank, world = train_ctx.get_world_rank(), train_ctx.get_world_size()
-    stage, ctx = STAGES[config["stage"]], RunContext(parse_spec(config["spec"]))
+    stage, ctx = ALL_STAGES[config["stage"]], RunContext(parse_spec(config["spec"]))
     progress_file = f"{RUN.progress_folder(stage.name)}/{config['progress_key']}-{rank}.json"
     work = stage.worker(ctx)
     finished, last = 0, [float("-inf")]
@@ -128,9 +128,9 @@ class _UnitActor:
     def __init__(self, stage: str, spec_json: dict, cwd: str):
         enter_driver_cwd(cwd)
         from handsoff_ray.config import parse_spec
-        from handsoff_ray.pipeline.stages import STAGES
+        from handsoff_ray.pipeline.stages import ALL_STAGES
 
-        self.stage, self.ctx = STAGES[stage], RunContext(parse_spec(spec_json))
+        self.stage, self.ctx = ALL_STAGES[stage], RunContext(parse_spec(spec_json))
         self.work = self.stage.worker(self.ctx)
 
     def __call__(self, batch: dict) -> dict[str, list]:

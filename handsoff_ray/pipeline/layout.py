@@ -15,6 +15,8 @@
       encoders/<key>.safetensors            the ReStyle-style encoder, when enabled
       label_generator/<fit identity>/members/member-NNN.safetensors, fit.json,
                                   label_generator.safetensors (written last)
+      pool_features/<pool key>/part-NNNNNN.parquet, _manifest.json, _SUCCESS
+                                            suggest: descriptors of an unlabeled pool (pool listing + feature)
 
     Runs written before content identities keep latents/<id>.safetensors and
     label_generator/label_generator.safetensors in the run folder; readers still open them (`legacy_*`).
@@ -67,7 +69,8 @@ class RunLayout:
     legacy_label_generator_file = "label_generator/label_generator.safetensors"
     dataset = "dataset"
     eval_report = "eval/report.json"
-    _stage_folders = {"invert": latents, "fit": label_generator, "synthesize": dataset, "evaluate": "eval"}
+    _stage_folders = {"invert": latents, "fit": label_generator, "synthesize": dataset, "evaluate": "eval",
+                      "suggest": "suggest"}
 
     def legacy_latent(self, image_id: str) -> str:
         return f"{self.latents}/{image_id}.safetensors"
@@ -110,6 +113,13 @@ class ArtifactLayout:
 
     def label_generator_file(self, identity: str) -> str:
         return f"{self.label_generator(identity)}/label_generator.safetensors"
+
+    @staticmethod
+    def pool_features(key: str) -> str:
+        return f"pool_features/{key}"
+
+    def pool_part(self, key: str, k: int) -> str:
+        return f"{self.pool_features(key)}/part-{k:06d}.parquet"
 
 
 RUN = RunLayout()

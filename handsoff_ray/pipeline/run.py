@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 
 from handsoff_ray.config import JobSpec
 from handsoff_ray.pipeline.context import RunContext, check_ray_reachable
-from handsoff_ray.pipeline.stages import STAGES
+from handsoff_ray.pipeline.stages import ALL_STAGES, STAGES
 
 __all__ = ["select_stages", "run_stage", "run_stages", "stage_summary"]
 
@@ -31,6 +31,7 @@ _COUNTS = {
     "fit": ("images", "ensemble_size", "tasks", "workers"),
     "synthesize": ("samples", "shards", "shards_written_now", "version", "actors"),
     "evaluate": ("test_images", "synthetic"),
+    "suggest": ("pool_images", "parts", "parts_written_now"),
 }
 
 
@@ -61,14 +62,14 @@ def run_stage(spec: JobSpec, name: str, *, engine: str | None = None, ctx: RunCo
     from handsoff_ray.pipeline.engines import ENGINES, run_units
     from handsoff_ray.pipeline.progress import stage_progress
 
-    if name not in STAGES:
-        raise ValueError(f"unknown stage {name!r}; choose from {list(STAGES)}")
+    if name not in ALL_STAGES:
+        raise ValueError(f"unknown stage {name!r}; choose from {list(ALL_STAGES)}")
     engine = engine or spec.resources.engine
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose from {list(ENGINES)}")
     t0 = time.time()
     ctx = ctx or RunContext(spec)
-    stage = STAGES[name]
+    stage = ALL_STAGES[name]
     if engine == "ray" and stage.ray:
         check_ray_reachable(spec)  # before prepare writes the stage's marker: a dead head fails in seconds
     plan = stage.prepare(ctx)
