@@ -49,18 +49,32 @@ def image_descriptors(lpips_model, images: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, 1).float()
 
 
-def project(features: torch.Tensor, dims: int = 64, *, fit_on: torch.Tensor | None = None) -> torch.Tensor:
+def project(features: torch.Tensor, dims: int = 64, *, fit_on: torch.Tensor | None = None,
+            max_fit: int = 20_000) -> torch.Tensor:
     """Centre on `fit_on` (default: features), keep the top `dims` principal directions and whiten them, so
-    distances weigh every strong direction of variation alike. Deterministic (full SVD, sign-fixed)."""
-    x = features.double()
-    ref = x if fit_on is None else fit_on.double()
+    distances weigh every strong direction of variation alike. The directions are fitted on at most
+    `max_fit` rows (every k-th: 10^5 pool images cost one 20,000-row fit); deterministic, sign-fixed."""
+    ref = features if fit_on is None else fit_on
+    if len(ref) > max_fit:
+        ref = ref[:: -(-len(ref) // max_fit)]
+    ref = ref.double()
     mean = ref.mean(0, keepdim=True)
-    _, s, vh = torch.linalg.svd(ref - mean, full_matrices=False)
-    k = min(dims, vh.shape[0])
-    vh = vh[:k]
+    c = ref - mean
+    n, d = c.shape
+    k = min(dims, n - 1 if n > 1 else 1, d)
+    if n < d:  # the Gram matrix is the smaller eigenproblem: c c^T = U L U^T, directions c^T U / sqrt(L)
+        evals, u = torch.linalg.eigh(c @ c.T)
+        evals, u = evals.flip(0)[:k].clamp_min(1e-24), u.flip(1)[:, :k]
+        vh = (c.T @ u / evals.sqrt()).T
+    else:
+        evals, v = torch.linalg.eigh(c.T @ c)
+        evals, vh = evals.flip(0)[:k].clamp_min(1e-24), v.flip(1)[:, :k].T
     vh = vh * torch.sign(vh[torch.arange(k), vh.abs().argmax(1)])[:, None]  # a fixed sign per direction
-    scale = (s[:k] / max(1, ref.shape[0] - 1) ** 0.5).clamp_min(1e-12)
-    return (((x - mean) @ vh.T) / scale).float()
+    scale = (evals / max(1, n - 1)).sqrt().clamp_min(1e-12)
+    out = torch.empty(len(features), k)
+    for s in range(0, len(features), 8192):  # bounded memory at 10^5 rows
+        out[s : s + 8192] = (((features[s : s + 8192].double() - mean) @ vh.T) / scale).float()
+    return out
 
 
 def _min_dist(x: torch.Tensor, centres: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
