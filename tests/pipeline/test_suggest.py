@@ -258,3 +258,29 @@ def test_after_needs_a_fitted_run(tmp_path):
     with pytest.raises(UserError, match="no fitted label generator there"):
         suggest(_toy_spec(tmp_path), pool={"format": "toy", "seeds": POOL_SEEDS}, budget=2, after=str(tmp_path / "runs/sg"))
     assert not (tmp_path / "out").exists()
+
+
+def test_s3_pool(tmp_path, s3_endpoint, aws_env):
+    """A folder of images on object storage (moto's S3 server) is a pool like a local one: same picks."""
+    import boto3
+
+    from handsoff_ray.config import parse_spec
+    from handsoff_ray.pipeline.suggest import suggest
+    from handsoff_ray.toy.world import render_batch
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    local = tmp_path / "local"
+    local.mkdir()
+    for seed, im in zip(range(300, 310), render_batch(range(300, 310), 64).images):
+        buf = io.BytesIO()
+        Image.fromarray(im).save(buf, format="PNG")
+        s3.put_object(Bucket="handsoff-test", Key=f"pool/{seed}.png", Body=buf.getvalue())
+        (local / f"{seed}.png").write_bytes(buf.getvalue())
+    raw = _toy_spec(tmp_path).model_dump(mode="json")
+    raw["storage"]["s3"]["endpoint_url"] = s3_endpoint
+    spec = parse_spec(raw, source="test")
+    remote = suggest(spec, pool={"path": "s3://handsoff-test/pool"}, budget=3, out=str(tmp_path / "o1"))
+    here = suggest(spec, pool={"path": str(local)}, budget=3, out=str(tmp_path / "o2"))
+    assert remote.ids == here.ids and len(remote.ids) == 3
+    assert (tmp_path / "o1" / "labeled" / "images" / f"{remote.ids[0]}.png").read_bytes() == \
+        (local / f"{remote.ids[0]}.png").read_bytes()
