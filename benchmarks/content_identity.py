@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from PIL import Image
 
-    from handsoff_ray.toy.world import write_toy_labeled_set
+    from handsoff_ray.datasets.toy import write_toy_labeled_set
 
     torch.set_num_threads(1)
     log = (lambda *a: print(*a, file=sys.stderr, flush=True))

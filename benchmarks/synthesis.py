@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from handsoff_ray.pipeline.context import ensure_ray
     from handsoff_ray.pipeline.run import run_stage
-    from handsoff_ray.toy.world import write_toy_labeled_set
+    from handsoff_ray.datasets.toy import write_toy_labeled_set
 
     torch.set_num_threads(args.threads)
     root = args.workdir or tempfile.mkdtemp(prefix="bench-synth-")

@@ -44,7 +44,7 @@ def tiny_generator_path(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def toy_labeled_path(tmp_path_factory) -> str:
     """Six toy faces at 32x32 in the labeled-set folder format."""
-    from handsoff_ray.toy.world import write_toy_labeled_set
+    from handsoff_ray.datasets.toy import write_toy_labeled_set
 
     root = tmp_path_factory.mktemp("labeled") / "toy"
     write_toy_labeled_set(root, seeds=range(6), size=32)

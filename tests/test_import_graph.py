@@ -1,4 +1,4 @@
-"""Imports point one way (STYLE.md): interfaces -> pipeline -> evaluation, datasets, toy -> core, config; no module
+"""Imports point one way (STYLE.md): interfaces -> pipeline -> evaluation, datasets -> toy -> core, config; no module
 of the package imports, directly or through others, a module that imports it back; the core never imports Ray.
 
 The layers and the Ray ban are import-linter contracts in pyproject.toml ([tool.importlinter]); `lint-imports`

@@ -19,7 +19,7 @@ from handsoff_ray.datasets._common import ReaderSet, select_ids
 from handsoff_ray.datasets.labeled_folder import LabeledSample, LabeledSetError
 from handsoff_ray.datasets.labeled_folder.samples import decode_depth, encode_depth
 
-__all__ = ["open_toy_set", "DEPTH_SCALE"]
+__all__ = ["open_toy_set", "write_toy_labeled_set", "DEPTH_SCALE"]
 
 DEPTH_SCALE = 1000.0  # write_toy_labeled_set's default: depth in millimetres
 
@@ -49,3 +49,24 @@ def open_toy_set(seeds: str, *, size: int = 64, ids: Sequence[str] | None = None
 
     return ReaderSet(root=root, ids=tuple(chosen), image_size=(size, size), classes=tuple(CLASSES),
                      keypoint_names=tuple(KEYPOINT_NAMES), depth_scale=DEPTH_SCALE, format="toy", _loader=load)
+
+
+def write_toy_labeled_set(
+    root: str | Path, seeds: Sequence[int], size: int = 64, *, depth_scale: float = DEPTH_SCALE
+) -> Path:
+    """Render `seeds` and write them as a labeled-set folder (ids are the zero-padded seeds).
+
+    Samples are rendered and written one at a time, so memory stays flat for any number of seeds.
+    """
+    from handsoff_ray.datasets.labeled_folder import write_labeled_set
+    from handsoff_ray.toy.world import CLASSES, KEYPOINT_NAMES, check_size, render_face, toy_ids
+
+    check_size(size, 3)  # before the folder is created
+
+    def samples():
+        for s, sid in zip(seeds, toy_ids(seeds)):
+            t = render_face(s, size)
+            yield LabeledSample(id=sid, image=t.image, segmentation=t.segmentation, keypoints=t.keypoints,
+                                depth=t.depth)
+
+    return write_labeled_set(root, samples(), classes=CLASSES, keypoint_names=KEYPOINT_NAMES, depth_scale=depth_scale)

@@ -14,7 +14,7 @@ from typing import Any
 # The toy generator shipped with the package ('toy' in specs and `train-gan --init toy`).
 SHIPPED_GENERATOR = Path(__file__).parent / "assets" / "toy_stylegan2.safetensors"
 
-__all__ = ["CLASSES", "KEYPOINT_NAMES", "ToyBatch", "ToySample", "render_batch", "render_face", "write_toy_labeled_set"]
+__all__ = ["CLASSES", "KEYPOINT_NAMES", "ToyBatch", "ToySample", "render_batch", "render_face"]
 
 
 def __getattr__(name: str) -> Any:

@@ -67,7 +67,7 @@ __all__ = [
     "ToyBatch",
     "render_face",
     "render_batch",
-    "write_toy_labeled_set",
+    "check_size",
 ]
 
 CLASSES: tuple[str, ...] = ("background", "skin", "nose", "eye", "brow", "ear", "mouth", "hair")
@@ -606,7 +606,7 @@ def _render(p: dict[str, Any], size: int, supersample: int) -> tuple[np.ndarray,
     return image, seg, kps, depth
 
 
-def _check_size(size: int, supersample: int) -> None:
+def check_size(size: int, supersample: int) -> None:
     # Designed for 32..128; 16 still renders (eyes and brows shrink to about a pixel), 256 is slow.
     if not (isinstance(size, (int, np.integer)) and 16 <= size <= 256):
         raise ValueError(f"size must be an integer in [16, 256], got {size!r}")
@@ -617,7 +617,7 @@ def _check_size(size: int, supersample: int) -> None:
 
 def render_face(seed: int, size: int = 64, *, supersample: int = 3) -> ToySample:
     """Render face `seed` at size x size with exact labels (see the module docstring)."""
-    _check_size(size, supersample)
+    check_size(size, supersample)
     p = sample_params(seed)
     image, seg, kps, depth = _render(p, int(size), int(supersample))
     return ToySample(seed=int(seed), image=image, segmentation=seg, keypoints=kps, depth=depth, params=p)
@@ -625,7 +625,7 @@ def render_face(seed: int, size: int = 64, *, supersample: int = 3) -> ToySample
 
 def render_batch(seeds: Sequence[int], size: int = 64, *, supersample: int = 3) -> ToyBatch:
     """Render many faces; identical to stacking `render_face` of each seed."""
-    _check_size(size, supersample)
+    check_size(size, supersample)
     if len(seeds) == 0:
         raise ValueError("seeds is empty; pass at least one seed")
     samples = [render_face(s, size, supersample=supersample) for s in seeds]
@@ -643,24 +643,3 @@ def toy_ids(seeds: Sequence[int]) -> list[str]:
     """Image ids of toy faces: the seeds zero-padded to one width (at least 6), so they sort by seed."""
     width = max(6, len(str(max(seeds)))) if len(seeds) else 6
     return [f"{int(s):0{width}d}" for s in seeds]
-
-
-def write_toy_labeled_set(
-    root: str | Path, seeds: Sequence[int], size: int = 64, *, depth_scale: float = 1000.0
-) -> Path:
-    """Render `seeds` and write them as a labeled-set folder (ids are the zero-padded seeds).
-
-    Samples are rendered and written one at a time, so memory stays flat for any number of seeds.
-    """
-    # Imported here so that rendering alone needs numpy only (PIL and yaml are for the folder format).
-    from handsoff_ray.datasets.labeled_folder import LabeledSample, write_labeled_set
-
-    _check_size(size, 3)
-
-    def samples():
-        for s, sid in zip(seeds, toy_ids(seeds)):
-            t = render_face(s, size)
-            yield LabeledSample(id=sid, image=t.image, segmentation=t.segmentation, keypoints=t.keypoints,
-                                depth=t.depth)
-
-    return write_labeled_set(root, samples(), classes=CLASSES, keypoint_names=KEYPOINT_NAMES, depth_scale=depth_scale)

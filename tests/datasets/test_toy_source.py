@@ -9,7 +9,7 @@ from handsoff_ray.config import SpecError, parse_spec
 from handsoff_ray.datasets.labeled_folder import LabeledSetError, open_labeled_set
 from handsoff_ray.datasets.public import open_public_set
 from handsoff_ray.datasets.toy import open_toy_set
-from handsoff_ray.toy.world import write_toy_labeled_set
+from handsoff_ray.datasets.toy import write_toy_labeled_set
 
 
 def test_toy_set_equals_the_folder_of_the_same_seeds(tmp_path):

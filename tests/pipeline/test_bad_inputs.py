@@ -400,7 +400,7 @@ class TestTestSetSharesNoImage:
     def test_a_held_out_folder_passes(self, tmp_path, tiny_generator_path, toy_labeled_path):
         from handsoff_ray.config import load_spec
         from handsoff_ray.pipeline.preflight import preflight
-        from handsoff_ray.toy.world import write_toy_labeled_set
+        from handsoff_ray.datasets.toy import write_toy_labeled_set
 
         w = Workspace(tmp_path, tiny_generator_path, toy_labeled_path)
         write_toy_labeled_set(tmp_path / "test", seeds=range(100, 104), size=32)  # other faces, same size

@@ -32,7 +32,7 @@ SHARDS = 3  # 10 pairs in shards of 4
 
 @pytest.fixture(scope="module")
 def five_faces(tmp_path_factory):
-    from handsoff_ray.toy.world import write_toy_labeled_set
+    from handsoff_ray.datasets.toy import write_toy_labeled_set
 
     root = tmp_path_factory.mktemp("five") / "faces"
     write_toy_labeled_set(root, seeds=range(5), size=32)

@@ -162,7 +162,7 @@ class TestPoolsNeverReadLabels:
     def test_labeled_folder_pool_reads_images_only(self, tmp_path, monkeypatch):
         from handsoff_ray.pipeline import pool as pool_mod
         from handsoff_ray.pipeline.suggest import suggest
-        from handsoff_ray.toy.world import write_toy_labeled_set
+        from handsoff_ray.datasets.toy import write_toy_labeled_set
 
         root = tmp_path / "pool"
         write_toy_labeled_set(root, seeds=range(100, 112), size=64)

@@ -11,13 +11,8 @@ from PIL import Image
 import handsoff_ray.toy.world as world
 from handsoff_ray.datasets.labeled_folder import open_labeled_set
 from handsoff_ray.toy.params import sample_params
-from handsoff_ray.toy.world import (
-    CLASSES,
-    KEYPOINT_NAMES,
-    render_batch,
-    render_face,
-    write_toy_labeled_set,
-)
+from handsoff_ray.datasets.toy import write_toy_labeled_set
+from handsoff_ray.toy.world import CLASSES, KEYPOINT_NAMES, render_batch, render_face
 from handsoff_ray.toy.world_cli import main, make_grid
 
 EYE, NOSE, MOUTH, HAIR, BG = (CLASSES.index(c) for c in ("eye", "nose", "mouth", "hair", "background"))
