@@ -12,16 +12,17 @@ faces it needs. Depth goes through the folder format's uint16 encoding, so a toy
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
 from handsoff_ray.datasets._common import ReaderSet, select_ids
-from handsoff_ray.datasets.labeled_folder import LabeledSample, LabeledSetError
+from handsoff_ray.datasets.labeled_folder import DEFAULT_DEPTH_SCALE, LabeledSample, LabeledSetError
 from handsoff_ray.datasets.labeled_folder.samples import decode_depth, encode_depth
 
-__all__ = ["open_toy_set", "write_toy_labeled_set", "DEPTH_SCALE"]
+__all__ = ["open_toy_set", "write_toy_labeled_set", "toy_sample", "DEPTH_SCALE"]
 
-DEPTH_SCALE = 1000.0  # write_toy_labeled_set's default: depth in millimetres
+DEPTH_SCALE = DEFAULT_DEPTH_SCALE  # toy depth in metres, stored in millimetres
 
 
 def open_toy_set(seeds: str, *, size: int = 64, ids: Sequence[str] | None = None,
@@ -30,7 +31,7 @@ def open_toy_set(seeds: str, *, size: int = 64, ids: Sequence[str] | None = None
 
     Toy faces carry every task (segmentation, keypoints, depth), so there is no `require`."""
     from handsoff_ray.config import parse_seeds
-    from handsoff_ray.toy.world import CLASSES, KEYPOINT_NAMES, render_face, toy_ids
+    from handsoff_ray.toy.world import CLASSES, KEYPOINT_NAMES, toy_ids
 
     root = Path(f"toy:{seeds}")
     try:
@@ -43,12 +44,20 @@ def open_toy_set(seeds: str, *, size: int = 64, ids: Sequence[str] | None = None
     chosen = select_ids(sorted(seed_of), ids=ids, limit=limit, root=root)
 
     def load(sid: str) -> LabeledSample:
-        t = render_face(seed_of[sid], size)
-        return LabeledSample(id=sid, image=t.image, segmentation=t.segmentation, keypoints=t.keypoints,
-                             depth=decode_depth(encode_depth(t.depth, DEPTH_SCALE), DEPTH_SCALE))
+        s = toy_sample(seed_of[sid], sid, size)
+        # the folder format's uint16 round trip, so a toy set reads exactly like the folder written for it
+        return dataclasses.replace(s, depth=decode_depth(encode_depth(s.depth, DEPTH_SCALE), DEPTH_SCALE))
 
     return ReaderSet(root=root, ids=tuple(chosen), image_size=(size, size), classes=tuple(CLASSES),
                      keypoint_names=tuple(KEYPOINT_NAMES), depth_scale=DEPTH_SCALE, format="toy", _loader=load)
+
+
+def toy_sample(seed: int, sample_id: str, size: int) -> LabeledSample:
+    """One toy face as a LabeledSample (float depth in metres, NaN-free: every toy pixel has a depth)."""
+    from handsoff_ray.toy.world import render_face
+
+    t = render_face(seed, size)
+    return LabeledSample(id=sample_id, image=t.image, segmentation=t.segmentation, keypoints=t.keypoints, depth=t.depth)
 
 
 def write_toy_labeled_set(
@@ -59,14 +68,8 @@ def write_toy_labeled_set(
     Samples are rendered and written one at a time, so memory stays flat for any number of seeds.
     """
     from handsoff_ray.datasets.labeled_folder import write_labeled_set
-    from handsoff_ray.toy.world import CLASSES, KEYPOINT_NAMES, check_size, render_face, toy_ids
+    from handsoff_ray.toy.world import CLASSES, KEYPOINT_NAMES, check_size, toy_ids
 
     check_size(size, 3)  # before the folder is created
-
-    def samples():
-        for s, sid in zip(seeds, toy_ids(seeds)):
-            t = render_face(s, size)
-            yield LabeledSample(id=sid, image=t.image, segmentation=t.segmentation, keypoints=t.keypoints,
-                                depth=t.depth)
-
-    return write_labeled_set(root, samples(), classes=CLASSES, keypoint_names=KEYPOINT_NAMES, depth_scale=depth_scale)
+    samples = (toy_sample(s, sid, size) for s, sid in zip(seeds, toy_ids(seeds)))
+    return write_labeled_set(root, samples, classes=CLASSES, keypoint_names=KEYPOINT_NAMES, depth_scale=depth_scale)

@@ -103,6 +103,7 @@ def export_dataset(uri: str, out: str, fmt: str, *, uncertainty_filter="referenc
 
 def _write_png_folder(out: Path, rows, meta: dict) -> None:
     from handsoff_ray.datasets.labeled_folder import LabeledSample, write_labeled_set
+    from handsoff_ray.pipeline.schema import depth_scale
 
     def samples():
         for r in rows:
@@ -116,7 +117,7 @@ def _write_png_folder(out: Path, rows, meta: dict) -> None:
     tasks = meta["tasks"]
     write_labeled_set(out, samples(), list(meta.get("classes") or []) if "segmentation" in tasks else None,
                       keypoint_names=list(meta.get("keypoint_names") or []) if "keypoints" in tasks else None,
-                      depth_scale=float(meta.get("depth_scale") or 1000.0))
+                      depth_scale=depth_scale(meta))
 
 
 def _write_coco(out: Path, rows, meta: dict) -> None:

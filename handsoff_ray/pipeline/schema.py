@@ -32,6 +32,7 @@ from PIL import Image
 
 __all__ = [
     "TASK_COLUMNS", "dataset_schema", "schema_meta", "pairs_to_table", "encode_png", "decode_png", "decode_row",
+    "depth_scale",
 ]
 
 TASK_COLUMNS = ("segmentation", "keypoints", "depth")
@@ -101,7 +102,7 @@ def pairs_to_table(pairs, *, spec_hash: str, meta: dict) -> pa.Table:
     if "keypoints" in pairs.labels:
         cols["keypoints"] = [k.reshape(-1).astype(np.float32).tolist() for k in pairs.labels["keypoints"]]
     if "depth" in pairs.labels:
-        scale = float(meta.get("depth_scale") or 1000.0)
+        scale = depth_scale(meta)
         # 16-bit fixed point: 1/scale units up to 65535/scale; out-of-range depths saturate.
         cols["depth"] = [_png_cell(np.clip(np.round(d * scale), 0, 65535).astype(np.uint16))
                          for d in pairs.labels["depth"]]
@@ -130,8 +131,18 @@ def decode_row(row: dict, meta: dict) -> dict:
     if row.get("keypoints") is not None:
         out["keypoints"] = np.asarray(row["keypoints"], dtype=np.float32).reshape(-1, 3)
     if row.get("depth") is not None:
-        out["depth"] = decode_png(row["depth"]).astype(np.float32) / float(meta.get("depth_scale") or 1000.0)
+        out["depth"] = decode_png(row["depth"]).astype(np.float32) / depth_scale(meta)
     for t in TASK_COLUMNS:
         if row.get(f"uncertainty_{t}") is not None:
             out[f"uncertainty_{t}"] = row[f"uncertainty_{t}"]
     return out
+
+
+def depth_scale(meta: dict) -> float:
+    """The dataset's depth PNG scale; datasets written before it was recorded used the folder format's default."""
+    if meta.get("depth_scale"):
+        return float(meta["depth_scale"])
+    # Imported here: the labeled-set package brings torch, which a reader of a current dataset never needs.
+    from handsoff_ray.datasets.labeled_folder import DEFAULT_DEPTH_SCALE
+
+    return DEFAULT_DEPTH_SCALE

@@ -37,11 +37,12 @@ Tests: `python -m pytest -q tests/datasets/test_labeled_folder.py`.
 """
 
 from handsoff_ray.datasets.labeled_folder.reader import open_labeled_set
-from handsoff_ray.datasets.labeled_folder.samples import PARTS, LabeledBatch, LabeledSample, LabeledSet, LabeledSetError
+from handsoff_ray.datasets.labeled_folder.samples import DEFAULT_DEPTH_SCALE, PARTS, LabeledBatch, LabeledSample, LabeledSet, LabeledSetError
 from handsoff_ray.datasets.labeled_folder.summary import summarize
 from handsoff_ray.datasets.labeled_folder.writer import write_labeled_set
 
 __all__ = [
+    "DEFAULT_DEPTH_SCALE",
     "PARTS",
     "LabeledSetError",
     "LabeledSample",

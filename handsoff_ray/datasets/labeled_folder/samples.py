@@ -154,6 +154,10 @@ class LabeledSet:
         return replace(self, ids=ids, _points={i: self._points[i] for i in ids if i in self._points})
 
 
+# The depth PNG's scale when a writer is not told one: depth in metres stored as millimetres. Readers of a
+# dataset written without a scale (and depth/depth.yaml's documented example) use the same value.
+DEFAULT_DEPTH_SCALE = 1000.0
+
 
 def encode_depth(depth: np.ndarray, scale: float) -> np.ndarray:
     """float depth [H, W] -> the stored uint16 PNG values: round(depth * scale), 0 where invalid."""

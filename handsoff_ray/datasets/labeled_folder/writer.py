@@ -19,7 +19,7 @@ from PIL import Image
 
 from handsoff_ray.core._files import atomic_write
 from handsoff_ray.datasets.labeled_folder.checks import _hw
-from handsoff_ray.datasets.labeled_folder.samples import LabeledSample, LabeledSetError, encode_depth
+from handsoff_ray.datasets.labeled_folder.samples import DEFAULT_DEPTH_SCALE, LabeledSample, LabeledSetError, encode_depth
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -94,7 +94,7 @@ def write_labeled_set(
     classes: Sequence[str] | None,
     *,
     keypoint_names: Sequence[str] | None = None,
-    depth_scale: float = 1000.0,
+    depth_scale: float = DEFAULT_DEPTH_SCALE,
 ) -> Path:
     """Write samples (any iterable, consumed once) as a labeled-set folder at root; returns root.
 

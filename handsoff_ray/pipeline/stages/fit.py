@@ -23,6 +23,7 @@ import tempfile
 import numpy as np
 import torch
 
+from handsoff_ray.datasets.labeled_folder import DEFAULT_DEPTH_SCALE
 from handsoff_ray.pipeline.context import RunContext, apply_torch_threads
 from handsoff_ray.pipeline.errors import UserError
 from handsoff_ray.pipeline.labeled import AlignedLabels, align_labels, align_labels_in_content
@@ -161,7 +162,7 @@ def data_facts(ctx: RunContext) -> dict:
         if seg is not None:  # a set may label only some tasks
             class_pixels += np.bincount(seg[seg < len(classes)], minlength=len(classes))
     return {"classes": classes, "keypoint_names": list(labeled.keypoint_names or []),
-            "depth_scale": float(labeled.depth_scale or 1000.0),
+            "depth_scale": float(labeled.depth_scale or DEFAULT_DEPTH_SCALE),
             "image_size": [h if rows is None else rows.stop - rows.start, w], "class_pixels": class_pixels.tolist()}
 
 
