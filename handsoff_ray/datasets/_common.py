@@ -102,18 +102,26 @@ def apply_merge(labels: np.ndarray, table: np.ndarray) -> np.ndarray:
     return table[labels]
 
 
+def chosen_ids(available: Sequence[str], *, ids: Sequence[str] | None, limit: int | None,
+               key: Callable[[str], object] = str) -> list[str]:
+    """The one rule for data.ids / data.limit: `ids` as given, else the first `limit` of `available` in `key`
+    order (all when limit is None). No checks: `select_ids` adds them; content digests apply the rule as is."""
+    if ids is not None:
+        return list(ids)
+    ordered = sorted(available, key=key)
+    return ordered[:limit] if limit else ordered
+
+
 def select_ids(available: Sequence[str], *, ids: Sequence[str] | None, limit: int | None, root: Path,
                key: Callable[[str], object] = str) -> list[str]:
-    """The ids to read: `ids` as given (each must exist), else the first `limit` in `key` order."""
+    """The ids to read (`chosen_ids`), each of `ids` checked to exist."""
     if ids is not None:
         have = set(available)
         unknown = [i for i in ids if i not in have]
         if unknown:
             shown = ", ".join(repr(i) for i in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
             raise LabeledSetError(root, [f"data.ids: {len(unknown)} id(s) not in the dataset: {shown}"])
-        return list(ids)
-    ordered = sorted(available, key=key)
-    return ordered[:limit] if limit else ordered
+    return chosen_ids(available, ids=ids, limit=limit, key=key)
 
 
 def scale_keypoints(kps: np.ndarray, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> np.ndarray:

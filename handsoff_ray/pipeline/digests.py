@@ -129,7 +129,9 @@ def labeled_digests(spec, opened=None) -> LabeledDigests:
 
         seeds = parse_seeds(d.seeds, what="data.seeds")
         seed_of = dict(zip(toy_ids(seeds), seeds))
-        chosen = list(d.ids) if d.ids is not None else sorted(seed_of)[: d.limit] if d.limit else sorted(seed_of)
+        from handsoff_ray.datasets._common import chosen_ids
+
+        chosen = chosen_ids(seed_of, ids=d.ids, limit=d.limit)
         size = d.resize[0] if d.resize else 64  # datasets/public.py: toy faces are rendered at resize's height
         images = {i: digest_of(TOY_RENDERER_VERSION, seed_of.get(i), size) for i in chosen}
         return LabeledDigests(images, dict(images), digest_of(TOY_RENDERER_VERSION))
@@ -156,7 +158,9 @@ def _folder_digests(root: str, ids, limit) -> LabeledDigests:
         return {n[:-4] for n in os.listdir(folder) if n.endswith(".png") and not n.startswith(".")}
 
     available = pngs("images")
-    chosen = list(ids) if ids is not None else sorted(available)[:limit] if limit else sorted(available)
+    from handsoff_ray.datasets._common import chosen_ids
+
+    chosen = chosen_ids(available, ids=ids, limit=limit)
     parts = [p for p in ("masks", "depth") if os.path.isdir(os.path.join(root, p))]
     have = {p: pngs(p) for p in parts}
     paths = [os.path.join(root, "images", f"{i}.png") for i in chosen if i in available]

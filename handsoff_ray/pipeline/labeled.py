@@ -45,13 +45,13 @@ def open_spec_labeled_set(spec: JobSpec, *, tasks: list[str] | None = None):
         raise UserError("data.classes, data.split and data.resize apply to the public formats; set data.format "
                         "(celebamask, car_parts, deepfashion or auto), or leave them out for a labeled-set folder")
     labeled = open_labeled_set(spec.data.path, require=require)
+    from handsoff_ray.datasets._common import chosen_ids
+
     if spec.data.ids is not None:
         unknown = [i for i in spec.data.ids if i not in set(labeled.ids)]
         if unknown:
             raise UserError(f"data.ids: {len(unknown)} id(s) not in {spec.data.path} (first: {unknown[0]!r})")
-        ids = list(spec.data.ids)
-    else:
-        ids = sorted(labeled.ids)[: spec.data.limit] if spec.data.limit else sorted(labeled.ids)
+    ids = chosen_ids(labeled.ids, ids=spec.data.ids, limit=spec.data.limit)
     if not ids:
         raise UserError(f"data.path: {spec.data.path} holds no labeled images")
     return labeled, ids

@@ -13,7 +13,7 @@ import os
 
 from handsoff_ray.config import JobSpec, spec_hash
 from handsoff_ray.pipeline.layout import ARTIFACTS, RUN
-from handsoff_ray.toy import SHIPPED_GENERATOR
+from handsoff_ray.toy import SHIPPED_GENERATOR, resolve_alias
 
 __all__ = ["make_plan", "stage_hash", "resolve_checkpoint", "TOY_CHECKPOINT"]
 
@@ -39,9 +39,7 @@ def stage_hash(spec: JobSpec, stage: str) -> str:
 
 def resolve_checkpoint(name: str) -> str:
     """'toy' -> the generator shipped in handsoff_ray/toy/assets; anything else is a path or URI."""
-    if name == "toy":
-        return str(SHIPPED_GENERATOR)
-    return os.path.expanduser(name)
+    return os.path.expanduser(resolve_alias(name))
 
 
 def _device(spec: JobSpec) -> str:

@@ -13,6 +13,12 @@ from typing import Any
 
 # The toy generator shipped with the package ('toy' in specs and `train-gan --init toy`).
 SHIPPED_GENERATOR = Path(__file__).parent / "assets" / "toy_stylegan2.safetensors"
+TOY_ALIAS = "toy"
+
+
+def resolve_alias(name: str) -> str:
+    """The one place the alias is read: 'toy' -> the shipped generator's path; any other name unchanged."""
+    return str(SHIPPED_GENERATOR) if name == TOY_ALIAS else name
 
 __all__ = ["CLASSES", "KEYPOINT_NAMES", "ToyBatch", "ToySample", "render_batch", "render_face"]
 

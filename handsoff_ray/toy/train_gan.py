@@ -570,11 +570,9 @@ def _expected_time(cfg: GanTrainConfig) -> str:
 
 
 def _resolve_init(init: str | None) -> str | None:
-    if init == "toy":  # the shipped toy generator, by the name specs use for it
-        from handsoff_ray.toy import SHIPPED_GENERATOR
+    from handsoff_ray.toy import resolve_alias  # 'toy': the shipped generator, by the name specs use for it
 
-        return str(SHIPPED_GENERATOR)
-    return init
+    return None if init is None else resolve_alias(init)
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "python -m handsoff_ray.toy.train_gan") -> None:
