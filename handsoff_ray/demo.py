@@ -186,7 +186,7 @@ def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | N
     from handsoff_ray.pipeline.plan import resolve_checkpoint
     from handsoff_ray.pipeline.preview import preview_grid
     from handsoff_ray.pipeline.run import run_stage
-    from handsoff_ray.pipeline.stages.evaluate import _precision, load_real, load_synthetic, score_arms
+    from handsoff_ray.pipeline.stages.evaluate import resolve_precision, load_real, load_synthetic, score_arms
 
     t_start = time.time()
 
@@ -278,7 +278,7 @@ def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | N
                      "invert_steps": size.invert_steps, "fit_steps": size.fit_steps, "ensemble": size.ensemble,
                      "downstream": {"steps": ev.max_steps, "batch_size": ev.batch_size, "lr": ev.lr,
                                     "seg_loss": ev.seg_loss, "lr_schedule": ev.lr_schedule, "width": ev.unet_width,
-                                    "precision": _precision(ev.precision, str(device)),
+                                    "precision": resolve_precision(ev.precision, str(device)),
                                     "train_seeds": ev.train_seeds}},
         "machine": _machine(),
         "quick": quick, "inversion": {"mean_psnr": inv["mean_psnr"], "mean_lpips": inv["mean_lpips"]},

@@ -17,10 +17,10 @@ import torch
 
 TASKS: tuple[str, ...] = ("segmentation", "keypoints", "depth")
 IGNORE_INDEX = 255  # segmentation pixels never trained on nor scored
-_CHUNK = 256  # images per chunk when scanning a whole dataset
+EVAL_CHUNK = 256  # images per chunk when scanning a whole dataset
 
 
-def _as_tensor(x: Any) -> torch.Tensor:
+def as_tensor(x: Any) -> torch.Tensor:
     if isinstance(x, np.ndarray) and not x.flags.writeable:
         x = x.copy()  # torch warns on (and must not alias) read-only numpy memory
     return torch.as_tensor(x)
@@ -37,7 +37,7 @@ class DownstreamData:
     weights: torch.Tensor | None = None  # float32 [N] per-sample loss weight >= 0; 0 = never trained on
 
     def __post_init__(self) -> None:
-        images = _as_tensor(self.images)
+        images = as_tensor(self.images)
         if images.dim() != 4 or images.shape[-1] != 3 or images.dtype != torch.uint8:
             raise ValueError(f"images must be uint8 [N, H, W, 3], got {images.dtype} {tuple(images.shape)}")
         n, h, w = images.shape[:3]
@@ -49,7 +49,7 @@ class DownstreamData:
             value = getattr(self, name)
             if value is None:
                 continue
-            t = _as_tensor(value)
+            t = as_tensor(value)
             if name == "segmentation":
                 if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
                     raise ValueError(f"segmentation must hold integer class ids, got dtype {t.dtype}")
@@ -102,16 +102,16 @@ def images_to_input(images: torch.Tensor) -> torch.Tensor:
     return images.permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def _valid_depth(depth: torch.Tensor) -> torch.Tensor:
+def valid_depth(depth: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(depth) & (depth > 0)
 
 
-def _mean_log_depth(depth: torch.Tensor, indices: torch.Tensor) -> float | None:
+def mean_log_depth(depth: torch.Tensor, indices: torch.Tensor) -> float | None:
     """Mean log-depth over the valid pixels of `depth[indices]`; None when no pixel is valid."""
     total, count = 0.0, 0
-    for idx in indices.split(_CHUNK):
+    for idx in indices.split(EVAL_CHUNK):
         d = depth[idx]
-        valid = _valid_depth(d)
+        valid = valid_depth(d)
         total += float(torch.log(d[valid].double()).sum())
         count += int(valid.sum())
     return total / count if count else None

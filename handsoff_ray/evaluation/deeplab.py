@@ -30,12 +30,12 @@ class _DeepLabTrunk(nn.Module):
         return self.aspp(self.backbone(x)["out"])
 
 
-def _deeplab_head(cin: int, cout: int) -> nn.Sequential:
+def deeplab_head(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, 128, 3, padding=1, bias=False), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
                          nn.Conv2d(128, cout, 1))
 
 
-def _build_deeplab(backbone: str, num_classes: int, pretrained_backbone: str | Path | None) -> tuple[nn.Module, nn.Module]:
+def build_deeplab(backbone: str, num_classes: int, pretrained_backbone: str | Path | None) -> tuple[nn.Module, nn.Module]:
     from torchvision.models import segmentation as seg
 
     constructor = {"resnet50": seg.deeplabv3_resnet50, "resnet101": seg.deeplabv3_resnet101,

@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from handsoff_ray.evaluation.data import _CHUNK, IGNORE_INDEX, TASKS, DownstreamData
-from handsoff_ray.evaluation.deeplab import _build_deeplab, _deeplab_head
+from handsoff_ray.evaluation.data import EVAL_CHUNK, IGNORE_INDEX, TASKS, DownstreamData
+from handsoff_ray.evaluation.deeplab import build_deeplab, deeplab_head
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -179,14 +179,14 @@ def build_downstream(
         else:
             if backbone not in BACKBONES:
                 raise ValueError(f"unknown backbone {backbone!r}; pass one of {BACKBONES}")
-            trunk, seg_head = _build_deeplab(backbone, num_classes, pretrained_backbone)
+            trunk, seg_head = build_deeplab(backbone, num_classes, pretrained_backbone)
             c = trunk.out_channels
             heads = {"segmentation": seg_head} if num_classes else {}
             pad = 1
         if num_keypoints:
-            heads["keypoints"] = nn.Conv2d(c, num_keypoints, 1) if kind == "unet" else _deeplab_head(c, num_keypoints)
+            heads["keypoints"] = nn.Conv2d(c, num_keypoints, 1) if kind == "unet" else deeplab_head(c, num_keypoints)
         if depth:
-            heads["depth"] = nn.Conv2d(c, 1, 1) if kind == "unet" else _deeplab_head(c, 1)
+            heads["depth"] = nn.Conv2d(c, 1, 1) if kind == "unet" else deeplab_head(c, 1)
         for task in ("keypoints", "depth"):
             if task in heads:
                 # Regression heads start at zero: empty heatmaps (loss 1) and the mean log-depth, rather than
@@ -197,14 +197,14 @@ def build_downstream(
         return DownstreamNet(trunk, heads, pad_multiple=pad, config=config)
 
 
-def _check_pair(model: DownstreamNet, data: DownstreamData, what: str, tasks: Sequence[str]) -> None:
+def check_pair(model: DownstreamNet, data: DownstreamData, what: str, tasks: Sequence[str]) -> None:
     """The data carries what the model's tasks need, in the model's label space."""
     for task in tasks:
         if getattr(data, task) is None:
             raise ValueError(f"the model predicts {task} but the {what} data has none; pass {task} "
                              f"or build the model without it")
     if "segmentation" in tasks:
-        for labels in data.segmentation.split(_CHUNK):  # chunks: no full-size temporaries for big sets
+        for labels in data.segmentation.split(EVAL_CHUNK):  # chunks: no full-size temporaries for big sets
             bad = labels[(labels != IGNORE_INDEX) & ((labels < 0) | (labels >= model.num_classes))]
             if bad.numel():
                 raise ValueError(f"{what} segmentation has class id {int(bad[0])} but the model has num_classes="

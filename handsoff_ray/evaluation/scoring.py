@@ -20,8 +20,8 @@ import torch
 
 from handsoff_ray.core.label_generator import decode_keypoints
 from handsoff_ray.core.metrics import SegmentationMeter, pck
-from handsoff_ray.evaluation.data import IGNORE_INDEX, DownstreamData, _as_tensor, _valid_depth, images_to_input
-from handsoff_ray.evaluation.models import DownstreamNet, _check_pair
+from handsoff_ray.evaluation.data import IGNORE_INDEX, DownstreamData, as_tensor, valid_depth, images_to_input
+from handsoff_ray.evaluation.models import DownstreamNet, check_pair
 
 
 @torch.no_grad()
@@ -29,7 +29,7 @@ def predict_downstream(model: DownstreamNet, images: torch.Tensor | np.ndarray, 
                        device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """Decoded labels for uint8 `[N, H, W, 3]` images, on the CPU: "segmentation" int64 `[N, H, W]`,
     "keypoints" `[N, J, 3]` (x, y, v from decode_keypoints), "depth" `[N, H, W]` in the training set's units."""
-    images = _as_tensor(images)
+    images = as_tensor(images)
     if images.dim() != 4 or images.shape[-1] != 3 or images.dtype != torch.uint8:
         raise ValueError(f"images must be uint8 [N, H, W, 3], got {images.dtype} {tuple(images.shape)}")
     if batch_size < 1:
@@ -71,7 +71,7 @@ def evaluate_downstream(
     if not 0.0 < pck_alpha <= 1.0:
         raise ValueError(f"pck_alpha must be in (0, 1], got {pck_alpha}")
     tasks = model.tasks
-    _check_pair(model, test, "test", tasks)
+    check_pair(model, test, "test", tasks)
     result: dict[str, Any] = {"num_images": len(test)}
     meter = SegmentationMeter(model.num_classes, ignore_index=IGNORE_INDEX) if "segmentation" in tasks else None
     kp_pred: list[torch.Tensor] = []
@@ -87,7 +87,7 @@ def evaluate_downstream(
         if "depth" in pred:
             # Summed over the whole set, so RMSE is over all valid pixels (as depth_errors on the concatenation).
             true = test.depth[sl]
-            valid = _valid_depth(true)
+            valid = valid_depth(true)
             p, t = pred["depth"][valid].double(), true[valid].double()
             sq_err += float(((p - t) ** 2).sum())
             abs_rel += float(((p - t).abs() / t).sum())

@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from handsoff_ray.core.label_generator import render_heatmaps
-from handsoff_ray.evaluation.data import IGNORE_INDEX, DownstreamData, _mean_log_depth, _valid_depth, images_to_input
-from handsoff_ray.evaluation.models import DownstreamNet, _check_pair
+from handsoff_ray.evaluation.data import IGNORE_INDEX, DownstreamData, mean_log_depth, valid_depth, images_to_input
+from handsoff_ray.evaluation.models import DownstreamNet, check_pair
 from handsoff_ray.evaluation.scoring import evaluate_downstream
 
 
@@ -96,7 +96,7 @@ def _losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], *, sig
         losses["keypoints"] = (keep * err).sum() / keep.sum().clamp_min(1e-6)
     if "depth" in out:
         depth = batch["depth"]
-        valid = _valid_depth(depth)
+        valid = valid_depth(depth)
         log_true = torch.log(torch.where(valid, depth, torch.ones_like(depth)))
         l1 = torch.where(valid, (out["depth"][:, 0] - log_true).abs(), torch.zeros_like(depth))
         losses["depth"] = (w * l1.sum((1, 2))).sum() / (w * valid.float().sum((1, 2))).sum().clamp_min(1.0)
@@ -206,7 +206,7 @@ def train_downstream(
     if lr_schedule == "cosine" and max_steps is None:
         raise ValueError("lr_schedule='cosine' decays to 0 at max_steps; pass max_steps")
     tasks = model.tasks
-    _check_pair(model, data, "training", tasks)
+    check_pair(model, data, "training", tasks)
     weights = dict.fromkeys(tasks, 1.0) | dict(task_weights or {})
     unknown = sorted(set(weights) - set(tasks))
     if unknown:
@@ -239,7 +239,7 @@ def train_downstream(
     device = torch.device(device)
     model.to(device)
     if "depth" in tasks and float(model.log_depth_offset) == 0.0:
-        offset = _mean_log_depth(data.depth, pool)
+        offset = mean_log_depth(data.depth, pool)
         if offset is not None:
             model.log_depth_offset.fill_(offset)
     opt = torch.optim.Adam(model.parameters(), lr=lr)

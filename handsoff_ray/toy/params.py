@@ -15,7 +15,7 @@ import numpy as np
 
 __all__ = ["sample_params"]
 
-_HEAD_HALF_WIDTH_M = 0.08  # a head is ~16 cm wide; sets metres per image unit at the head's depth
+HEAD_HALF_WIDTH_M = 0.08  # a head is ~16 cm wide; sets metres per image unit at the head's depth
 
 _SKIN_TONES = np.array(
     [[0.97, 0.82, 0.71], [0.92, 0.72, 0.59], [0.80, 0.59, 0.45], [0.67, 0.46, 0.33],
@@ -84,7 +84,7 @@ def sample_params(seed: int) -> dict[str, Any]:
     p["yaw"] = float(np.clip(rng.normal(0.0, 0.25), -0.6, 0.6))
     p["head_height"] = _u(rng, 1.2, 1.42)  # B: half-height over half-width
     p["jaw_taper"] = _u(rng, 0.05, 0.35)
-    p["head_depth_m"] = _HEAD_HALF_WIDTH_M * _u(rng, 1.0, 1.2)
+    p["head_depth_m"] = HEAD_HALF_WIDTH_M * _u(rng, 1.0, 1.2)
 
     # Colours.
     t = _u(rng, 0.0, len(_SKIN_TONES) - 1.0)

@@ -61,7 +61,7 @@ import torch.nn.functional as F
 
 from handsoff_ray.core._files import atomic_write
 from handsoff_ray.core.device import resolve_device
-from handsoff_ray.core.images import mosaic
+from handsoff_ray.core.images import mosaic, to_uint8
 from handsoff_ray.core.stylegan2 import Generator, GeneratorConfig, z_from_seeds
 from handsoff_ray.toy.discriminator import Discriminator
 from handsoff_ray.toy.reals import real_images
@@ -453,8 +453,8 @@ def sample_grid(G: Generator, *, n: int = 64, columns: int = 8, seed0: int = 0, 
         for i in range(0, n, batch):
             z = z_from_seeds(range(seed0 + i, seed0 + min(i + batch, n)), G.style_dim, device=device)
             img = G(z, truncation_psi=truncation_psi, noise_mode="const").float()  # [B, 3, H, W]
-            tiles.append((img.clamp(-1, 1) * 127.5 + 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu())
-    return mosaic(torch.cat(tiles).numpy(), columns, fill=255)  # [n, H, W, 3] -> one picture
+            tiles.append(to_uint8(img))
+    return mosaic(np.concatenate(tiles), columns, fill=255)  # [n, H, W, 3] -> one picture
 
 
 def _write_grid(G: Generator, out: str, images_seen: int) -> str:

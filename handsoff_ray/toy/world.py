@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from handsoff_ray.toy.params import _HEAD_HALF_WIDTH_M, sample_params
+from handsoff_ray.toy.params import HEAD_HALF_WIDTH_M, sample_params
 
 __all__ = [
     "CLASSES",
@@ -189,7 +189,7 @@ class _Face:
         self.taper = p["jaw_taper"]
         self.yaw = p["yaw"]
         self.z = _DEPTH_AT_UNIT_SCALE / self.s  # head centre depth, metres
-        self.m_per_img = _HEAD_HALF_WIDTH_M / self.s
+        self.m_per_img = HEAD_HALF_WIDTH_M / self.s
 
     def to_head(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         dx, dy = x - np.float32(self.cx), y - np.float32(self.cy)
@@ -404,7 +404,7 @@ def _paint_person(cv: _Canvas, p: dict[str, Any], f: _Face) -> None:
     nose_w = np.where(vn > nose_tip, nhw * cap, nose_w)
     across = (u0n - shift) / np.maximum(nose_w, 1e-3)
     nose = (vn >= nose_top) & (np.abs(across) <= 1.0) & (nose_w > 1e-3) & f.inside(un, vn)
-    bump = np.float32(prot * _HEAD_HALF_WIDTH_M) * t**1.3 * np.clip(1.0 - across**2, 0.0, 1.0)
+    bump = np.float32(prot * HEAD_HALF_WIDTH_M) * t**1.3 * np.clip(1.0 - across**2, 0.0, 1.0)
     np.subtract(cv.depth[nbox], bump.astype(np.float32), out=cv.depth[nbox], where=nose)
     tip_shift = (0.05 + prot) * sin_yaw
     nostrils = np.zeros(nose.shape, bool)

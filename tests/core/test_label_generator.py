@@ -22,7 +22,7 @@ from handsoff_ray.core.label_generator import (
     save_label_generator,
 )
 from handsoff_ray.core.label_generator.fit import _ValSet
-from handsoff_ray.core.label_generator.pools import _build_task_data, _near_keypoints, _sample
+from handsoff_ray.core.label_generator.pools import build_task_data, _near_keypoints, sample_pixels
 
 SMALL = (16, 8)
 
@@ -257,7 +257,7 @@ class TestFit:
     def test_validation_pixels_are_never_sampled_for_training(self):
         masks = torch.randint(0, 3, (2, 16, 16))
         is_val = torch.rand(2 * 16 * 16, generator=torch.Generator().manual_seed(0)) < 0.3
-        data = _build_task_data("seg", TaskSpec("segmentation", 3, min_pixels=0), masks, is_val, (16, 16),
+        data = build_task_data("seg", TaskSpec("segmentation", 3, min_pixels=0), masks, is_val, (16, 16),
                                       class_balanced=True, max_val_pixels=10_000, seed=0)
         train = torch.cat(data.pools)
         assert not is_val[train].any() and is_val[torch.cat(data.val_pools)].all()
@@ -269,9 +269,9 @@ class TestFit:
         spec = TaskSpec("segmentation", 2, min_pixels=0)
         gen = torch.Generator().manual_seed(0)
         for balanced, expected in [(True, 0.5), (False, 8 / 1024)]:
-            data = _build_task_data("seg", spec, masks, is_val, (32, 32), class_balanced=balanced,
+            data = build_task_data("seg", spec, masks, is_val, (32, 32), class_balanced=balanced,
                                           max_val_pixels=10, seed=0)
-            share = data.labels[_sample(data, 20_000, gen)].float().mean().item()
+            share = data.labels[sample_pixels(data, 20_000, gen)].float().mean().item()
             assert share == pytest.approx(expected, abs=0.02)
 
     @pytest.mark.parametrize("targets,match", [
@@ -322,7 +322,7 @@ class TestKeypoints:
     def test_loss_ignores_keypoints_below_min_visibility(self):
         kp = torch.tensor([[[3.0, 3.0, 2.0], [5.0, 5.0, 1.0], [6.0, 1.0, 0.0]]])
         is_val = torch.zeros(64, dtype=torch.bool)
-        data = _build_task_data("kp", TaskSpec("keypoints", 3, sigma=1.0), kp, is_val, (8, 8),
+        data = build_task_data("kp", TaskSpec("keypoints", 3, sigma=1.0), kp, is_val, (8, 8),
                                       class_balanced=False, max_val_pixels=8, seed=0)
         out = torch.randn(64, 3, requires_grad=True)
         data.loss(out, torch.arange(64)).backward()
@@ -345,7 +345,7 @@ class TestDepth:
         depth[0, :4] = 8.0
         depth[0, 0, :2] = 0.0  # invalid
         is_val = torch.zeros(64, dtype=torch.bool)
-        data = _build_task_data("depth", TaskSpec("depth", 1), depth, is_val, (8, 8), class_balanced=False,
+        data = build_task_data("depth", TaskSpec("depth", 1), depth, is_val, (8, 8), class_balanced=False,
                                       max_val_pixels=8, seed=0)
         valid = torch.log(depth[depth > 0])
         mu, sd = data.target_norm

@@ -25,8 +25,8 @@ from torch import nn
 
 from handsoff_ray.core.hypercolumn import PixelGatherer
 from handsoff_ray.core.label_generator.model import LabelGenerator
-from handsoff_ray.core.label_generator.pools import _build_task_data, _sample, _TaskData
-from handsoff_ray.core.label_generator.tasks import TaskSpec, _derive_seed
+from handsoff_ray.core.label_generator.pools import build_task_data, sample_pixels, TaskData
+from handsoff_ray.core.label_generator.tasks import TaskSpec, derive_seed
 
 
 def _gather(gatherer: PixelGatherer, flat: torch.Tensor) -> torch.Tensor:
@@ -38,7 +38,7 @@ def _gather(gatherer: PixelGatherer, flat: torch.Tensor) -> torch.Tensor:
 class _ValSet:
     """Validation hypercolumn rows gathered once per task (shared by its members), in chunks."""
 
-    def __init__(self, gatherer: PixelGatherer, data: _TaskData, chunk: int = 4096):
+    def __init__(self, gatherer: PixelGatherer, data: TaskData, chunk: int = 4096):
         self.data = data
         self.parts = [[(flat[i:i + chunk], _gather(gatherer, flat[i:i + chunk]))
                        for i in range(0, flat.numel(), chunk)] for flat in data.val_pools]
@@ -58,7 +58,7 @@ class _ValSet:
         return total
 
 
-def _fit_member(member: nn.Module, gatherer: PixelGatherer, data: _TaskData, val: _ValSet | None, *,
+def _fit_member(member: nn.Module, gatherer: PixelGatherer, data: TaskData, val: _ValSet | None, *,
                 gen: torch.Generator, max_steps: int, batch_pixels: int, lr: float, lr_schedule: str,
                 eval_every: int, patience: int, report: Callable[[int, float, float | None], None]) -> dict[str, Any]:
     member.train()
@@ -69,7 +69,7 @@ def _fit_member(member: nn.Module, gatherer: PixelGatherer, data: _TaskData, val
     best, best_step, best_state, bad = math.inf, 0, None, 0
     steps, train_losses, val_losses, running, stopped_early = [], [], [], 0.0, False
     for step in range(1, max_steps + 1):
-        flat = _sample(data, batch_pixels, gen)
+        flat = sample_pixels(data, batch_pixels, gen)
         loss = data.loss(member(_gather(gatherer, flat)), flat)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -168,11 +168,11 @@ def fit_label_generator(features_per_image: Sequence[Sequence[torch.Tensor]],
     lg = LabelGenerator([f.shape[1] for f in features], tasks, out_size=out_size, ensemble_size=ensemble_size,
                         member_ids=members, seed=seed).to(device)
     gatherer = PixelGatherer(features, lg.out_size)
-    split_gen = torch.Generator().manual_seed(_derive_seed(seed, "split"))
+    split_gen = torch.Generator().manual_seed(derive_seed(seed, "split"))
     is_val = torch.rand(n_images * height * width, generator=split_gen) < val_fraction
     history: dict[str, Any] = {}
     for name, spec in tasks.items():
-        data = _build_task_data(name, spec, targets[name], is_val, lg.out_size, class_balanced=class_balanced,
+        data = build_task_data(name, spec, targets[name], is_val, lg.out_size, class_balanced=class_balanced,
                                 max_val_pixels=max_val_pixels, seed=seed)
         head = lg.heads[name]
         head.target_norm.copy_(torch.tensor(data.target_norm))
@@ -185,7 +185,7 @@ def fit_label_generator(features_per_image: Sequence[Sequence[torch.Tensor]],
                               "val_loss": val_loss})
             history[name][member_id] = _fit_member(
                 head.members[pos], gatherer, data, val,
-                gen=torch.Generator().manual_seed(_derive_seed(seed, name, member_id, "sample")),
+                gen=torch.Generator().manual_seed(derive_seed(seed, name, member_id, "sample")),
                 max_steps=max_steps, batch_pixels=batch_pixels, lr=lr, lr_schedule=lr_schedule, eval_every=eval_every,
                 patience=patience, report=report)
     lg.eval()

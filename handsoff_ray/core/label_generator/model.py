@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from handsoff_ray.core.hypercolumn import iter_projected_rows, naive_hypercolumn
-from handsoff_ray.core.label_generator.tasks import TaskSpec, _derive_seed, decode_keypoints
+from handsoff_ray.core.label_generator.tasks import TaskSpec, derive_seed, decode_keypoints
 from handsoff_ray.core.uncertainty import majority_vote
 
 
@@ -94,7 +94,7 @@ class LabelGenerator(nn.Module):
         self._plan_cache: tuple[Any, Any] | None = None  # see _inference_plan
         in_channels = sum(self.feature_channels)
         self.heads = nn.ModuleDict({
-            name: TaskHead(in_channels, spec, [_derive_seed(seed, name, m, "init") for m in ids])
+            name: TaskHead(in_channels, spec, [derive_seed(seed, name, m, "init") for m in ids])
             for name, spec in self.tasks.items()})
 
     # ------------------------------------------------------------------ inference

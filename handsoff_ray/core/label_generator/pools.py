@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from handsoff_ray.core.label_generator.tasks import TaskSpec, _derive_seed, clean_small_classes
+from handsoff_ray.core.label_generator.tasks import TaskSpec, derive_seed, clean_small_classes
 
 
 @dataclass
-class _TaskData:
+class TaskData:
     """What training one head needs: sampling pools, a validation set, and a loss on sampled pixels."""
 
     spec: TaskSpec
@@ -52,13 +52,13 @@ class _TaskData:
         return (((out - target) ** 2) * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-def _build_task_data(name: str, spec: TaskSpec, target: torch.Tensor, is_val: torch.Tensor, out_size: tuple[int, int],
-                     *, class_balanced: bool, max_val_pixels: int, seed: int) -> _TaskData:
+def build_task_data(name: str, spec: TaskSpec, target: torch.Tensor, is_val: torch.Tensor, out_size: tuple[int, int],
+                     *, class_balanced: bool, max_val_pixels: int, seed: int) -> TaskData:
     """Pools of valid training / validation pixels for one task; `is_val` is the fixed split `[N*H*W]`."""
     height, width = out_size
     n_images = is_val.numel() // (height * width)
     target = target.cpu()
-    data = _TaskData(spec=spec, out_size=out_size, pools=[], pool_weights=torch.ones(1), val_pools=[])
+    data = TaskData(spec=spec, out_size=out_size, pools=[], pool_weights=torch.ones(1), val_pools=[])
     if spec.kind == "segmentation":
         _expect_shape(target, (n_images, height, width), "segmentation", "[N, H, W] class ids")
         labels = clean_small_classes(target.long(), spec.min_pixels, ignore_index=spec.ignore_index).reshape(-1)
@@ -104,7 +104,7 @@ def _build_task_data(name: str, spec: TaskSpec, target: torch.Tensor, is_val: to
     data.pools = [torch.nonzero(p & ~is_val).squeeze(1) for p in pools]
     if any(p.numel() == 0 for p in data.pools):
         raise ValueError(f"a {spec.kind} task has no valid training pixels; check its targets and val_fraction")
-    gen = torch.Generator().manual_seed(_derive_seed(seed, "val", name))
+    gen = torch.Generator().manual_seed(derive_seed(seed, "val", name))
     per_pool = max(1, max_val_pixels // len(pools))
     for p in pools:
         idx = torch.nonzero(p & is_val).squeeze(1)
@@ -136,7 +136,7 @@ def _expect_shape(t: torch.Tensor, shape: tuple[int, ...], kind: str, what: str)
         raise ValueError(f"{kind} target has shape {tuple(t.shape)}, expected {shape}: {what} at out_size")
 
 
-def _sample(data: _TaskData, batch: int, gen: torch.Generator) -> torch.Tensor:
+def sample_pixels(data: TaskData, batch: int, gen: torch.Generator) -> torch.Tensor:
     which = torch.multinomial(data.pool_weights, batch, replacement=True, generator=gen)
     counts = torch.bincount(which, minlength=len(data.pools)).tolist()
     return torch.cat([pool[torch.randint(pool.numel(), (cnt,), generator=gen)]

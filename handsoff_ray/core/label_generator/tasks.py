@@ -78,7 +78,7 @@ class TaskSpec:
 
 # Every seed (member init, pixel sampling, the validation split) derives from (spec seed, task, member,
 # purpose), so a member's weights do not depend on which other members a worker fits.
-def _derive_seed(*parts: object) -> int:
+def derive_seed(*parts: object) -> int:
     """A 63-bit seed from its parts, stable across processes (unlike hash())."""
     digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)

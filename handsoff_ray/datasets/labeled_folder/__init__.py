@@ -28,7 +28,7 @@ metadata files (classes.yaml, depth.yaml, keypoints.json) are written last: a se
 interrupted is missing them, and `open_labeled_set` says so.
 
 samples.py  LabeledSample / LabeledBatch / LabeledSet, LabeledSetError, the depth PNG encoding
-checks.py   per-file checks of a folder, each recording a problem line that names its file
+parse.py    the folder parser: each file read and checked, every problem a line naming its file
 reader.py   open_labeled_set: every check, all problems raised together
 writer.py   write_labeled_set: validate each sample, write every file atomically, metadata last
 summary.py  summarize: counts, class pixel frequencies, keypoint visibility, depth range

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-from handsoff_ray.datasets.labeled_folder.checks import (
-    _check_visible_inside,
-    _decode,
-    _hw,
-    _list_pngs,
-    _read_classes,
-    _read_depth_scale,
-    _read_keypoints,
-    _scan_part,
+from handsoff_ray.datasets.labeled_folder.parse import (
+    check_visible_inside,
+    decode_image_file,
+    image_hw,
+    list_pngs,
+    read_classes,
+    read_depth_scale,
+    read_keypoints,
+    scan_part,
 )
 from handsoff_ray.datasets.labeled_folder.samples import PARTS, LabeledSet, LabeledSetError
 
@@ -45,7 +45,7 @@ def open_labeled_set(root: str | Path, *, require: Sequence[str] = ("segmentatio
     if not (root / "images").is_dir():
         raise LabeledSetError(root, ["images/: missing; put the RGB images at images/<id>.png"])
     problems: list[str] = []
-    image_ids = _list_pngs(root / "images", "images", problems)
+    image_ids = list_pngs(root / "images", "images", problems)
     if not image_ids:
         problems.append("images/: holds no .png files")
 
@@ -59,7 +59,7 @@ def open_labeled_set(root: str | Path, *, require: Sequence[str] = ("segmentatio
     # Images: decodable, 8-bit, all one size (the most common one is taken as intended).
     images: dict[str, np.ndarray] = {}
     for sid in sorted(image_ids):
-        got = _decode(root / "images" / f"{sid}.png", f"images/{sid}.png", problems)
+        got = decode_image_file(root / "images" / f"{sid}.png", f"images/{sid}.png", problems)
         if got is None:
             continue
         mode, px = got
@@ -71,18 +71,18 @@ def open_labeled_set(root: str | Path, *, require: Sequence[str] = ("segmentatio
     size = sizes.most_common(1)[0][0] if sizes else (0, 0)
     for sid, px in images.items():
         if px.shape[:2] != size:
-            problems.append(f"images/{sid}.png: size {_hw(px)}, expected {size[0]}x{size[1]} like the other images")
+            problems.append(f"images/{sid}.png: size {image_hw(px)}, expected {size[0]}x{size[1]} like the other images")
 
     def check_part_size(rel: str, sid: str, px: np.ndarray) -> bool:
         if sid in images and px.shape[:2] != images[sid].shape[:2]:
-            problems.append(f"{rel}: size {_hw(px)}, expected {_hw(images[sid])} like images/{sid}.png")
+            problems.append(f"{rel}: size {image_hw(px)}, expected {image_hw(images[sid])} like images/{sid}.png")
             return False
         return True
 
     classes = None
     if present["segmentation"]:
-        classes = _read_classes(root, problems)
-        masks = _scan_part(root, "masks", "mask", _MASK_MODES, "single-channel class ids (mode L or P)",
+        classes = read_classes(root, problems)
+        masks = scan_part(root, "masks", "mask", _MASK_MODES, "single-channel class ids (mode L or P)",
                            image_ids, problems)
         for rel, sid, px in masks:
             if check_part_size(rel, sid, px) and classes is not None:
@@ -95,14 +95,14 @@ def open_labeled_set(root: str | Path, *, require: Sequence[str] = ("segmentatio
 
     names, points = None, {}
     if present["keypoints"]:
-        names, points = _read_keypoints(root, image_ids, problems)
+        names, points = read_keypoints(root, image_ids, problems)
         for sid in sorted(set(points) & set(images)):
-            _check_visible_inside(sid, points[sid], names, images[sid].shape[:2], problems)
+            check_visible_inside(sid, points[sid], names, images[sid].shape[:2], problems)
 
     scale = None
     if present["depth"]:
-        scale = _read_depth_scale(root, problems)
-        for rel, sid, px in _scan_part(root, "depth", "depth map", _DEPTH_MODES,
+        scale = read_depth_scale(root, problems)
+        for rel, sid, px in scan_part(root, "depth", "depth map", _DEPTH_MODES,
                                        "16-bit grayscale (stored value = depth * scale)", image_ids, problems):
             check_part_size(rel, sid, px)
 

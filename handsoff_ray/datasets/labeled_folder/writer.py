@@ -18,7 +18,7 @@ import yaml
 from PIL import Image
 
 from handsoff_ray.core._files import atomic_write
-from handsoff_ray.datasets.labeled_folder.checks import _hw
+from handsoff_ray.datasets.labeled_folder.parse import image_hw
 from handsoff_ray.datasets.labeled_folder.samples import DEFAULT_DEPTH_SCALE, LabeledSample, LabeledSetError, encode_depth
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -49,7 +49,7 @@ def _check_sample(s: Any, first: LabeledSample | None, classes: Sequence[str] | 
     hw = img.shape[:2]
     if first is not None:
         if hw != first.image.shape[:2]:
-            return f"sample {s.id!r}: image is {hw[0]}x{hw[1]}, but the first sample's is {_hw(first.image)}"
+            return f"sample {s.id!r}: image is {hw[0]}x{hw[1]}, but the first sample's is {image_hw(first.image)}"
         for part in ("segmentation", "keypoints", "depth"):
             if (getattr(s, part) is None) != (getattr(first, part) is None):
                 return f"sample {s.id!r}: {part} is {'missing' if getattr(s, part) is None else 'present'}, " \

@@ -56,6 +56,7 @@ def load_real(path: str | None, size: tuple[int, int], tasks: list[str], *, ids:
     format toy renders the toy faces of `seeds` at `size` (path unused).
     """
     from handsoff_ray.evaluation import DownstreamData
+    from handsoff_ray.core.images import to_uint8
     from handsoff_ray.core.inversion import prepare_images
     from handsoff_ray.datasets.labeled_folder import open_labeled_set
     from handsoff_ray.pipeline.labeled import align_labels
@@ -70,8 +71,7 @@ def load_real(path: str | None, size: tuple[int, int], tasks: list[str], *, ids:
     samples = [labeled.load(i) for i in (ids or labeled.ids)]
     images = np.stack([s.image for s in samples])
     if tuple(images.shape[1:3]) != tuple(size):
-        images = (prepare_images(images, size).add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
-                  .permute(0, 2, 3, 1).numpy())
+        images = to_uint8(prepare_images(images, size))
     aligned = [align_labels(s, labeled, size) for s in samples]
     return DownstreamData(
         images=images,
@@ -81,7 +81,7 @@ def load_real(path: str | None, size: tuple[int, int], tasks: list[str], *, ids:
     )
 
 
-def _precision(name: str, device: str) -> str:
+def resolve_precision(name: str, device: str) -> str:
     """evaluation.precision -> "fp32" | "bf16"; auto is bf16 only where it is native (else it is emulated, slower)."""
     if name != "auto":
         return name
@@ -118,7 +118,7 @@ def _fit_one(job: dict) -> dict:
     summary = train_downstream(model, job["train"], epochs=ev["epochs"], batch_size=ev["batch_size"], lr=ev["lr"],
                                seed=job["seed"], max_steps=ev["max_steps"], device=job["device"], sigma=job["sigma"],
                                seg_loss=ev["seg_loss"], lr_schedule=ev["lr_schedule"],
-                               precision=_precision(ev["precision"], job["device"]), augment=ev["augment"],
+                               precision=resolve_precision(ev["precision"], job["device"]), augment=ev["augment"],
                                flip_pairs=job["flip_pairs"], callback=callback)
     scores = evaluate_downstream(model, job["test"], pck_alpha=ev["pck_alpha"], device=job["device"])
     return {**scores, "seed": job["seed"], "train_seconds": round(time.time() - t0, 1), "steps": summary.steps}

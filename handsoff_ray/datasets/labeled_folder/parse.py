@@ -1,5 +1,6 @@
-"""Checks of the files of a labeled-set folder. Each appends a line naming the file to `problems`
-instead of raising, so `open_labeled_set` reports every problem at once.
+"""The labeled-set folder parser: each function reads one part of the folder (images, masks, keypoints, depth)
+and checks it, appending a line naming the file to `problems` instead of raising, so `open_labeled_set`
+reports every problem at once.
 
 Tests: `python -m pytest -q tests/datasets/test_labeled_folder.py`.
 """
@@ -18,7 +19,7 @@ import yaml
 from PIL import Image
 
 
-def _list_pngs(folder: Path, rel: str, problems: list[str]) -> set[str]:
+def list_pngs(folder: Path, rel: str, problems: list[str]) -> set[str]:
     """Ids of folder/<id>.png; other files are problems, dot-files (e.g. writer temporaries) are skipped."""
     ids = set()
     for entry in sorted(folder.iterdir()):
@@ -31,7 +32,7 @@ def _list_pngs(folder: Path, rel: str, problems: list[str]) -> set[str]:
     return ids
 
 
-def _decode(path: Path, rel: str, problems: list[str]) -> tuple[str, np.ndarray] | None:
+def decode_image_file(path: Path, rel: str, problems: list[str]) -> tuple[str, np.ndarray] | None:
     """(mode, pixels) of a PNG, or None after recording why it cannot be decoded."""
     try:
         with Image.open(path) as im:
@@ -45,7 +46,7 @@ def _decode(path: Path, rel: str, problems: list[str]) -> tuple[str, np.ndarray]
         return None
 
 
-def _hw(a: np.ndarray) -> str:
+def image_hw(a: np.ndarray) -> str:
     return f"{a.shape[0]}x{a.shape[1]} (HxW)"
 
 
@@ -73,7 +74,7 @@ def _required_yaml(root: Path, rel: str, hint: str, problems: list[str]) -> dict
     return doc if isinstance(doc, dict) else {}
 
 
-def _read_classes(root: Path, problems: list[str]) -> tuple[str, ...] | None:
+def read_classes(root: Path, problems: list[str]) -> tuple[str, ...] | None:
     doc = _required_yaml(root, "masks/classes.yaml", "`classes: [background, ...]` (class id = list index)", problems)
     if doc is None:
         return None
@@ -91,7 +92,7 @@ def _read_classes(root: Path, problems: list[str]) -> tuple[str, ...] | None:
     return tuple(classes)
 
 
-def _read_depth_scale(root: Path, problems: list[str]) -> float | None:
+def read_depth_scale(root: Path, problems: list[str]) -> float | None:
     doc = _required_yaml(root, "depth/depth.yaml", "`scale: 1000.0` (depth = stored value / scale)", problems)
     if doc is None:
         return None
@@ -102,7 +103,7 @@ def _read_depth_scale(root: Path, problems: list[str]) -> float | None:
     return float(scale)
 
 
-def _read_keypoints(
+def read_keypoints(
     root: Path, image_ids: set[str], problems: list[str]
 ) -> tuple[tuple[str, ...] | None, dict[str, np.ndarray]]:
     rel = "keypoints.json"
@@ -159,7 +160,7 @@ def _bad_keypoint_rows(pts: list[Any]) -> str | None:
     return None
 
 
-def _check_visible_inside(sid: str, pts: np.ndarray, names: Sequence[str], hw: tuple[int, int],
+def check_visible_inside(sid: str, pts: np.ndarray, names: Sequence[str], hw: tuple[int, int],
                           problems: list[str]) -> None:
     """Points marked visible (v=2) must lie on the image: pixel centres are integers, so [-0.5, W-0.5]."""
     h, w = hw
@@ -179,15 +180,15 @@ def _check_pairs(part_dir: str, part_ids: set[str], image_ids: set[str], what: s
         problems.append(f"{part_dir}/{sid}.png has no image: expected images/{sid}.png")
 
 
-def _scan_part(root: Path, part: str, what: str, modes: Collection[str], mode_hint: str, image_ids: set[str],
+def scan_part(root: Path, part: str, what: str, modes: Collection[str], mode_hint: str, image_ids: set[str],
                problems: list[str]) -> Iterator[tuple[str, str, np.ndarray]]:
     """(rel path, id, pixels) of each decodable `part/` PNG that pairs with an image and has a valid mode;
     every other case becomes a problem line."""
-    ids = _list_pngs(root / part, part, problems)
+    ids = list_pngs(root / part, part, problems)
     _check_pairs(part, ids, image_ids, what, problems)
     for sid in sorted(ids & image_ids):
         rel = f"{part}/{sid}.png"
-        got = _decode(root / rel, rel, problems)
+        got = decode_image_file(root / rel, rel, problems)
         if got is None:
             continue
         mode, px = got
