@@ -1,13 +1,14 @@
 """Does `handsoff suggest` pick better images to label than chance? The demo's protocol, per labeled set.
 
     python benchmarks/suggest.py --arms random0,random1,random2          # ~20 CPU-min per arm (Zen 4)
-    python benchmarks/suggest.py --arms suggest,round2_0                 # after `handsoff_ray.suggest` exists
+    python benchmarks/suggest.py --arms suggest,suggest_kcenter,round2_0
     python benchmarks/suggest.py --pool-seeds 5000000-5001999 --test-seeds 1000500-1000999   # other ranges
 
 A pool of toy faces (`--pool-seeds`, 2,000 by default; their labels are read only for the faces an arm
 chooses, as an annotator would label them). Each arm names 16 of them:
 - `random<d>`: 16 drawn uniformly from the pool (numpy default_rng(d)),
-- `suggest`: the 16 that `handsoff_ray.suggest.suggest` picks in round one (no labels, no fit),
+- `suggest`: the 16 that `handsoff suggest` (pipeline.suggest.suggest) picks in round one (no labels, no fit);
+  `suggest_<method>` with that `suggest.method` (e.g. suggest_kcenter),
 - `round2_<d>`: 8 drawn at random (default_rng(1000 + d)), inverted and fitted, then 8 more that
   `suggest` picks with that fit (`after`): the second-round workflow, to compare with 16 random.
 Each arm then runs the demo's protocol for the HandsOff arm: the demo spec (same invert, fit, synthesis,
@@ -78,9 +79,10 @@ def choose(arm: str, pool: list[int], a: argparse.Namespace, out: Path) -> list[
     from handsoff_ray.pipeline.suggest import suggest
 
     pool_text = a.pool_seeds
-    if arm == "suggest":
+    if arm == "suggest" or arm.startswith("suggest_"):  # suggest_<method>: that suggest.method, e.g. suggest_kcenter
         spec = parse_spec(arm_spec(out, pool[:1], a), source="benchmark")
-        picked = suggest(spec, pool={"format": "toy", "seeds": pool_text}, budget=BUDGET, out=str(out / "suggested"))
+        picked = suggest(spec, pool={"format": "toy", "seeds": pool_text}, budget=BUDGET, out=str(out / "suggested"),
+                         method=arm.removeprefix("suggest").removeprefix("_") or None)
         return sorted(int(s) for s in picked.refs)  # a toy pool's refs are its seeds
     if arm.startswith("round2_"):
         d = int(arm.removeprefix("round2_"))
