@@ -287,9 +287,14 @@ def _to_label(picks, fitted) -> str:
 
 def _caption(reason: str) -> str:
     """A selection reason (core.selection) shortened to fit under a tile."""
+    import re
+
+    m = re.search(r"JS ([\d.]+), rank (\d+) of (\d+)\).*distance ([\d.]+)", reason)
+    if m:  # after a fit: "JS 0.264 (2/24), d 7.04"
+        return f"JS {float(m[1]):.3f} ({m[2]}/{m[3]}), d {m[4]}"
     for long, short in (("most typical of a group of ", "typical of "), (" pool images", ""),
-                        ("farthest from the chosen set ", "far "), ("label generator unsure ", ""),
-                        (" and far from the labeled images ", " "), ("distance ", "d "), ("nearest the pool's centre", "central")):
+                        ("farthest from the chosen set ", "far "), ("distance ", "d "),
+                        ("nearest the pool's centre", "central")):
         reason = reason.replace(long, short)
     return reason
 
