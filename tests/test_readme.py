@@ -25,7 +25,7 @@ ELSEWHERE = {
     "ray start": "tests/jobs/test_ray_job_submit.py starts a head the same way",
     "ray job submit": "tests/jobs/test_ray_job_submit.py runs this command from jobs/README.md",
 }
-SPEC_COMMANDS = {"validate", "run", "invert", "fit", "synthesize", "evaluate"}
+SPEC_COMMANDS = {"validate", "run", "invert", "fit", "synthesize", "evaluate", "suggest"}
 TINY_GAN = ["--resolution", "16", "--channel-base", "64", "--channel-max", "16", "--style-dim", "16",
             "--n-mlp", "2", "--batch-size", "2", "--kimg", "0.004", "--threads", "1"]
 
