@@ -62,7 +62,7 @@ def _populate(endpoint: str, bucket: str, n: int, size: int) -> dict:
     """N shards under runs/r/dataset/data/ and the manifest that records them; returns the manifest."""
     import boto3
 
-    from handsoff_ray.pipeline.layout import DATASET_FILES
+    from handsoff_ray.pipeline.dataset.layout import DATASET_FILES
 
     client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     client.create_bucket(Bucket=bucket)
@@ -97,10 +97,10 @@ class _Counting:
 
 
 def measure(endpoint: str, n: int, size: int) -> dict:
-    from handsoff_ray.pipeline.manifest import check_dataset
+    from handsoff_ray.pipeline.dataset.manifest import check_dataset
     from handsoff_ray.pipeline.storage import RunStore
-    from handsoff_ray.pipeline.dataset_writer import DatasetWriter
-    from handsoff_ray.pipeline.layout import DATASET_FILES
+    from handsoff_ray.pipeline.dataset.layout import DATASET_FILES
+    from handsoff_ray.pipeline.dataset.writer import DatasetWriter
     from handsoff_ray.pipeline.stages.synthesize import verify_committed
 
     bucket = f"resume-{n}"

@@ -31,10 +31,11 @@ import pyarrow.parquet as pq
 
 from handsoff_ray.config import JobSpec
 from handsoff_ray.pipeline.context import RunContext, apply_torch_threads
-from handsoff_ray.pipeline.dataset_writer import DatasetWriter
+from handsoff_ray.pipeline.dataset.layout import DATASET_FILES, VERSION_STRIDE
+from handsoff_ray.pipeline.dataset.schema import TASK_COLUMNS
+from handsoff_ray.pipeline.dataset.writer import DatasetWriter
 from handsoff_ray.pipeline.errors import UserError
-from handsoff_ray.pipeline.layout import ARTIFACTS, DATASET_FILES, RUN, VERSION_STRIDE
-from handsoff_ray.pipeline.schema import TASK_COLUMNS
+from handsoff_ray.pipeline.layout import ARTIFACTS, RUN
 from handsoff_ray.pipeline.stages.base import Plan, Stage
 from handsoff_ray.pipeline.storage import sha256_file
 from handsoff_ray.pipeline.telemetry import metrics
@@ -200,7 +201,7 @@ def _write_shard(ctx: RunContext, writer: DatasetWriter, k: int, start: int, sto
                  shift=None) -> dict:
     """Synthesize sample ids [start, stop) and commit them as shard k; returns its manifest entry."""
     from handsoff_ray.core.pairs import synthesize
-    from handsoff_ray.pipeline.schema import pairs_to_table
+    from handsoff_ray.pipeline.dataset.schema import pairs_to_table
 
     spec = ctx.spec
     h, syn = ctx.stage_hash("synthesize"), spec.synthesis
@@ -256,7 +257,7 @@ def _rebuilt_entry(writer: DatasetWriter, k: int, start: int, stop: int, meta: d
                    version: int = 0) -> dict | None:
     """Shard k's manifest entry recomputed from the committed file, or None when it is not a whole shard
     of this spec (unreadable, other sample ids, another spec's rows). Streams the shard a row group at a time."""
-    from handsoff_ray.pipeline.schema import decode_png
+    from handsoff_ray.pipeline.dataset.schema import decode_png
 
     scores: dict[str, list[float]] = {}
     class_pixels = np.zeros(len(meta.get("classes") or []), np.int64)

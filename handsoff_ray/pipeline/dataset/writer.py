@@ -6,7 +6,7 @@
     writer.finish(manifest, card)                        # manifest, README.md, then _SUCCESS, last
 
 Used by the synthesize stage on every engine and by `handsoff filter`. The layout is DATASET_FILES
-(pipeline/layout.py); what readers check is pipeline/manifest.py.
+(layout.py); what readers check is manifest.py.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import posixpath
 
 import pyarrow.fs as pafs
 
-from handsoff_ray.pipeline.layout import DATASET_FILES
-from handsoff_ray.pipeline.manifest import DatasetError, parse_manifest
+from handsoff_ray.pipeline.dataset.layout import DATASET_FILES
+from handsoff_ray.pipeline.dataset.manifest import DatasetError, parse_manifest
 from handsoff_ray.pipeline.storage import RunStore, sha256_file
 
 __all__ = ["DatasetWriter"]
