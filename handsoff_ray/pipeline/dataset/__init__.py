@@ -17,7 +17,8 @@ A dataset folder (layout.py, DATASET_FILES; a run's dataset/, or the output of `
 
 One writer owns the folder (writer.py, DatasetWriter): it commits a shard only when whole, records it in the
 manifest, and writes the card and then _SUCCESS, last. The synthesize stage and `handsoff filter` write
-through it and nothing else writes there. Readers trust the manifest: `check_dataset` needs _SUCCESS and a
+through it and nothing else writes there. A rerun repairs rather than trusts: `verify_committed` checks each
+committed shard's size and sha256 against the manifest and rebuilds a lost entry from a whole shard. Readers trust the manifest: `check_dataset` needs _SUCCESS and a
 data/ that holds exactly the manifest's files at its sizes before anything is opened, so SyntheticDataset
 (reader.py), `handsoff inspect` / `preview` (inspection.py, preview.py) and `export` / `filter` (export.py)
 never read half a dataset. The same shards open in `ray.data.read_parquet` and Hugging Face `datasets`.
@@ -31,15 +32,15 @@ from __future__ import annotations
 import importlib
 
 __all__ = [
-    "DATASET_FILES", "VERSION_STRIDE", "DatasetWriter", "SyntheticDataset", "DatasetError",
-    "IncompleteDatasetWarning", "check_dataset", "verify_dataset", "export_dataset", "filter_dataset",
-    "inspect_dataset", "preview_dataset", "preview_grid",
+    "DATASET_FILES", "VERSION_STRIDE", "DatasetWriter", "verify_committed", "dataset_card", "SyntheticDataset",
+    "DatasetError", "IncompleteDatasetWarning", "check_dataset", "verify_dataset", "export_dataset",
+    "filter_dataset", "inspect_dataset", "preview_dataset", "preview_grid",
 ]
 
 # name -> the module of this package that defines it
 _HOMES = {
     "DATASET_FILES": "layout", "VERSION_STRIDE": "layout",
-    "DatasetWriter": "writer",
+    "DatasetWriter": "writer", "verify_committed": "writer", "dataset_card": "writer",
     "SyntheticDataset": "reader",
     "DatasetError": "manifest", "IncompleteDatasetWarning": "manifest", "check_dataset": "manifest",
     "verify_dataset": "manifest",

@@ -196,7 +196,7 @@ def _write_filtered(ds, fs, root: str, uri: str, uncertainty_filter) -> dict:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from handsoff_ray.pipeline.dataset.writer import DatasetWriter
+    from handsoff_ray.pipeline.dataset.writer import ROW_GROUP, DatasetWriter
     from handsoff_ray.pipeline.storage import RunStore
 
     writer = DatasetWriter(RunStore(fs=fs, root=root, run_id=posixpath.basename(root)))  # atomic, S3 retries
@@ -206,7 +206,7 @@ def _write_filtered(ds, fs, root: str, uri: str, uncertainty_filter) -> dict:
         table = ds.read_shard(path)
         kept = table.filter(pc.is_in(table.column("sample_id"), value_set=keep))
         with tempfile.TemporaryDirectory(prefix="handsoff-filter-") as tmp:
-            pq.write_table(kept, f"{tmp}/part.parquet", row_group_size=256)
+            pq.write_table(kept, f"{tmp}/part.parquet", row_group_size=ROW_GROUP)
             shards[str(k)] = {**writer.commit_shard(k, f"{tmp}/part.parquet"), "rows": kept.num_rows,
                               "source_rows": table.num_rows}
         kept_total, total = kept_total + kept.num_rows, total + table.num_rows
