@@ -5,7 +5,7 @@
       latents/_index.json                   invert: summary (mean PSNR / LPIPS, per image)
       label_generator/_ref.json             fit: the label generator's identity (in _artifacts), what was read
       label_generator/fit.json              fit: a copy of the artifact's fit.json (summary, data facts)
-      dataset/                              synthesize: a dataset (dataset/layout.py DATASET_FILES), one or more versions
+      dataset/                              synthesize: a dataset (dataset/layout.py), one or more versions
       eval/report.json                      evaluate
       <stage folder>/_stage.json            which spec owns the stage's folder (its stage hash)
       <stage folder>/_progress/             Ray Train workers' progress counters

@@ -18,10 +18,12 @@ A dataset folder (layout.py, DATASET_FILES; a run's dataset/, or the output of `
 One writer owns the folder (writer.py, DatasetWriter): it commits a shard only when whole, records it in the
 manifest, and writes the card and then _SUCCESS, last. The synthesize stage and `handsoff filter` write
 through it and nothing else writes there. A rerun repairs rather than trusts: `verify_committed` checks each
-committed shard's size and sha256 against the manifest and rebuilds a lost entry from a whole shard. Readers trust the manifest: `check_dataset` needs _SUCCESS and a
-data/ that holds exactly the manifest's files at its sizes before anything is opened, so SyntheticDataset
-(reader.py), `handsoff inspect` / `preview` (inspection.py, preview.py) and `export` / `filter` (export.py)
-never read half a dataset. The same shards open in `ray.data.read_parquet` and Hugging Face `datasets`.
+committed shard's size and sha256 against the manifest and rebuilds a lost entry from a whole shard.
+
+Readers trust the manifest: `check_dataset` needs _SUCCESS and a data/ that holds exactly the manifest's
+files at its sizes before anything is opened, so SyntheticDataset (reader.py), `handsoff inspect` /
+`preview` (inspection.py, preview.py) and `export` / `filter` (export.py) never read half a dataset.
+The same shards open in `ray.data.read_parquet` and Hugging Face `datasets`.
 
 Names are imported on first use, so `import handsoff_ray.pipeline.dataset` costs nothing: the reader and
 the previews need torch, the manifest checks and the writer do not.

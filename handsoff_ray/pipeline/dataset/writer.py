@@ -1,7 +1,10 @@
 """One writer owns a dataset folder's files: shard names, their hashes, the manifest, the card, _SUCCESS.
 
     writer = DatasetWriter(store, "dataset")            # a folder of a RunStore (local or s3://)
-    entry = writer.commit_shard(k, "/tmp/part.parquet")  # {"file", "bytes", "sha256"}; visible only when whole
+    with writer.stream_shard(k) as shard:                # to a local file, a row group at a time ...
+        shard.write(table)                               # ... for each batch (an Arrow table, schema.py)
+    shard.committed                                      # {"file", "bytes", "sha256"}; visible only when whole
+    entry = writer.commit_shard(k, "/tmp/part.parquet")  # or commit a finished local file
     writer.write_manifest(manifest)                      # after each shard: a crash loses no recorded shard
     writer.finish(manifest, card)                        # manifest, README.md, then _SUCCESS, last
 
@@ -17,6 +20,7 @@ shard the manifest lost (its entry rebuilt from the file) and lists the rest to 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import posixpath
 import tempfile
@@ -32,8 +36,8 @@ from handsoff_ray.pipeline.dataset.schema import TASK_COLUMNS, decode_png
 from handsoff_ray.pipeline.errors import UserError
 from handsoff_ray.pipeline.storage import RunStore, sha256_file
 
-__all__ = ["DatasetWriter", "ROW_GROUP", "UNCERTAINTY_BINS", "count_classes", "dataset_card", "shard_entry",
-           "verify_committed", "with_versions"]
+__all__ = ["DatasetWriter", "ShardStream", "ROW_GROUP", "UNCERTAINTY_BINS", "count_classes", "dataset_card",
+           "shard_entry", "verify_committed", "with_versions"]
 
 ROW_GROUP = 256  # rows per row group: a few MB at 512 px, small enough for streaming readers
 # Fixed log-spaced bins for uncertainty histograms, so shards' histograms add up across a whole run.
@@ -58,6 +62,20 @@ class DatasetWriter:
         self.store.put_file(self.shard(k, version), local_path)
         return {"file": DATASET_FILES.shard(k, version), "bytes": size, "sha256": digest}
 
+    @contextlib.contextmanager
+    def stream_shard(self, k: int, version: int = 0):
+        """A ShardStream to write shard k of a version into, committed (`.committed`) when the block ends.
+
+        The shard streams to a local temporary file, a row group at a time, and is committed from there:
+        memory stays at one batch however large the shard (10,000 pairs at 512 px are gigabytes). A block
+        that raises commits nothing.
+        """
+        with tempfile.TemporaryDirectory(prefix="handsoff-shard-") as tmp:
+            shard = ShardStream(f"{tmp}/part.parquet")
+            yield shard
+            shard.close()
+            shard.committed = self.commit_shard(k, shard.path, version)
+
     def load_manifest(self) -> tuple[dict | None, str | None]:
         """(the manifest a previous writer left, or None; a note when it was unreadable)."""
         rel = self.rel(DATASET_FILES.manifest)
@@ -81,6 +99,21 @@ class DatasetWriter:
         self.write_manifest(manifest)
         self.store.write_bytes(self.rel(DATASET_FILES.card), card.encode())
         self.store.write_bytes(self.rel(DATASET_FILES.success), b"")
+
+
+class ShardStream:
+    """One shard's local Parquet file, written a table at a time (zstd, ROW_GROUP rows per row group)."""
+
+    def __init__(self, path: str):
+        self.path, self.committed, self._file = path, None, None
+
+    def write(self, table) -> None:
+        if self._file is None:  # the first table's schema is the shard's (pairs_to_table: with its metadata)
+            self._file = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+        self._file.write_table(table, row_group_size=ROW_GROUP)
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def with_versions(manifest: dict) -> dict:

@@ -4,10 +4,10 @@
 
 Units are shards of consecutive sample ids (`synthesis.shard_size`). Because every sample's seed comes
 from (run seed, sample id), a shard's bytes do not depend on who writes it or in which order. A shard
-streams to a local file a row group at a time and is committed whole (DatasetWriter); the driver records
-each in the manifest as it arrives. A rerun first verifies every committed shard against the manifest
-(size and sha256, dataset/writer.py's `verify_committed`), rebuilds a lost or unreadable manifest from the
-shards, and writes only what is missing or does not match. The dataset ends with `_SUCCESS` and a
+streams to a local file a row group at a time and is committed whole (DatasetWriter.stream_shard); the
+driver records each in the manifest as it arrives. A rerun first verifies every committed shard against
+the manifest (size and sha256, dataset/writer.py's `verify_committed`), rebuilds a lost or unreadable
+manifest from the shards, and writes only what is missing or does not match. The dataset ends with `_SUCCESS` and a
 `README.md` card (`dataset_card`). What a shard, a manifest entry and the card hold is the dataset
 package's (pipeline/dataset/); this stage makes the pairs and decides which shards to write.
 
@@ -26,13 +26,12 @@ import tempfile
 import time
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from handsoff_ray.config import JobSpec
 from handsoff_ray.pipeline.context import RunContext, apply_torch_threads
 from handsoff_ray.pipeline.dataset.layout import DATASET_FILES, VERSION_STRIDE
 from handsoff_ray.pipeline.dataset.writer import (
-    ROW_GROUP, DatasetWriter, count_classes, dataset_card, shard_entry, verify_committed, with_versions,
+    DatasetWriter, count_classes, dataset_card, shard_entry, verify_committed, with_versions,
 )
 from handsoff_ray.pipeline.errors import UserError
 from handsoff_ray.pipeline.layout import ARTIFACTS, RUN
@@ -193,29 +192,21 @@ def _write_shard(ctx: RunContext, writer: DatasetWriter, k: int, start: int, sto
     scores: dict[str, list[float]] = {}
     class_pixels = np.zeros(len(meta.get("classes") or []), np.int64)
     t0 = time.time()
-    # The shard streams to a local temporary file, a row group at a time, and is committed from there:
-    # memory stays at one batch however large the shard (10,000 pairs at 512 px are gigabytes).
-    with tempfile.TemporaryDirectory(prefix="handsoff-shard-") as tmp:
-        local = f"{tmp}/part.parquet"
-        writer_pq = None
+    # One batch of pairs at a time: memory stays at one batch however large the shard (stream_shard).
+    with writer.stream_shard(k, spec.synthesis.version) as shard:
         for b in range(start, stop, syn.batch_size):
             pairs = synthesize(G, lg, sample_ids=range(b, min(b + syn.batch_size, stop)), run_seed=spec.seed,
                                truncation_psi=syn.truncation_psi, top_fraction=syn.uncertainty.top_fraction,
                                return_latents=syn.store_latent, crop_rows=spec.generator.crop_rows,
                                logit_shift=shift)
-            table = pairs_to_table(pairs, spec_hash=h, meta=meta)
-            if writer_pq is None:
-                writer_pq = pq.ParquetWriter(local, table.schema, compression="zstd")
-            writer_pq.write_table(table, row_group_size=ROW_GROUP)
+            shard.write(pairs_to_table(pairs, spec_hash=h, meta=meta))
             for t, s in pairs.uncertainty.items():
                 scores.setdefault(t, []).extend(s.tolist())
             if "segmentation" in pairs.labels:
                 count_classes(class_pixels, pairs.labels["segmentation"])
-        writer_pq.close()
-        committed = writer.commit_shard(k, local, spec.synthesis.version)
     seconds = time.time() - t0
     _record_metrics(spec.run_id, stop - start, seconds, scores)
-    return shard_entry(k, start, stop, committed, seconds, scores, class_pixels, spec.synthesis.version)
+    return shard_entry(k, start, stop, shard.committed, seconds, scores, class_pixels, spec.synthesis.version)
 
 
 def _record_metrics(run_id: str, rows: int, seconds: float, scores: dict[str, list[float]]) -> None:
