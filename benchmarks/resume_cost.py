@@ -7,7 +7,7 @@ For each shard count N: N tiny committed shards (--shard-bytes random bytes each
 parses them) and a manifest recording them are put into a bucket of a ThreadedMotoServer run in a child
 process (so its memory is not the driver's). Then, in this process, the driver side of a rerun:
 
-- rerun_verify: `stages.synthesize.verify_committed`, what every rerun of synthesize does before any compute:
+- rerun_verify: `dataset.writer.verify_committed`, what every rerun of synthesize does before any compute:
   one listing of dataset/data/, then each shard's size and sha256 (streamed) against its manifest entry.
   Reported: storage calls by kind (the listing is one call; S3 pages it 1,000 keys at a time), seconds,
   ms per shard, and the driver's memory: the tracemalloc peak of the call (the manifest it is handed is
@@ -62,7 +62,7 @@ def _populate(endpoint: str, bucket: str, n: int, size: int) -> dict:
     """N shards under runs/r/dataset/data/ and the manifest that records them; returns the manifest."""
     import boto3
 
-    from handsoff_ray.pipeline.layout import DATASET_FILES
+    from handsoff_ray.pipeline.dataset.layout import DATASET_FILES
 
     client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     client.create_bucket(Bucket=bucket)
@@ -97,11 +97,10 @@ class _Counting:
 
 
 def measure(endpoint: str, n: int, size: int) -> dict:
-    from handsoff_ray.pipeline.manifest import check_dataset
+    from handsoff_ray.pipeline.dataset.manifest import check_dataset
     from handsoff_ray.pipeline.storage import RunStore
-    from handsoff_ray.pipeline.dataset_writer import DatasetWriter
-    from handsoff_ray.pipeline.layout import DATASET_FILES
-    from handsoff_ray.pipeline.stages.synthesize import verify_committed
+    from handsoff_ray.pipeline.dataset.layout import DATASET_FILES
+    from handsoff_ray.pipeline.dataset.writer import DatasetWriter, verify_committed
 
     bucket = f"resume-{n}"
     t0 = time.perf_counter()

@@ -14,7 +14,7 @@ __all__ = ["SyntheticDataset", "__version__"]
 def __getattr__(name: str):
     # Lazy, so `import handsoff_ray` (the CLI's start-up) does not import torch and pyarrow.
     if name == "SyntheticDataset":
-        from handsoff_ray.pipeline.reader import SyntheticDataset
+        from handsoff_ray.pipeline.dataset.reader import SyntheticDataset
 
         return SyntheticDataset
     raise AttributeError(f"module 'handsoff_ray' has no attribute {name!r}")

@@ -364,7 +364,7 @@ def _warn_incomplete(fn):
     def wrapper(*args, **kwargs):
         import warnings
 
-        from handsoff_ray.pipeline.manifest import IncompleteDatasetWarning
+        from handsoff_ray.pipeline.dataset.manifest import IncompleteDatasetWarning
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", IncompleteDatasetWarning)
@@ -388,7 +388,7 @@ def _warn_incomplete(fn):
 @_warn_incomplete
 def inspect(uri: str, endpoint_url: str | None, allow_incomplete: bool) -> None:
     """Counts, schema and histograms of a synthetic DATASET folder (local or s3://)."""
-    from handsoff_ray.pipeline.inspection import inspect_dataset
+    from handsoff_ray.pipeline.dataset.inspection import inspect_dataset
 
     click.echo(yaml.safe_dump(inspect_dataset(uri, endpoint_url=endpoint_url, allow_incomplete=allow_incomplete),
                               sort_keys=False))
@@ -403,7 +403,7 @@ def verify(uri: str, endpoint_url: str | None) -> None:
 
     Prints a report listing every problem; exits 2 when there is any (rerun `handsoff synthesize SPEC` to repair).
     """
-    from handsoff_ray.pipeline.inspection import verify_dataset_uri
+    from handsoff_ray.pipeline.dataset.inspection import verify_dataset_uri
 
     report = verify_dataset_uri(uri, endpoint_url=endpoint_url)
     click.echo(yaml.safe_dump(report, sort_keys=False, width=10_000))  # one problem per line
@@ -423,7 +423,7 @@ def verify(uri: str, endpoint_url: str | None) -> None:
 @_warn_incomplete
 def preview(uri: str, out: str, count: int, columns: int, endpoint_url: str | None, allow_incomplete: bool) -> None:
     """A grid of the first pairs of DATASET: image | class overlay | keypoints | uncertainty, and a legend."""
-    from handsoff_ray.pipeline.inspection import preview_dataset
+    from handsoff_ray.pipeline.dataset.inspection import preview_dataset
 
     click.echo(json.dumps(preview_dataset(uri, out, count, columns=columns, endpoint_url=endpoint_url,
                                           allow_incomplete=allow_incomplete)))
@@ -468,7 +468,7 @@ def export(uri: str, fmt: str, out: str, limit: int | None, policy: str, keep: f
 
     The files go to a hidden folder beside OUT that becomes OUT only when the export is complete.
     """
-    from handsoff_ray.pipeline.export import export_dataset
+    from handsoff_ray.pipeline.dataset.export import export_dataset
 
     click.echo(json.dumps(export_dataset(uri, out, fmt, uncertainty_filter=_policy(policy, keep), filter_task=task,
                                          limit=limit, endpoint_url=endpoint_url, allow_incomplete=allow_incomplete)))
@@ -483,7 +483,7 @@ def export(uri: str, fmt: str, out: str, limit: int | None, policy: str, keep: f
 def filter_cmd(uri: str, out: str, policy: str, keep: float | None, task: str | None, endpoint_url: str | None,
                allow_incomplete: bool) -> None:
     """Write the pairs of DATASET that an uncertainty policy keeps as a new dataset."""
-    from handsoff_ray.pipeline.export import filter_dataset
+    from handsoff_ray.pipeline.dataset.export import filter_dataset
 
     click.echo(json.dumps(filter_dataset(uri, out, uncertainty_filter=_policy(policy, keep), filter_task=task,
                                          endpoint_url=endpoint_url, allow_incomplete=allow_incomplete)))

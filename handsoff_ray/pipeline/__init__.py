@@ -5,5 +5,6 @@
     run_stage(load_spec("jobs/specs/toy.yaml"), "invert")      # on resources.engine; see run.py
 
 Entry points: `run` (dispatch), `context` (what a run shares), `stages/` (each stage once), `engines`
-(where units run), `layout` (every path), `reader` (SyntheticDataset). See docs/ARCHITECTURE.md.
+(where units run), `layout` (every path of a run), `dataset/` (the dataset format: writer, manifest,
+SyntheticDataset, export). See docs/ARCHITECTURE.md.
 """

@@ -1,11 +1,11 @@
-"""Every path of a run and of a dataset, in one place.
+"""Every path of a run and of the artifacts runs share, in one place; a dataset's own are dataset/layout.py's.
 
     <output>/<run_id>/                      RunStore root (storage.py)
       latents/_refs.json                    invert: image id -> latent key (in _artifacts), what was read
       latents/_index.json                   invert: summary (mean PSNR / LPIPS, per image)
       label_generator/_ref.json             fit: the label generator's identity (in _artifacts), what was read
       label_generator/fit.json              fit: a copy of the artifact's fit.json (summary, data facts)
-      dataset/                              synthesize: a dataset (DATASET_FILES below), one or more versions
+      dataset/                              synthesize: a dataset (dataset/layout.py), one or more versions
       eval/report.json                      evaluate
       <stage folder>/_stage.json            which spec owns the stage's folder (its stage hash)
       <stage folder>/_progress/             Ray Train workers' progress counters
@@ -21,39 +21,12 @@
     Runs written before content identities keep latents/<id>.safetensors and
     label_generator/label_generator.safetensors in the run folder; readers still open them (`legacy_*`).
 
-    <dataset>/data/part-NNNNNN.parquet       shards of version 0 (the Hugging Face layout: readers open data/)
-    <dataset>/data/part-vV-NNNNNN.parquet    shards of version V > 0 (synthesis.version: a scheduled batch)
-    <dataset>/_manifest.json                what the dataset holds: the truth readers check (manifest.py)
-    <dataset>/README.md                     the dataset card
-    <dataset>/_SUCCESS                      written last: the dataset is complete
-
-Paths are relative (to the run root, or to the dataset root) and use "/" on every file system.
+Paths are relative (to the run root, or to <output>/_artifacts) and use "/" on every file system.
 """
 
 from __future__ import annotations
 
-__all__ = ["RUN", "DATASET_FILES", "ARTIFACTS", "RunLayout", "DatasetLayout", "ArtifactLayout", "VERSION_STRIDE"]
-
-# Version V of a dataset holds sample ids [V * VERSION_STRIDE, V * VERSION_STRIDE + num_samples): versions never
-# share a sample id, and so never a sample seed. Above synthesis.num_samples' maximum (1e10).
-VERSION_STRIDE = 2**34
-
-
-class DatasetLayout:
-    """Paths inside one dataset folder (a run's dataset/, or the output of `handsoff filter`)."""
-
-    data = "data"
-    manifest = "_manifest.json"
-    success = "_SUCCESS"
-    card = "README.md"
-
-    def shard(self, k: int, version: int = 0) -> str:
-        return f"{self.data}/part-{k:06d}.parquet" if not version else f"{self.data}/part-v{version}-{k:06d}.parquet"
-
-    @staticmethod
-    def shard_key(k: int, version: int = 0) -> str:
-        """Shard k of a version in the manifest's "shards" (version 0 keeps the plain "k" of older datasets)."""
-        return str(k) if not version else f"v{version}-{k}"
+__all__ = ["RUN", "ARTIFACTS", "RunLayout", "ArtifactLayout"]
 
 
 class RunLayout:
@@ -76,7 +49,7 @@ class RunLayout:
         return f"{self.latents}/{image_id}.safetensors"
 
     def in_dataset(self, rel: str) -> str:
-        """A DatasetLayout path of the run's dataset, relative to the run root."""
+        """A DATASET_FILES path (dataset/layout.py) of the run's dataset, relative to the run root."""
         return f"{self.dataset}/{rel}"
 
     def stage_folder(self, stage: str) -> str:
@@ -124,4 +97,3 @@ class ArtifactLayout:
 
 RUN = RunLayout()
 ARTIFACTS = ArtifactLayout()
-DATASET_FILES = DatasetLayout()

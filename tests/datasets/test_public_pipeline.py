@@ -18,7 +18,7 @@ from handsoff_ray.core.inversion import invert
 from handsoff_ray.core.label_generator import load_label_generator
 from handsoff_ray.core.stylegan2 import Generator, GeneratorConfig
 from handsoff_ray.core.pairs import synthesize
-from handsoff_ray.pipeline.schema import decode_row, schema_meta
+from handsoff_ray.pipeline.dataset.schema import decode_row, schema_meta
 from handsoff_ray.pipeline.context import RunContext, open_run
 from handsoff_ray.pipeline.run import run_stage
 from handsoff_ray.pipeline.run import run_stage

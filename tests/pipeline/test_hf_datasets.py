@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from handsoff_ray.pipeline.schema import decode_row, schema_meta
+from handsoff_ray.pipeline.dataset.schema import decode_row, schema_meta
 from handsoff_ray.pipeline.context import open_run
 
 

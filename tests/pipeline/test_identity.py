@@ -20,8 +20,9 @@ from PIL import Image
 from handsoff_ray.core.pairs import sample_seed
 from handsoff_ray.pipeline.context import RunContext, open_run
 from handsoff_ray.pipeline.errors import UserError
-from handsoff_ray.pipeline.layout import ARTIFACTS, RUN, VERSION_STRIDE
-from handsoff_ray.pipeline.reader import SyntheticDataset
+from handsoff_ray.pipeline.dataset.layout import VERSION_STRIDE
+from handsoff_ray.pipeline.dataset.reader import SyntheticDataset
+from handsoff_ray.pipeline.layout import ARTIFACTS, RUN
 from handsoff_ray.pipeline.run import run_stage
 from tests.pipeline.runs import label_generator_folder, latent_file
 from tests.pipeline.runs import make_spec as _make_spec
@@ -283,7 +284,7 @@ class TestVersions:
         assert again["synthesize"]["shards_written_now"] == 0
 
     def test_verify_counts_every_version(self, tmp_path, generator, labeled):
-        from handsoff_ray.pipeline.manifest import verify_dataset
+        from handsoff_ray.pipeline.dataset.manifest import verify_dataset
         from handsoff_ray.pipeline.storage import resolve_filesystem
 
         run_all(spec_for(tmp_path, generator, labeled))

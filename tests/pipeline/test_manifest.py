@@ -15,9 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 from handsoff_ray.cli import main
-from handsoff_ray.pipeline.reader import SyntheticDataset
+from handsoff_ray.pipeline.dataset.reader import SyntheticDataset
 from handsoff_ray.pipeline.errors import UserError
-from handsoff_ray.pipeline.manifest import DatasetError
+from handsoff_ray.pipeline.dataset.manifest import DatasetError
 from handsoff_ray.pipeline.context import open_run
 from handsoff_ray.pipeline.run import run_stage
 from tests.pipeline.runs import copy_run
@@ -160,7 +160,7 @@ class TestRerunRepairs:
 
 class TestExportsAppearWhole:
     def test_failed_export_leaves_nothing_and_a_retry_succeeds(self, run, tmp_path, monkeypatch):
-        import handsoff_ray.pipeline.export as export
+        import handsoff_ray.pipeline.dataset.export as export
 
         _, root, _, _ = run
         real = export._write_coco

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from handsoff_ray.pipeline.preview import HIDDEN_KEYPOINT_COLOUR, PALETTE, preview_grid
+from handsoff_ray.pipeline.dataset.preview import HIDDEN_KEYPOINT_COLOUR, PALETTE, preview_grid
 
 CLASSES = ["background", "skin", "eye"]
 

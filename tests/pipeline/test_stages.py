@@ -14,7 +14,7 @@ import pytest
 from handsoff_ray.core.label_generator import load_label_generator
 from handsoff_ray.datasets.labeled_folder import LabeledSetError
 from handsoff_ray.pipeline.errors import UserError
-from handsoff_ray.pipeline.schema import decode_row, schema_meta
+from handsoff_ray.pipeline.dataset.schema import decode_row, schema_meta
 from handsoff_ray.pipeline.context import open_run
 from handsoff_ray.pipeline.run import run_stage
 from handsoff_ray.pipeline.stages.invert import read_latent
@@ -272,7 +272,7 @@ class TestReaders:
     def test_synthetic_dataset_splits_workers_and_filters(self, finished):
         from torch.utils.data import DataLoader
 
-        from handsoff_ray.pipeline.reader import SyntheticDataset
+        from handsoff_ray.pipeline.dataset.reader import SyntheticDataset
 
         spec, _ = finished
         root = open_run(spec).path("dataset")
@@ -352,7 +352,7 @@ class TestExport:
 
     @staticmethod
     def _source(finished):
-        from handsoff_ray.pipeline.reader import SyntheticDataset
+        from handsoff_ray.pipeline.dataset.reader import SyntheticDataset
 
         root = open_run(finished[0]).path("dataset")
         rows = {int(r["sample_id"]): {k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in r.items()}
@@ -416,7 +416,7 @@ class TestExport:
         assert [p.name for p in (tmp_path / "x").iterdir()] == ["mine.txt"]
 
     def test_filter_writes_a_dataset_of_the_kept_rows(self, finished, tmp_path):
-        from handsoff_ray.pipeline.reader import SyntheticDataset
+        from handsoff_ray.pipeline.dataset.reader import SyntheticDataset
 
         root, rows = self._source(finished)
         res = self._cli("filter", root, "--out", tmp_path / "f", "--keep", 0.5, "--task", "depth")

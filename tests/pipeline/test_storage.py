@@ -67,7 +67,7 @@ class TestRunStore:
 def test_whole_pipeline_on_s3(s3_endpoint, aws_env, tiny_generator_path, toy_labeled_path):
     """invert -> fit -> synthesize with the run in S3, then read the dataset back from S3."""
     from handsoff_ray.config import parse_spec
-    from handsoff_ray.pipeline.reader import SyntheticDataset
+    from handsoff_ray.pipeline.dataset.reader import SyntheticDataset
     from handsoff_ray.pipeline.run import run_stage
     from handsoff_ray.pipeline.run import run_stage
 

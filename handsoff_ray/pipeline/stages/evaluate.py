@@ -28,8 +28,8 @@ __all__ = ["EvaluateStage", "load_synthetic", "load_real", "score_arms", "train_
 def load_synthetic(store, spec: JobSpec, *, apply_filter: bool) -> tuple[object, dict]:
     """All synthetic pairs of the run as DownstreamData (optionally uncertainty-filtered), and the schema meta."""
     from handsoff_ray.evaluation import DownstreamData
-    from handsoff_ray.pipeline.layout import DATASET_FILES
-    from handsoff_ray.pipeline.reader import SyntheticDataset
+    from handsoff_ray.pipeline.dataset.layout import DATASET_FILES
+    from handsoff_ray.pipeline.dataset.reader import SyntheticDataset
 
     if not store.exists(RUN.in_dataset(DATASET_FILES.success)):
         raise UserError("no finished synthetic dataset in this run; run `handsoff run SPEC` (synthesize) first")

@@ -27,8 +27,10 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from handsoff_ray.pipeline.manifest import DatasetError, IncompleteDatasetWarning, check_dataset, manifest_versions
-from handsoff_ray.pipeline.schema import decode_row, schema_meta
+from handsoff_ray.pipeline.dataset.manifest import (
+    DatasetError, IncompleteDatasetWarning, check_dataset, manifest_versions,
+)
+from handsoff_ray.pipeline.dataset.schema import decode_row, schema_meta
 from handsoff_ray.pipeline.storage import StorageError, resolve_filesystem, retry_remote
 
 __all__ = ["SyntheticDataset"]

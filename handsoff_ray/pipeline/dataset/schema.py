@@ -17,7 +17,7 @@ Schema metadata (`handsoff_ray` key, JSON): classes, keypoint names, depth_scale
 feature, and the `huggingface` key holds the `datasets` features of every column, so
 `datasets.load_dataset("parquet", data_files=".../data/*.parquet")` decodes `image`, `segmentation` and
 `depth` as PIL images (RGB, L with class ids, I;16) instead of raw bytes. Filtering
-by uncertainty is a policy readers apply to the `uncertainty_*` columns (see dataset.py); rows are
+by uncertainty is a policy readers apply to the `uncertainty_*` columns (see reader.py); rows are
 never dropped at write time, so a different policy never needs a regeneration.
 """
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
 
+from handsoff_ray.pipeline.dataset.layout import DATASET_FILES
 from handsoff_ray.pipeline.errors import UserError
-from handsoff_ray.pipeline.layout import DATASET_FILES
 from handsoff_ray.pipeline.storage import list_sizes, sha256_file
 
 __all__ = [

@@ -16,8 +16,8 @@ __all__ = ["inspect_dataset", "preview_dataset", "verify_dataset_uri"]
 
 
 def verify_dataset_uri(uri: str, *, endpoint_url: str | None = None) -> dict:
-    """`handsoff verify`: every shard of the dataset at uri against its manifest (see pipeline.manifest)."""
-    from handsoff_ray.pipeline.manifest import verify_dataset
+    """`handsoff verify`: every shard of the dataset at uri against its manifest (see manifest.py)."""
+    from handsoff_ray.pipeline.dataset.manifest import verify_dataset
     from handsoff_ray.pipeline.storage import resolve_filesystem, retry_remote
 
     fs, root = resolve_filesystem(uri, endpoint_url=endpoint_url)
@@ -25,7 +25,7 @@ def verify_dataset_uri(uri: str, *, endpoint_url: str | None = None) -> dict:
 
 
 def inspect_dataset(uri: str, *, endpoint_url: str | None = None, allow_incomplete: bool = False) -> dict:
-    from handsoff_ray.pipeline.reader import SyntheticDataset
+    from handsoff_ray.pipeline.dataset.reader import SyntheticDataset
 
     ds = SyntheticDataset(uri, uncertainty_filter=None, endpoint_url=endpoint_url, allow_incomplete=allow_incomplete)
     rows, uncertainty = 0, {}
@@ -51,9 +51,9 @@ def inspect_dataset(uri: str, *, endpoint_url: str | None = None, allow_incomple
 
 def preview_dataset(uri: str, out: str, count: int, *, columns: int = 2, endpoint_url: str | None = None,
                     allow_incomplete: bool = False) -> dict:
-    """The first `count` pairs of a dataset as a preview grid (pipeline/preview.py) written to `out`."""
-    from handsoff_ray.pipeline.reader import SyntheticDataset
-    from handsoff_ray.pipeline.preview import preview_grid
+    """The first `count` pairs of a dataset as a preview grid (preview.py) written to `out`."""
+    from handsoff_ray.pipeline.dataset.reader import SyntheticDataset
+    from handsoff_ray.pipeline.dataset.preview import preview_grid
 
     ds = SyntheticDataset(uri, uncertainty_filter=None, endpoint_url=endpoint_url, allow_incomplete=allow_incomplete)
     rows = []

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from handsoff_ray.pipeline.dataset.layout import DATASET_FILES
 from handsoff_ray.pipeline.errors import UserError
-from handsoff_ray.pipeline.layout import DATASET_FILES
 
 __all__ = ["export_dataset", "filter_dataset", "FORMATS"]
 
@@ -41,7 +41,7 @@ FORMATS = ("png-folder", "coco")
 
 
 def _open(uri: str, policy, task: str | None, endpoint_url: str | None, allow_incomplete: bool):
-    from handsoff_ray.pipeline.reader import SyntheticDataset
+    from handsoff_ray.pipeline.dataset.reader import SyntheticDataset
 
     return SyntheticDataset(uri, uncertainty_filter=policy, filter_task=task, endpoint_url=endpoint_url,
                             allow_incomplete=allow_incomplete)
@@ -103,7 +103,7 @@ def export_dataset(uri: str, out: str, fmt: str, *, uncertainty_filter="referenc
 
 def _write_png_folder(out: Path, rows, meta: dict) -> None:
     from handsoff_ray.datasets.labeled_folder import LabeledSample, write_labeled_set
-    from handsoff_ray.pipeline.schema import depth_scale
+    from handsoff_ray.pipeline.dataset.schema import depth_scale
 
     def samples():
         for r in rows:
@@ -196,7 +196,7 @@ def _write_filtered(ds, fs, root: str, uri: str, uncertainty_filter) -> dict:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from handsoff_ray.pipeline.dataset_writer import DatasetWriter
+    from handsoff_ray.pipeline.dataset.writer import ROW_GROUP, DatasetWriter
     from handsoff_ray.pipeline.storage import RunStore
 
     writer = DatasetWriter(RunStore(fs=fs, root=root, run_id=posixpath.basename(root)))  # atomic, S3 retries
@@ -206,7 +206,7 @@ def _write_filtered(ds, fs, root: str, uri: str, uncertainty_filter) -> dict:
         table = ds.read_shard(path)
         kept = table.filter(pc.is_in(table.column("sample_id"), value_set=keep))
         with tempfile.TemporaryDirectory(prefix="handsoff-filter-") as tmp:
-            pq.write_table(kept, f"{tmp}/part.parquet", row_group_size=256)
+            pq.write_table(kept, f"{tmp}/part.parquet", row_group_size=ROW_GROUP)
             shards[str(k)] = {**writer.commit_shard(k, f"{tmp}/part.parquet"), "rows": kept.num_rows,
                               "source_rows": table.num_rows}
         kept_total, total = kept_total + kept.num_rows, total + table.num_rows
