@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import posixpath
 import tempfile
 import time
@@ -101,9 +100,9 @@ def suggest(spec: JobSpec, *, pool: dict | None = None, budget: int | None = Non
     feats = run_stage(spec, "suggest", engine=engine, ctx=ctx)
     t_feat = time.time() - t0
     ids, refs, x_raw = read_features(ctx, feats["feature_key"], feats["parts"])
-    x = project(torch.from_numpy(x_raw), sg.dims)
     extra: dict[str, list] = {}
     if fitted is None:
+        x = project(torch.from_numpy(x_raw), sg.dims)  # after a fit, _after_fit whitens on pool + labeled images
         sel = (select_typical(x, sg.budget, seed=spec.seed) if sg.method == "typical"
                else select_kcenter(x, sg.budget))
         chosen = sel.indices
@@ -168,6 +167,7 @@ def _after_fit(ctx, fitted: _Fitted, ids, refs, x_raw: np.ndarray, pool, log):
     from handsoff_ray.core.uncertainty import image_scores, pixel_uncertainty
     from handsoff_ray.pipeline.layout import ARTIFACTS
     from handsoff_ray.pipeline.pool import PoolItem, load_images
+    from handsoff_ray.pipeline.stages.invert import inversion_kwargs
     from handsoff_ray.pipeline.stages.suggest import descriptor_size
 
     spec, sg = ctx.spec, ctx.spec.suggest
@@ -182,7 +182,8 @@ def _after_fit(ctx, fitted: _Fitted, ids, refs, x_raw: np.ndarray, pool, log):
     pool_x = torch.from_numpy(x_raw)
     fit_on = torch.cat([pool_x, lab])
     x, lab_x = project(pool_x, sg.dims, fit_on=fit_on), project(lab, sg.dims, fit_on=fit_on)
-    keep = [k for k, i in enumerate(ids) if i not in set(labeled_ids)]  # a labeled image is never suggested again
+    labeled_set = set(labeled_ids)
+    keep = [k for k, i in enumerate(ids) if i not in labeled_set]  # a labeled image is never suggested again
     n_short = min(len(keep), sg.shortlist * sg.budget)
     xs = x[keep]
     short_sel = (select_typical(xs, n_short, seed=spec.seed, already=lab_x) if sg.method == "typical"
@@ -192,11 +193,8 @@ def _after_fit(ctx, fitted: _Fitted, ids, refs, x_raw: np.ndarray, pool, log):
     G = ctx.generator()
     images = load_images(pool.format, pool.root, [PoolItem(ids[k], refs[k]) for k in short], storage=spec.storage,
                          size=G.resolution, image_column=pool.image_column)
-    inv = spec.inversion
-    res = invert(G, images, lpips_model=ctx.lpips() if inv.lpips_weight > 0 else None, steps=inv.steps, lr=inv.lr,
-                 lpips_weight=inv.lpips_weight, mse_weight=inv.mse_weight, reg_weight=inv.reg_weight,
-                 rampup=inv.rampup, rampdown=inv.rampdown, loss_resolution=inv.loss_resolution,
-                 batch_size=inv.batch_size, crop_rows=spec.generator.crop_rows)
+    res = invert(G, images, lpips_model=ctx.lpips() if spec.inversion.lpips_weight > 0 else None,
+                 batch_size=spec.inversion.batch_size, **inversion_kwargs(spec))
     with tempfile.TemporaryDirectory() as d:
         artifacts = fitted.store.sibling(ARTIFACTS.root)
         lg = load_label_generator(artifacts.local_copy(ARTIFACTS.label_generator_file(fitted.identity), d),
@@ -264,9 +262,10 @@ def _write_outputs(out_dir: Path, picks, sel, extra: dict, images, summary: dict
 
 
 def _atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    from handsoff_ray.core._files import atomic_write
+
+    with atomic_write(path) as fh:
+        fh.write(data)
 
 
 def _to_label(picks, fitted) -> str:

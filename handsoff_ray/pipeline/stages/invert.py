@@ -31,7 +31,7 @@ from handsoff_ray.pipeline.stages.base import Plan, Stage
 from handsoff_ray.pipeline.storage import RunStore
 from handsoff_ray.pipeline.telemetry import metrics
 
-__all__ = ["InvertStage", "read_latent", "summarize_inversion", "latent_location"]
+__all__ = ["InvertStage", "inversion_kwargs", "read_latent", "summarize_inversion", "latent_location"]
 
 
 class InvertStage(Stage):
@@ -65,7 +65,7 @@ class InvertStage(Stage):
         # lpips_weight 0 (pure MSE) needs no VGG trunk, which also cannot run below ~16 px on a side.
         lpips_model = ctx.lpips() if ctx.spec.inversion.lpips_weight > 0 else None
         encoder = _encoder(ctx, G)
-        inv, h, artifacts, idn = ctx.spec.inversion, ctx.stage_hash("invert"), ctx.artifacts, ctx.identities()
+        h, artifacts, idn = ctx.stage_hash("invert"), ctx.artifacts, ctx.identities()
 
         def work(batch_ids: list[str], report) -> int:
             batch_ids = _pending(ctx, batch_ids)  # a retried worker skips what is written
@@ -78,12 +78,8 @@ class InvertStage(Stage):
                 done_steps[0] += len(step.index)
                 report(done_steps[0])
 
-            res = invert(
-                G, images, lpips_model=lpips_model, steps=inv.steps, lr=inv.lr, lpips_weight=inv.lpips_weight,
-                mse_weight=inv.mse_weight, reg_weight=inv.reg_weight, rampup=inv.rampup, rampdown=inv.rampdown,
-                loss_resolution=inv.loss_resolution, crop_rows=ctx.spec.generator.crop_rows, callback=on_step,
-                init_ws=encoder.invert(G, images) if encoder is not None else None,
-            )
+            res = invert(G, images, lpips_model=lpips_model, callback=on_step, **inversion_kwargs(ctx.spec),
+                         init_ws=encoder.invert(G, images) if encoder is not None else None)
             for k, image_id in enumerate(batch_ids):
                 meta = {"id": image_id, "psnr": float(res.psnr[k]), "lpips": float(res.lpips[k]),
                         "final_loss": float(res.final_loss[k]), "best_step": int(res.best_step[k]), "stage_hash": h,
@@ -114,6 +110,14 @@ class InvertStage(Stage):
         return {"stage": "invert", "run": store.uri(), "output": store.uri(RUN.latents),
                 "skipped": plan.state["inverted_now"] == 0, "inverted_now": plan.state["inverted_now"],
                 "reason": plan.state["reason"], "identity": idn.invert, **summary}
+
+
+def inversion_kwargs(spec) -> dict:
+    """core.inversion.invert's settings from the spec: every image of a spec is inverted the same way."""
+    inv = spec.inversion
+    return {"steps": inv.steps, "lr": inv.lr, "lpips_weight": inv.lpips_weight, "mse_weight": inv.mse_weight,
+            "reg_weight": inv.reg_weight, "rampup": inv.rampup, "rampdown": inv.rampdown,
+            "loss_resolution": inv.loss_resolution, "crop_rows": spec.generator.crop_rows}
 
 
 def _pending(ctx: RunContext, ids: list[str]) -> list[str]:

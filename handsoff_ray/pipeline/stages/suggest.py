@@ -112,8 +112,10 @@ class SuggestFeaturesStage(Stage):
                               "feature": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1])})
             buf = io.BytesIO()
             pq.write_table(table, buf, compression="zstd")
-            store.write_bytes(ARTIFACTS.pool_part(unit["key"], unit["k"]), buf.getvalue())
-            return _entry(store, unit["key"], unit["k"], len(items))
+            data = buf.getvalue()
+            store.write_bytes(ARTIFACTS.pool_part(unit["key"], unit["k"]), data)
+            # digest of the bytes in hand, not a second read of what was just written
+            return {"part": unit["k"], "rows": len(items), "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
         return work
 
