@@ -266,8 +266,6 @@ def dataset_card(spec: JobSpec, manifest: dict) -> str:
         lines += ["## Class frequencies (pixels)", "", "| class | share |", "|---|---|"]
         lines += [f"| {c} | {p / max(total.sum(), 1):.4f} |" for c, p in zip(classes, total)]
         lines.append("")
-    # The path the cards of every dataset so far name (the schema is dataset/schema.py now): a card is part of
-    # the dataset's bytes, and the same spec writes the same dataset.
-    lines += ["## Schema", "", "See `handsoff_ray/pipeline/schema.py`. Spec:", "", "```json",
+    lines += ["## Schema", "", "See `handsoff_ray/pipeline/dataset/schema.py`. Spec:", "", "```json",
               json.dumps(spec.model_dump(mode="json"), indent=2), "```", ""]
     return "\n".join(lines)
