@@ -444,6 +444,97 @@ class SuggestSpec(_Section):
                      "labeled-folder skeleton.")
 
 
+class GanDataSpec(PoolSpec):
+    stream: bool = Field(False, description="format toy: render fresh faces forever from the first seed on (the "
+                         "shipped toy generator's recipe) instead of cycling through a finite set.")
+    holdout: int = Field(500, ge=0, le=1_000_000, description="Images of the set never trained on: the KID proxy "
+                         "compares generated images with them (fixed by a seeded draw; 0 = no proxy KID).")
+    cache_mb: int = Field(2048, ge=0, le=1_000_000, description="Decoded training images kept in memory per worker "
+                          "(a 2,000-image 64 px set is 25 MB); the rest are read again each epoch.")
+
+    @model_validator(mode="after")
+    def _stream_is_toy(self) -> "GanDataSpec":
+        if self.stream and self.format != "toy":
+            raise ValueError("stream renders toy faces; it needs format toy")
+        return self
+
+
+class GanKidSpec(_Section):
+    every_kimg: float = Field(0, ge=0, le=1_000_000, description="Measure the proxy KID at every checkpoint that "
+                              "lands this many kimg after the last measurement (0 = only when the run finishes); "
+                              "the values form the model card's KID curve.")
+    images: int = Field(500, ge=2, le=100_000, description="Generated images per KID measurement (compared with up "
+                        "to as many held-out images).")
+    feature: Literal["auto", "vgg", "alex"] = Field(
+        "auto", description="ImageNet trunk of the proxy KID; auto = the one the discriminator does not use "
+        "(VGG16, or AlexNet when a projected D looks through VGG16).")
+
+
+class GanSpec(_Section):
+    data: GanDataSpec = Field(GanDataSpec(), description="The unlabeled images of the user's domain (any source "
+                              "`handsoff suggest` reads), resized and centre-cropped to `resolution`.")
+    resolution: int = Field(64, ge=8, le=1024, description="Image size (a power of two).")
+    channel_base: int = Field(2048, ge=16, le=65536, description="Channels per layer = min(channel_max, "
+                              "channel_base // resolution of the layer).")
+    channel_max: int = Field(128, ge=8, le=1024, description="Most channels of any layer.")
+    style_dim: int = Field(128, ge=8, le=1024, description="Width of z and w.")
+    n_mlp: int = Field(4, ge=1, le=8, description="Mapping layers (StyleGAN2-ADA's small-data configs use 2).")
+    batch_size: int = Field(16, ge=2, le=4096, description="Global batch: split evenly over the Ray Train workers "
+                            "(so it must divide by resources.num_workers).")
+    kimg: float = Field(1000, gt=0, le=1_000_000, description="Length of the whole run in thousands of real images "
+                        "shown to D.")
+    lr: float = Field(0.002, gt=0, le=1, description="Adam learning rate of G and D.")
+    r1_gamma: float | None = Field(None, ge=0, description="R1 weight; None = StyleGAN2-ADA's auto rule "
+                                   "0.0002 * resolution^2 / batch_size.")
+    r1_interval: int = Field(16, ge=1, le=1000, description="Lazy R1: every this many steps.")
+    mixing_prob: float = Field(0.9, ge=0, le=1, description="Style-mixing probability per sample.")
+    ema_kimg: float = Field(5.0, gt=0, description="Half-life of the EMA generator in thousands of images.")
+    ema_rampup: float | None = Field(0.05, ge=0, description="Early on the EMA half-life is at most this fraction "
+                                     "of the images seen; None = no ramp.")
+    discriminator: Literal["stylegan2", "projected"] = Field(
+        "stylegan2", description="stylegan2: the residual D trained from scratch (logistic loss, lazy R1); "
+        "projected: small discriminators over frozen ImageNet features (Projected GANs; hinge loss).")
+    projected_trunk: Literal["alex", "vgg"] = Field("alex", description="The projected D's ImageNet trunk (AlexNet "
+                                                    "is 3x cheaper on CPU).")
+    augment: Literal["none", "diffaugment"] = Field(
+        "none", description="diffaugment: every image D sees goes through the same random differentiable "
+        "transforms (Zhao et al. 2020), so D cannot memorise a finite set.")
+    augment_policy: str = Field("color,translation,cutout", description="DiffAugment's transforms, comma-separated.")
+    init: str | None = Field(None, description="Start G from this generator checkpoint (same architecture; 'toy' = "
+                             "the shipped one) instead of random weights.")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast where the hardware "
+                                                       "has it (CUDA, Zen 4, Sapphire Rapids), else fp32.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the initial weights and of every sample's draws "
+                      "(data order, z, noise, augmentation).")
+    checkpoint_kimg: float = Field(4.0, gt=0, description="Checkpoint (G, G_ema, D, optimisers, images seen) every "
+                                   "this many kimg: a killed run loses at most this much.")
+    keep_checkpoints: int = Field(2, ge=1, le=1000, description="Checkpoints kept in storage (the newest).")
+    log_kimg: float = Field(1.0, gt=0, description="One progress line every this many kimg.")
+    kid: GanKidSpec = Field(GanKidSpec(), description="The proxy KID against held-out images of the set.")
+
+    @field_validator("augment_policy")
+    @classmethod
+    def _policy(cls, value: str) -> str:
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        known = ("color", "translation", "cutout")
+        if not parts or any(p not in known for p in parts):
+            raise ValueError(f"use a comma-separated subset of {', '.join(known)}, got {value!r}")
+        return value
+
+    @field_validator("resolution")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError(f"must be a power of two, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _projected_size(self) -> "GanSpec":
+        if self.discriminator == "projected" and self.resolution < 16:
+            raise ValueError("discriminator projected needs resolution >= 16")
+        return self
+
+
 class ResourcesSpec(_Section):
     engine: Literal["ray", "local"] = Field(
         "ray", description="ray: synthesis fans out to Ray Data actors (a local Ray when no address); "
@@ -478,6 +569,8 @@ class JobSpec(_Section):
     evaluation: EvaluationSpec = Field(EvaluationSpec(), description="The optional downstream evaluation.")
     suggest: SuggestSpec = Field(SuggestSpec(), description="`handsoff suggest`: which pool images to label next "
                                  "(outside every stage's hash).")
+    gan: GanSpec = Field(GanSpec(), description="`handsoff train-gan`: a StyleGAN2 for the user's own domain "
+                         "(outside every stage's hash: a run sees the trained generator through its checkpoint).")
     resources: ResourcesSpec = Field(ResourcesSpec(), description="Where the job runs (never what it computes; "
                                      "outside the spec hash).")
 
@@ -682,7 +775,7 @@ def spec_hash(spec: JobSpec, *, sections: tuple[str, ...] | None = None) -> str:
     count does not invalidate finished inversions.
     """
     # suggest chooses images to label: it changes nothing a run computes from the labeled set it has.
-    dumped = spec.model_dump(mode="json", exclude={"resources", "storage", "suggest"})
+    dumped = spec.model_dump(mode="json", exclude={"resources", "storage", "suggest", "gan"})
     # reader.* used to sit in synthesis.uncertainty; hashing the reference values there keeps the hash, and so
     # the bytes, of every dataset synthesized before the move (reader policy itself is in no dataset hash).
     dumped["synthesis"]["uncertainty"].update(_LEGACY_HASHED_READER)

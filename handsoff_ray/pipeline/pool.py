@@ -50,24 +50,26 @@ class Pool:
     image_column: str = "image"
 
 
-def _fs(uri: str, storage):
+def _fs(uri: str, storage, field: str = "suggest.pool"):
     from handsoff_ray.pipeline.storage import StorageError, resolve_filesystem
 
     s3 = storage.s3 if storage is not None else None
     try:
         return resolve_filesystem(uri, endpoint_url=getattr(s3, "endpoint_url", None), region=getattr(s3, "region", None))
     except StorageError as err:
-        raise UserError(f"suggest.pool.path: {err}") from None
+        raise UserError(f"{field}.path: {err}") from None
 
 
-def open_pool(spec, *, storage=None) -> Pool:
-    """List the pool `spec` (config.PoolSpec) names; UserError with one line when it cannot be used."""
+def open_pool(spec, *, storage=None, field: str = "suggest.pool") -> Pool:
+    """List the pool `spec` (config.PoolSpec) names; UserError with one line when it cannot be used.
+
+    `field` is the spec field named in errors (gan.data for `handsoff train-gan`)."""
     if spec.format == "toy":
-        return _toy_pool(spec.seeds)
+        return _toy_pool(spec.seeds, field)
     if not spec.path:
         raise UserError("no pool to choose from: pass --pool PATH (a folder, Parquet or s3:// URI) or "
                         "--pool-seeds A-B for toy faces, or set suggest.pool in the spec")
-    fs, base = _fs(spec.path, storage)
+    fs, base = _fs(spec.path, storage, field)
     try:
         info = fs.get_file_info(base)
     except OSError as err:
@@ -79,7 +81,7 @@ def open_pool(spec, *, storage=None) -> Pool:
         fmt = "parquet" if (info.type == pafs.FileType.File and base.endswith(".parquet")) or \
             (info.type == pafs.FileType.Directory and _files(fs, base, (".parquet",))) else "folder"
     if fmt == "parquet":
-        return _parquet_pool(fs, base, spec)
+        return _parquet_pool(fs, base, spec, field)
     if info.type != pafs.FileType.Directory:
         raise UserError(f"pool {spec.path}: a folder of images is expected (or a .parquet file)")
     images_dir = posixpath.join(base, "images")
@@ -103,7 +105,7 @@ def _files(fs, base: str, suffixes: tuple[str, ...]) -> list:
                    and not posixpath.basename(i.path).startswith(".")), key=lambda i: i.path)
 
 
-def _parquet_pool(fs, base: str, spec) -> Pool:
+def _parquet_pool(fs, base: str, spec, field: str) -> Pool:
     import pyarrow.parquet as pq
 
     info = fs.get_file_info(base)
@@ -122,7 +124,7 @@ def _parquet_pool(fs, base: str, spec) -> Pool:
         for col in (spec.image_column, spec.id_column):
             if col is not None and col not in names:
                 raise UserError(f"pool {spec.path}: {rel} has no column {col!r} (columns: {', '.join(names)}); "
-                                f"set suggest.pool.image_column / id_column")
+                                f"set {field}.image_column / id_column")
         n = f.metadata.num_rows
         ids = f.read(columns=[spec.id_column]).column(0).to_pylist() if spec.id_column else \
             [f"{posixpath.splitext(rel)[0]}:{r}" for r in range(n)]
@@ -140,11 +142,11 @@ def _uri(named: str, base: str) -> str:
     return f"s3://{base}" if named.lower().startswith("s3://") else base
 
 
-def _toy_pool(seeds: str) -> Pool:
+def _toy_pool(seeds: str, field: str = "suggest.pool") -> Pool:
     from handsoff_ray.config import parse_seeds
     from handsoff_ray.toy.world import toy_ids
 
-    seed_list = sorted(set(parse_seeds(seeds, what="suggest.pool.seeds")))
+    seed_list = sorted(set(parse_seeds(seeds, what=f"{field}.seeds")))
     items = tuple(PoolItem(id=i, ref=str(s)) for i, s in zip(toy_ids(seed_list), seed_list))
     return Pool("toy", f"toy:{seeds}", items, hashlib.sha256(json.dumps(["toy", seed_list]).encode()).hexdigest())
 

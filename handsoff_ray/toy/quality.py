@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from handsoff_ray.core.kid import kid
 from handsoff_ray.toy.reals import real_images
 
 __all__ = [
@@ -50,7 +51,6 @@ __all__ = [
     "save_feature_net",
     "load_feature_net",
     "embed",
-    "kid",
     "measure_kid",
     "main",
 ]
@@ -218,29 +218,6 @@ def embed(net: FeatureNet, images: torch.Tensor, *, batch: int = 256) -> torch.T
     dev = next(net.parameters()).device
     out = [net.embed(images[i:i + batch].to(dev)).double().cpu() for i in range(0, len(images), batch)]
     return torch.cat(out)
-
-
-def kid(feats_a: torch.Tensor, feats_b: torch.Tensor, *, n_subsets: int = 50, subset_size: int = 1000,
-        seed: int = 0) -> tuple[float, float]:
-    """Kernel inception distance of two embedding sets [Na, d], [Nb, d] -> (mean, std over subsets).
-
-    Per subset of m rows from each set: unbiased MMD^2 = mean off-diagonal k(a, a') + mean off-diagonal
-    k(b, b') - 2 mean k(a, b), with k(x, y) = (x.y / d + 1)^3.
-    """
-    m = min(subset_size, len(feats_a), len(feats_b))
-    if m < 2:
-        raise ValueError(f"KID needs at least 2 samples per set, got {len(feats_a)} and {len(feats_b)}")
-    d = feats_a.shape[1]
-    rng = np.random.default_rng(seed)
-    vals = []
-    for _ in range(n_subsets):
-        a = feats_a[torch.from_numpy(rng.choice(len(feats_a), m, replace=False))].double()
-        b = feats_b[torch.from_numpy(rng.choice(len(feats_b), m, replace=False))].double()
-        kaa, kbb, kab = ((a @ a.T) / d + 1) ** 3, ((b @ b.T) / d + 1) ** 3, ((a @ b.T) / d + 1) ** 3
-        off = m * (m - 1)
-        vals.append(float((kaa.sum() - kaa.diagonal().sum()) / off + (kbb.sum() - kbb.diagonal().sum()) / off
-                          - 2 * kab.mean()))
-    return float(np.mean(vals)), float(np.std(vals))
 
 
 @torch.no_grad()

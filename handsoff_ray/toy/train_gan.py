@@ -63,7 +63,7 @@ from handsoff_ray.core._files import atomic_write
 from handsoff_ray.core.device import resolve_device
 from handsoff_ray.core.images import mosaic, to_uint8
 from handsoff_ray.core.stylegan2 import Generator, GeneratorConfig, z_from_seeds
-from handsoff_ray.toy.discriminator import Discriminator
+from handsoff_ray.core.discriminator import Discriminator
 from handsoff_ray.toy.reals import real_images
 
 __all__ = [
@@ -180,7 +180,7 @@ def _build(cfg: GanTrainConfig, device: torch.device) -> _Nets:
     # channels_last: oneDNN's convolutions and depthwise blurs are 1.1-2.5x faster in NHWC at these widths
     G = Generator(cfg.generator_config()).to(device, memory_format=torch.channels_last)
     if cfg.discriminator == "projected":
-        from handsoff_ray.toy.projected_discriminator import ProjectedDiscriminator
+        from handsoff_ray.core.projected_discriminator import ProjectedDiscriminator
 
         D = ProjectedDiscriminator(cfg.resolution, trunk=cfg.projected_trunk).to(
             device, memory_format=torch.channels_last)

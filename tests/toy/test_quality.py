@@ -12,11 +12,11 @@ import itertools
 import pytest
 import torch
 
+from handsoff_ray.core.kid import kid
 from handsoff_ray.core.stylegan2 import Generator, GeneratorConfig
 from handsoff_ray.toy.quality import (
     N_PARAMS,
     FeatureNet,
-    kid,
     load_feature_net,
     measure_kid,
     param_targets,

@@ -6,7 +6,7 @@
 Why: a discriminator that starts from pretrained features tells G *what* is wrong (a missing eye is
 a large change in VGG's conv3/conv4 features) long before a discriminator trained from scratch has
 learned to look for eyes; the paper reaches the previous best FIDs up to 40x faster. The toy GAN
-trained with `toy/discriminator.py` for 82 kimg still drew eyes, brows and mouths faintly.
+trained with `core/discriminator.py` for 82 kimg still drew eyes, brows and mouths faintly.
 
 Layout (the paper's, scaled to 64 px and CPU budgets):
   * features: four levels of an ImageNet trunk read offline by `core.lpips_offline` (LPIPS' input
