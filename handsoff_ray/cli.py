@@ -49,8 +49,12 @@ class BadInput(click.ClickException):
 
 
 def _load(spec_path: str, sets: tuple[str, ...]) -> JobSpec:
+    return _load_with(spec_path, _parse_set(sets))
+
+
+def _load_with(spec_path: str, overrides: dict[str, Any]) -> JobSpec:
     try:
-        return load_spec(spec_path, _parse_set(sets))
+        return load_spec(spec_path, overrides)
     except SpecError as err:
         raise BadInput(str(err)) from None
 
@@ -283,21 +287,85 @@ def demo(quick: bool, out: str, report: str | None, generator: str, labeled_seed
         raise BadInput(str(err)) from None
 
 
-# Options are train_gan's own (argparse): `--help` is passed through so it lists them.
-@main.command("train-gan", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
-                                             "help_option_names": []})
-@click.pass_context
-def train_gan(ctx: click.Context) -> None:
-    """Train (or resume, or --export) the toy StyleGAN2 on the procedural face world.
+def _gan_fields_help() -> str:
+    """The gan.* fields, their defaults and descriptions, read from config.GanSpec: the one source."""
+    from handsoff_ray.config import GanSpec
+
+    lines = ["\b", "The recipe is the spec's gan: section; set any field with --set gan.FIELD=VALUE:"]
+    for name, f in GanSpec.model_fields.items():
+        default = f.default.__class__.__name__ if hasattr(f.default, "model_fields") else repr(f.default)
+        lines.append(f"  gan.{name} [{default}]: {f.description}")
+    return "\n".join(lines)
+
+
+# The toy world's faces as an endless stream: the shipped toy generator's training data.
+TOY_STREAM = {"format": "toy", "seeds": "10000000-10000000", "stream": True, "holdout": 0}
+
+
+@main.command("train-gan", epilog=_gan_fields_help())
+@click.argument("spec", required=False, type=click.Path(dir_okay=False))
+@set_option
+@click.option("--toy", is_flag=True, help="Train on fresh toy faces (gan.data: the toy stream from seed 10,000,000): "
+              "with the default gan.* this is the shipped toy generator's recipe. SPEC is optional then.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default=None, help="Default: resources.engine.")
+@click.option("--workers", type=click.IntRange(1, 4096), default=None,
+              help="Ray Train workers splitting the global batch (default: resources.num_workers).")
+@click.option("--max-minutes", type=click.FloatRange(0, min_open=True), default=None,
+              help="Checkpoint and stop after this long; rerun the same command to resume.")
+@click.option("--dry-run", is_flag=True, help="Print the recipe, the data and where checkpoints go; train nothing.")
+@verbose_option
+@_fail_on_user_error
+def train_gan(spec: str | None, sets: tuple[str, ...], toy: bool, engine: str | None, workers: int | None,
+              max_minutes: float | None, dry_run: bool) -> None:
+    """Train (or resume) a StyleGAN2 on the unlabeled images gan.data names, locally or on Ray Train.
 
     \b
-    handsoff train-gan --out runs/toy-gan --resolution 64 --kimg 300 --threads 1
-    handsoff train-gan --out runs/toy-gan --export toy_stylegan2.safetensors --grid samples.png
-    Run `handsoff train-gan --help` for the options.
+    handsoff train-gan jobs/specs/gan-toy-finite.yaml              # checkpoints + generator under <run>/gan/
+    handsoff train-gan jobs/specs/my.yaml --engine ray --workers 2  # DDP over 2 Ray Train workers
+    handsoff train-gan --toy --set gan.kimg=300 --max-minutes 60    # the shipped toy recipe, resumable
+    When gan.kimg is reached, <storage.output>/<run_id>/gan/generator.safetensors is written with its
+    model card; name it in generator.checkpoint to run HandsOff on it.
     """
-    from handsoff_ray.toy.train_gan import main as train_main
+    from handsoff_ray.config import parse_spec
 
-    train_main(list(ctx.args), prog="handsoff train-gan")
+    overrides = _parse_set(sets)
+    if workers:
+        overrides["resources.num_workers"] = workers
+    if toy:
+        overrides.update({f"gan.data.{k}": v for k, v in TOY_STREAM.items()} | {"gan.data.path": None})
+    if spec is not None:
+        job = _load_with(spec, overrides)
+    elif toy:
+        data: dict[str, Any] = {"name": "toy-gan"}
+        for key, value in overrides.items():
+            node = data
+            *parents, leaf = key.split(".")
+            for k in parents:
+                node = node.setdefault(k, {})
+            node[leaf] = value
+        try:
+            job = parse_spec(data, source="--toy")
+        except SpecError as err:
+            raise BadInput(str(err)) from None
+    else:
+        raise click.UsageError("name a SPEC (its gan: section is the recipe), or pass --toy")
+    from handsoff_ray.pipeline.gan import TrainImages, latest_state
+    from handsoff_ray.pipeline.context import open_run
+
+    data_set = TrainImages.open(job.gan, storage=job.storage)  # a bad source is one line, before anything else
+    if dry_run:
+        store = open_run(job)
+        state = latest_state(store)
+        click.echo(yaml.safe_dump({"gan": job.gan.model_dump(mode="json"), "data": data_set.describe(),
+                                   "checkpoints": store.uri("gan"), "engine": engine or job.resources.engine,
+                                   "workers": job.resources.num_workers,
+                                   "resumes_at_kimg": state["progress"]["images_seen"] / 1000 if state else 0},
+                                  sort_keys=False))
+        return
+    from handsoff_ray.pipeline.gan import train_gan as run_train
+
+    result = run_train(job, engine=engine, max_minutes=max_minutes, log=lambda m: click.echo(m, err=True))
+    click.echo(json.dumps({k: result[k] for k in ("images_seen", "finished", "generator")}))
 
 
 @main.group()

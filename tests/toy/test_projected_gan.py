@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from handsoff_ray.core.checkpoint import save_generator
-from handsoff_ray.toy.projected_discriminator import ProjectedDiscriminator
+from handsoff_ray.core.projected_discriminator import ProjectedDiscriminator
 from handsoff_ray.toy.train_gan import GanTrainConfig, load_state_generator, train_gan
 
 TINY = dict(resolution=16, channel_base=256, channel_max=32, style_dim=32, n_mlp=2, batch_size=4,

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from handsoff_ray.core.checkpoint import load_generator
-from handsoff_ray.toy.discriminator import Discriminator
+from handsoff_ray.core.discriminator import Discriminator
 from handsoff_ray.toy.train_gan import (
     GanTrainConfig,
     export_generator,
