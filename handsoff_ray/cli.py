@@ -289,11 +289,13 @@ def demo(quick: bool, out: str, report: str | None, generator: str, labeled_seed
 
 def _gan_fields_help() -> str:
     """The gan.* fields, their defaults and descriptions, read from config.GanSpec: the one source."""
+    from pydantic import BaseModel
+
     from handsoff_ray.config import GanSpec
 
     lines = ["\b", "The recipe is the spec's gan: section; set any field with --set gan.FIELD=VALUE:"]
     for name, f in GanSpec.model_fields.items():
-        default = f.default.__class__.__name__ if hasattr(f.default, "model_fields") else repr(f.default)
+        default = "section" if isinstance(f.default, BaseModel) else repr(f.default)
         lines.append(f"  gan.{name} [{default}]: {f.description}")
     return "\n".join(lines)
 

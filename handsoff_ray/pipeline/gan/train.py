@@ -39,7 +39,7 @@ from handsoff_ray.pipeline.errors import UserError
 from handsoff_ray.pipeline.gan.checkpoints import GAN_DIR, LocalCheckpoints, RayCheckpoints, latest_state
 from handsoff_ray.pipeline.gan.data import TrainImages
 
-__all__ = ["train_gan", "worker_loop", "RUN_OPTIONS", "check_resumable", "machine_description"]
+__all__ = ["train_gan", "preflight", "worker_loop", "RUN_OPTIONS", "check_resumable", "machine_description"]
 
 # gan.* fields that may change between invocations of one run; everything else must match to resume.
 RUN_OPTIONS = ("kimg", "checkpoint_kimg", "keep_checkpoints", "log_kimg", "kid")
@@ -253,6 +253,21 @@ def _ray_train(spec: JobSpec, deadline: float, log: Callable[[str], None]) -> No
     trainer.fit()
 
 
+def preflight(spec: JobSpec, engine: str):
+    """The run's store, after every check that needs no compute: the data source, the batch split, and that a
+    checkpoint already under <run>/gan/ was trained with this recipe. UserError (one line) otherwise."""
+    TrainImages.open(spec.gan, storage=spec.storage)
+    workers = spec.resources.num_workers if engine == "ray" else 1
+    if spec.gan.batch_size % workers:
+        raise UserError(f"gan.batch_size {spec.gan.batch_size} does not split over {workers} workers; make it a "
+                        f"multiple of resources.num_workers")
+    store = open_run(spec)
+    state = latest_state(store)
+    if state is not None:
+        check_resumable(state["gan"], spec.gan.model_dump(mode="json"))
+    return store
+
+
 def train_gan(spec: JobSpec, *, engine: str | None = None, max_minutes: float | None = None,
               export: bool = True, log: Callable[[str], None] = print) -> dict:
     """Train or resume spec.gan on `engine` (default resources.engine); export when gan.kimg is reached.
@@ -261,8 +276,7 @@ def train_gan(spec: JobSpec, *, engine: str | None = None, max_minutes: float | 
     from handsoff_ray.pipeline.gan.card import export_generator
 
     engine = engine or spec.resources.engine
-    TrainImages.open(spec.gan, storage=spec.storage)  # a bad data source fails here, before any compute
-    store = open_run(spec)
+    store = preflight(spec, engine)
     deadline = time.time() + max_minutes * 60 if max_minutes is not None else math.inf
     if engine == "ray":
         _ray_train(spec, deadline, log)
