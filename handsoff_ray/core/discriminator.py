@@ -1,4 +1,4 @@
-"""StyleGAN2 residual discriminator, used only to train the toy generator (`train_gan.py`).
+"""StyleGAN2 residual discriminator, trained by `handsoff train-gan` (core/gan_step.py).
 
     D = Discriminator(64, channel_base=2048, channel_max=128)
     logits = D(img)                       # img [N, 3, 64, 64] in [-1, 1] -> [N]

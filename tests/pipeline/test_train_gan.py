@@ -150,6 +150,52 @@ class TestTrainLocal:
         assert _max_diff(_g_ema(longer), _g_ema(spec)) == 0
 
 
+class TestRecipes:
+    def test_projected_discriminator_trains_with_finite_hinge_losses_and_a_small_state(self, tmp_path):
+        spec = _spec(tmp_path, discriminator="projected", kimg=0.024)
+        lines = []
+        train_gan(spec, engine="local", export=False, log=lines.append)
+        state = latest_state(open_run(spec))
+        assert all(k.startswith("discs.") for k in state["nets"]["D"])  # no frozen trunk in the state
+        recs = [json.loads(s) for s in lines if '"loss_G"' in s]
+        assert recs and all(abs(r["loss_D"]) < 1e3 and abs(r["loss_G"]) < 1e3 for r in recs)
+
+    def test_init_starts_from_a_checkpoint_and_the_card_counts_both_runs(self, reference, tmp_path):
+        _, result = reference
+        spec = _spec(tmp_path, init=result["generator"], kimg=0.016)
+        from handsoff_ray.core.checkpoint import load_generator
+
+        src = load_generator(result["generator"]).state_dict()
+        start = _spec(tmp_path / "zero", init=result["generator"], kimg=0.008, lr=1e-12)  # one step, ~no change
+        train_gan(start, engine="local", export=False, log=lambda s: None)
+        weights = {k: v for k, v in _g_ema(start).items() if k != "mapping.latent_avg"}  # the W average moves anyway
+        assert _max_diff(weights, {k: src[k] for k in weights}) < 1e-5
+        card = train_gan(spec, engine="local", log=lambda s: None)["card"]
+        assert card["initialised_from"]["images_seen"] == 48 and card["images_seen"] == 16
+        assert card["images_seen_total"] == 64
+
+    def test_init_refuses_another_architecture(self, reference, tmp_path):
+        from handsoff_ray.pipeline.errors import UserError
+
+        _, result = reference
+        with pytest.raises(UserError, match="set gan.resolution / channel_base"):
+            train_gan(_spec(tmp_path, init=result["generator"], style_dim=16), engine="local", log=lambda s: None)
+
+    def test_max_minutes_checkpoints_and_stops(self, tmp_path):
+        spec = _spec(tmp_path, kimg=100)
+        out = train_gan(spec, engine="local", max_minutes=1e-9, log=lambda s: None)
+        assert out == {"images_seen": 8, "finished": False, "generator": None, "card": None}
+
+    def test_sample_grid_is_row_major_uint8(self):
+        from handsoff_ray.core.stylegan2 import Generator, GeneratorConfig
+        from handsoff_ray.pipeline.gan.card import sample_grid
+
+        G = Generator(GeneratorConfig(resolution=16, style_dim=32, n_mlp=2, channel_base=256, channel_max=32)).eval()
+        grid = sample_grid(G, n=6, columns=4)
+        assert grid.shape == (32, 64, 3) and grid.dtype.name == "uint8"
+        assert (grid[16:, 32:] == 255).all()  # the two empty cells stay white
+
+
 class TestTrainRay:
     def test_two_workers_equal_one_process_and_survive_a_killed_worker(self, reference, tmp_path):
         """2 Ray Train workers (DDP over gloo, global batch 8 split 4 + 4), one killed at step 3: Ray Train
