@@ -26,8 +26,11 @@ ELSEWHERE = {
     "ray job submit": "tests/jobs/test_ray_job_submit.py runs this command from jobs/README.md",
 }
 SPEC_COMMANDS = {"validate", "run", "invert", "fit", "synthesize", "evaluate", "suggest"}
-TINY_GAN = ["--resolution", "16", "--channel-base", "64", "--channel-max", "16", "--style-dim", "16",
-            "--n-mlp", "2", "--batch-size", "2", "--kimg", "0.004", "--threads", "1"]
+# train-gan: a tiny network for a few steps, whatever the spec or --toy asks for
+TINY_GAN = {"gan.resolution": 16, "gan.channel_base": 64, "gan.channel_max": 16, "gan.style_dim": 16, "gan.n_mlp": 2,
+            "gan.batch_size": 2, "gan.kimg": 0.004, "gan.checkpoint_kimg": 0.002, "gan.kid.images": 4,
+            "gan.kid.every_kimg": 0, "resources.torch_threads": 1}
+TINY_GAN_DATA = {"gan.data.seeds": "10000000-10000009", "gan.data.holdout": 2}
 
 
 def _walk() -> list[tuple[str, str]]:
@@ -47,7 +50,8 @@ def _args(command: str) -> tuple[list[str], str | None]:
     if args[0] in SPEC_COMMANDS:
         args += tiny_set_options(TINY_TOY_SPEC)
     if args[0] == "train-gan":
-        args += ["--no-kid"] if "--export" in args else TINY_GAN
+        tiny = TINY_GAN if "--toy" in args else {**TINY_GAN, **TINY_GAN_DATA}
+        args += [f"--set={k}={v}" for k, v in tiny.items()]
     return args, target
 
 

@@ -41,8 +41,9 @@ from handsoff_ray.pipeline.gan.data import TrainImages
 
 __all__ = ["train_gan", "preflight", "worker_loop", "RUN_OPTIONS", "check_resumable", "machine_description"]
 
-# gan.* fields that may change between invocations of one run; everything else must match to resume.
-RUN_OPTIONS = ("kimg", "checkpoint_kimg", "keep_checkpoints", "log_kimg", "kid")
+# gan.* fields that may change between invocations of one run (how long, how often, how precisely it
+# computes: precision is like the device); everything else must match to resume.
+RUN_OPTIONS = ("kimg", "checkpoint_kimg", "keep_checkpoints", "log_kimg", "kid", "precision")
 
 
 def machine_description(device: torch.device | str = "cpu", threads: int | None = None, workers: int = 1) -> str:
