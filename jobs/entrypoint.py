@@ -1,6 +1,10 @@
 """The RayJob entrypoint: `handsoff run SPEC` with the run's identity taken from its environment.
 
     python jobs/entrypoint.py /etc/handsoff/spec.yaml [extra `handsoff run` args]
+    python jobs/entrypoint.py --train-gan /etc/handsoff/spec.yaml [extra args]   # the chart's rayJob.command
+
+`--train-gan` runs `handsoff train-gan SPEC --engine ray` instead (Ray Train over the RayCluster's workers,
+checkpoints in <storage.output>/<run id>/gan/), with the same run id and Ray address; it adds no version.
 
 What it adds to a plain `python -m handsoff_ray run SPEC`:
   * storage.run_id  = HANDSOFF_RUN_ID (set by the chart / `handsoff k8s launch` in runtimeEnvYAML), else
@@ -57,8 +61,11 @@ def resolve_version(run_id: str, env: dict[str, str]) -> int | None:
     return int(offset)
 
 
-def build_args(spec_path: str, extra: list[str], env: dict[str, str]) -> list[str]:
+def build_args(spec_path: str, extra: list[str], env: dict[str, str], command: str = "run") -> list[str]:
     run_id = resolve_run_id(env)
+    if command == "train-gan":  # a retry or a relaunch of the same RayJob resumes from <run>/gan/
+        return ["train-gan", spec_path, "--engine", "ray", "--set", f"storage.run_id={run_id}",
+                "--set", "resources.ray_address=auto", *extra]
     version = resolve_version(run_id, env)
     if version is not None:  # every scheduled run of one schedule adds a version to the same run's dataset
         run_id = env.get("HANDSOFF_SCHEDULE") or run_id
@@ -80,10 +87,15 @@ def push_schedule_success(gateway: str, schedule: str) -> None:
 
 def main(argv: list[str]) -> int:
     if not argv:
-        print("usage: entrypoint.py SPEC.yaml [handsoff run args...]", file=sys.stderr)
+        print("usage: entrypoint.py [--train-gan] SPEC.yaml [handsoff run args...]", file=sys.stderr)
+        return 2
+    command = "train-gan" if argv[0] == "--train-gan" else "run"
+    argv = argv[1:] if command == "train-gan" else argv
+    if not argv:
+        print("usage: entrypoint.py [--train-gan] SPEC.yaml [handsoff run args...]", file=sys.stderr)
         return 2
     env = dict(os.environ)
-    args = build_args(argv[0], argv[1:], env)
+    args = build_args(argv[0], argv[1:], env, command)
     from handsoff_ray.cli import main as cli
     from handsoff_ray.pipeline.telemetry import metrics
 

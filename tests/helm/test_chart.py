@@ -135,6 +135,19 @@ class TestRayJob:
         assert groups[0]["template"]["spec"]["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-tesla-a100"}
         assert "podAntiAffinity" in groups[0]["template"]["spec"]["affinity"]
 
+    def test_train_gan_scenario_runs_train_gan_on_gpu_workers_with_a_valid_spec(self):
+        from handsoff_ray.config import parse_spec
+
+        values = load_scenario(CHART / "ci" / "06-train-gan-values.yaml")
+        job = self.job(values)
+        assert job["spec"]["entrypoint"] == "python /opt/handsoff/jobs/entrypoint.py --train-gan /etc/handsoff/spec.yaml"
+        groups = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+        gpus = sum(g["replicas"] * int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+                   for g in groups)
+        spec = parse_spec(values["spec"], source="06-train-gan-values.yaml")  # the spec the chart mounts validates
+        assert gpus == spec.resources.num_workers and spec.resources.use_gpu
+        assert spec.gan.batch_size % spec.resources.num_workers == 0
+
     def test_deletion_rules_free_workers_then_cluster_then_the_rayjob(self):
         spec = self.job()["spec"]
         assert "shutdownAfterJobFinishes" not in spec  # KubeRay rejects both together
@@ -265,7 +278,7 @@ class TestNegative:
     def test_every_ci_scenario_passes_the_values_schema(self):
         import helm_python as helm
 
-        assert len(SCENARIOS) == 5
+        assert len(SCENARIOS) == 6
         with helm.Chart.load(str(CHART)) as chart:
             for path in SCENARIOS:
                 chart.validate_schema(load_scenario(path))

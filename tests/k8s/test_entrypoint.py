@@ -50,3 +50,24 @@ def test_launcher_offset_without_schedule_keeps_the_run_id(spec_file):
 def test_missing_or_bad_identity_stops_with_one_line(spec_file, env, message):
     with pytest.raises(SystemExit, match=message):
         entrypoint.build_args(spec_file, [], env)
+
+
+def test_train_gan_keeps_the_run_id_and_ray_address_and_trains_on_ray(spec_file):
+    env = {"HANDSOFF_RUN_ID": "gan-job", "HANDSOFF_SEED_OFFSET": "7"}  # a version means nothing to train-gan
+    args = entrypoint.build_args(spec_file, ["--max-minutes", "600"], env, "train-gan")
+    assert args == ["train-gan", spec_file, "--engine", "ray", "--set", "storage.run_id=gan-job",
+                    "--set", "resources.ray_address=auto", "--max-minutes", "600"]
+
+
+def test_train_gan_arguments_are_what_the_cli_takes(tmp_path):
+    from click.testing import CliRunner
+
+    from handsoff_ray.cli import main as cli
+
+    path = tmp_path / "gan.yaml"
+    path.write_text(f"name: g\nstorage: {{output: {tmp_path}/out}}\n"
+                    "gan: {data: {format: toy, seeds: 10000000-10000099, holdout: 10}}\n")
+    args = entrypoint.build_args(str(path), ["--dry-run"], {"HANDSOFF_RUN_ID": "gan-job"}, "train-gan")
+    args = args[:args.index("resources.ray_address=auto") - 1] + ["--dry-run"]  # no cluster to join here
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0 and "gan-job/gan" in res.output, res.output

@@ -10,7 +10,7 @@ Call with (dict "root" $ "env" (dict ...) "forceDeletionRules" bool):
 {{- $re := deepCopy $v.rayJob.runtimeEnv }}
 {{- $envVars := merge (deepCopy .env) (default (dict) $re.env_vars) }}
 {{- if $envVars }}{{- $_ := set $re "env_vars" $envVars }}{{- end }}
-entrypoint: {{ printf "python /opt/handsoff/jobs/entrypoint.py /etc/handsoff/spec.yaml%s" (include "handsoff-ray.extraArgs" $) | quote }}
+entrypoint: {{ printf "python /opt/handsoff/jobs/entrypoint.py %s/etc/handsoff/spec.yaml%s" (ternary "--train-gan " "" (eq $v.rayJob.command "train-gan")) (include "handsoff-ray.extraArgs" $) | quote }}
 {{- with $re }}
 runtimeEnvYAML: |
   {{- toYaml . | nindent 2 }}
