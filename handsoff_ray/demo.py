@@ -27,7 +27,7 @@ __all__ = ["DemoSize", "demo_spec", "run_demo"]
 
 # Seed ranges of the toy world's "real" images; the toy GAN trains on seeds >= 10,000,000.
 LABELED_SEEDS, TEST_SEED0, ORACLE_SEED0 = range(16), 1_000_000, 2_000_000
-GAN_SEED0 = 10_000_000  # toy.train_gan's world_seed_offset: no labeled, test or oracle face may come from here on
+GAN_SEED0 = 10_000_000  # the toy GAN's training faces start here (train-gan --toy): no labeled, test or oracle face may come from here on
 
 
 @dataclass(frozen=True)

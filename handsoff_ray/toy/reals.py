@@ -1,9 +1,9 @@
 """The toy world's faces as a generator sees real data: `[N, 3, R, R]` float tensors in [-1, 1].
 
-train_gan.py trains on them and quality.py measures KID against them; both import this module, so
-neither imports the other for it.
+`handsoff train-gan` trains on them (pipeline/gan/data.py, the toy stream) and quality.py measures KID
+against them.
 
-Tests: `python -m pytest -q tests/toy/test_train_gan.py tests/toy/test_quality.py`.
+Tests: `python -m pytest -q tests/pipeline/test_train_gan.py tests/toy/test_quality.py`.
 """
 
 from __future__ import annotations
