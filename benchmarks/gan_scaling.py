@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -57,9 +56,9 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
     import torch
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-               platform.processor())
-    result = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+    from handsoff_ray.core.device import cpu_model
+
+    result = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
               "gpu": torch.cuda.get_device_name(0) if a.gpu else None, "arms": []}
     with tempfile.TemporaryDirectory() as work:
         for w in (int(x) for x in a.workers.split(",")):

@@ -160,17 +160,11 @@ def _downstream_workers(device) -> int:
 
 def _machine() -> dict:
     """The CPU a report was measured on, and whether it computes bf16 natively."""
-    import platform
-
     import torch
 
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
-    except OSError:
-        pass
-    return {"cpu": model, "cores": os.cpu_count(), "bf16_native": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+    from handsoff_ray.core.device import cpu_model
+
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "bf16_native": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
             "torch": torch.__version__}
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["resolve_device"]
+__all__ = ["resolve_device", "cpu_model"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -21,3 +21,16 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device is {name!r} but no CUDA device is visible; use 'auto' or 'cpu'")
     return device
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), for reports and model cards: timings mean little without it."""
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
+    except OSError:
+        pass
+    return model

@@ -48,14 +48,9 @@ RUN_OPTIONS = ("kimg", "checkpoint_kimg", "keep_checkpoints", "log_kimg", "kid",
 
 def machine_description(device: torch.device | str = "cpu", threads: int | None = None, workers: int = 1) -> str:
     """CPU model, cores and threads used, accelerator, torch version: the model card's `machine`."""
-    import platform
+    from handsoff_ray.core.device import cpu_model
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = cpu_model()
     dev = torch.device(device)
     acc = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "no accelerator"
     used = threads or torch.get_num_threads()
