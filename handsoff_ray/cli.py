@@ -59,11 +59,12 @@ def _load_with(spec_path: str, overrides: dict[str, Any]) -> JobSpec:
         raise BadInput(str(err)) from None
 
 
-def _preflight(job: JobSpec, stages: tuple[str, ...] = ("invert", "fit", "synthesize", "evaluate"), ctx=None) -> None:
+def _preflight(job: JobSpec, stages: tuple[str, ...] = ("invert", "fit", "synthesize", "evaluate"), ctx=None,
+               plan: dict | None = None) -> None:
     """Every input check the stages make before computing; BadInput listing the problems."""
     from handsoff_ray.pipeline.preflight import preflight
 
-    problems = preflight(job, stages, ctx=ctx)
+    problems = preflight(job, stages, ctx=ctx, plan=plan)
     if problems:
         raise BadInput(f"{len(problems)} problem(s): " + "; ".join(problems))
 
@@ -148,7 +149,7 @@ def validate(spec: str, sets: tuple[str, ...]) -> None:
     job = _load(spec, sets)
     plan = make_plan(job)
     click.echo(yaml.safe_dump(plan, sort_keys=False))
-    _preflight(job)
+    _preflight(job, plan=plan)
 
 
 @main.command()
@@ -179,7 +180,7 @@ def run(spec: str, sets: tuple[str, ...], dry_run: bool, stages: str) -> None:
     from handsoff_ray.pipeline.context import RunContext
 
     ctx = RunContext(job)  # what preflight opens (the labeled set, the generator), the stages reuse
-    _preflight(job, tuple(wanted), ctx=ctx)
+    _preflight(job, tuple(wanted), ctx=ctx, plan=plan)  # the plan once per run, not once more here
     # Progress on stderr (pipeline/progress.py); stdout stays one JSON line per finished stage.
     results = run_stages(
         job, wanted, spec_hash=plan["spec_hash"], ctx=ctx,
