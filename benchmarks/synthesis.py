@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
     import torch
 
-    from handsoff_ray.pipeline.context import ensure_ray
+    from handsoff_ray.pipeline.engines import ensure_ray
     from handsoff_ray.pipeline.run import run_stage
     from handsoff_ray.datasets.toy import write_toy_labeled_set
 

@@ -21,11 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def private_ray_args(**overrides) -> dict:
     """ray.init keyword arguments for a test's own small Ray, from the package's one connection path
-    (pipeline.context.ray_init_args) with no spec address and no RAY_ADDRESS: always a private local Ray
+    (pipeline.engines.ray_init_args) with no spec address and no RAY_ADDRESS: always a private local Ray
     (address="local"), never a cluster some `ray start` left on the machine. `overrides` add to its sizing.
     """
     from handsoff_ray.config import parse_spec
-    from handsoff_ray.pipeline.context import ray_init_args
+    from handsoff_ray.pipeline.engines import ray_init_args
 
     kwargs, _ = ray_init_args(parse_spec({}), environ={})
     # Two CPUs and a small object store whatever the machine: tests size their actors for that.

@@ -1,4 +1,4 @@
-"""What every stage of a run shares: the spec, the run's storage, the device, the models, the Ray connection.
+"""What every stage of a run shares: the spec, the run's storage, the device, the models (Ray: engines.py).
 
     ctx = RunContext(spec)        # cheap: nothing is opened until asked for
     ctx.store                     # the run's RunStore (storage.output/<run_id>)
@@ -19,7 +19,6 @@ import functools
 import hashlib
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass, field
 
@@ -31,8 +30,7 @@ from handsoff_ray.pipeline.layout import ARTIFACTS, RUN
 from handsoff_ray.pipeline.plan import resolve_checkpoint, stage_hash
 from handsoff_ray.pipeline.storage import RunStore
 
-__all__ = ["RunContext", "open_run", "apply_torch_threads", "resolve_device", "ensure_ray", "ray_init_args",
-           "check_ray_reachable", "enter_driver_cwd"]
+__all__ = ["RunContext", "open_run", "apply_torch_threads", "resolve_device"]
 
 
 def open_run(spec: JobSpec) -> RunStore:
@@ -193,91 +191,3 @@ def _cached_checkpoint(uri: str, endpoint_url: str | None, region: str | None) -
         with fs.open_input_stream(inner) as src, atomic_write(local) as dst:
             shutil.copyfileobj(src, dst, 8 << 20)
     return local
-
-
-# ------------------------------------------------------------------------------------------- Ray
-
-
-# How long the probe of a named Ray cluster waits for its GCS port: a head that is up answers in milliseconds,
-# while ray.init retries a dead one for minutes.
-RAY_PROBE_TIMEOUT_S = 3.0
-
-
-def _named_ray_address(spec: JobSpec, environ=os.environ) -> tuple[str, str] | None:
-    """(address, what named it) of the Ray cluster to join, or None for a private local Ray."""
-    if spec.resources.ray_address:
-        return spec.resources.ray_address, "resources.ray_address"
-    env_address = environ.get("RAY_ADDRESS", "")
-    # An http(s):// RAY_ADDRESS is a dashboard URL meant for `ray job submit`, not a cluster to join.
-    if env_address and "://" not in env_address:
-        return env_address, "RAY_ADDRESS"
-    return None
-
-
-def ray_init_args(spec: JobSpec, environ=os.environ) -> tuple[dict, str]:
-    """(ray.init keyword arguments, a line saying what they do) for this spec in this environment.
-
-    - `resources.ray_address` set: join that cluster (its own resources; none are passed).
-    - else RAY_ADDRESS holds a cluster address: this driver runs inside a Ray job (`ray job submit`
-      sets it to the cluster's GCS address), so join that cluster.
-    - else start a private local Ray. `address="local"` is what keeps `ray.init` from attaching to a
-      head some other `ray start` left running (or a stale address file one left behind in Ray's temp dir).
-    """
-    named = _named_ray_address(spec, environ)
-    if named is not None:
-        address, source = named
-        why = "resources.ray_address" if source == "resources.ray_address" else "RAY_ADDRESS: inside a Ray job"
-        return {"address": address}, f"joining the Ray cluster at {address} ({why})"
-    cpus = os.cpu_count()
-    return ({"address": "local", "num_cpus": cpus, "include_dashboard": False,
-             "object_store_memory": 512 * 2**20},
-            f"starting a private local Ray ({cpus} CPUs); set resources.ray_address to use a cluster")
-
-
-def check_ray_reachable(spec: JobSpec, environ=os.environ) -> None:
-    """UserError naming the field (or RAY_ADDRESS) when the cluster it names does not answer a TCP connect to
-    its GCS port within RAY_PROBE_TIMEOUT_S. Called before ray.init and before a stage writes anything:
-    ray.init would retry a dead head for minutes. 'auto' (Ray finds the address itself) is not probed."""
-    named = _named_ray_address(spec, environ)
-    ray = sys.modules.get("ray")
-    if named is None or (ray is not None and ray.is_initialized()):
-        return
-    import socket
-
-    address, source = named
-    if address == "auto":
-        return
-    hostport = address.removeprefix("ray://")  # Ray Client (port 10001), a TCP port too
-    host, _, port = hostport.rpartition(":")
-    fix = "unset RAY_ADDRESS to start a private local Ray" if source == "RAY_ADDRESS" else "fix the address"
-    if not host or not port.isdigit():
-        raise UserError(f"{source}: {address!r} is not HOST:PORT (the head's GCS address, e.g. 10.0.0.5:6379)")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_PROBE_TIMEOUT_S).close()
-    except OSError as err:
-        raise UserError(f"{source}: no Ray cluster answers at {address} ({err.strerror or err}); start it "
-                        f"(`ray start --head`), or {fix}") from None
-
-
-def ensure_ray(spec: JobSpec) -> str:
-    """Join the cluster the spec or the Ray job names, or start a private local Ray; says which on stderr."""
-    import ray
-
-    if ray.is_initialized():  # inside a Ray worker, or a caller that initialised Ray itself
-        return "using the Ray this process is already connected to"
-    check_ray_reachable(spec)
-    kwargs, what = ray_init_args(spec)
-    print(f"handsoff: {what}", file=sys.stderr, flush=True)
-    ray.init(log_to_driver=False, **kwargs)
-    return what
-
-
-def enter_driver_cwd(cwd: str) -> None:
-    """Resolve the spec's relative paths like the driver did.
-
-    Ray runs workers in directories of its own (Ray Train in the run's trial dir), so a relative
-    `data.path` would point elsewhere; on the driver's machine we step into the driver's directory.
-    Elsewhere in a cluster it does not exist, and specs there use absolute paths or URIs anyway.
-    """
-    if os.path.isdir(cwd):
-        os.chdir(cwd)

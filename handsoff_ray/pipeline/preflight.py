@@ -69,7 +69,7 @@ def _device(ctx) -> None:
 
 
 def _ray(ctx) -> None:
-    from handsoff_ray.pipeline.context import check_ray_reachable
+    from handsoff_ray.pipeline.engines import check_ray_reachable
 
     check_ray_reachable(ctx.spec)
 

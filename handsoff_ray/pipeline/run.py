@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable, Iterator
 
 from handsoff_ray.config import JobSpec
-from handsoff_ray.pipeline.context import RunContext, check_ray_reachable
+from handsoff_ray.pipeline.context import RunContext
+from handsoff_ray.pipeline.engines import check_ray_reachable
 from handsoff_ray.pipeline.stages import ALL_STAGES, STAGES
 
 __all__ = ["select_stages", "run_stage", "run_stages", "stage_summary"]

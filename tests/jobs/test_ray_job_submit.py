@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from handsoff_ray.config import parse_spec
-from handsoff_ray.pipeline.context import ray_init_args
+from handsoff_ray.pipeline.engines import ray_init_args
 from tests.support import free_port, private_ray_args, readme_commands, wait_for
 
 REPO = Path(__file__).parents[2]
@@ -29,7 +29,7 @@ RAY = Path(sys.executable).with_name("ray")
 
 # A driver that does what every Ray stage does first, then says which cluster it is on.
 DRIVER = ("import ray; from handsoff_ray.config import parse_spec; "
-          "from handsoff_ray.pipeline.context import ensure_ray; "
+          "from handsoff_ray.pipeline.engines import ensure_ray; "
           "ensure_ray(parse_spec({})); print('GCS', ray.get_runtime_context().gcs_address)")
 
 

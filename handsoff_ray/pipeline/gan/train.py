@@ -34,7 +34,8 @@ from handsoff_ray.config import JobSpec, parse_spec
 from handsoff_ray.core.gan_step import (
     autocast_dtype, build_nets, generator_config, load_nets_state, nets_state, r1_gamma, train_step,
 )
-from handsoff_ray.pipeline.context import apply_torch_threads, ensure_ray, enter_driver_cwd, open_run
+from handsoff_ray.pipeline.context import apply_torch_threads, open_run
+from handsoff_ray.pipeline.engines import ensure_ray, enter_driver_cwd
 from handsoff_ray.pipeline.errors import UserError
 from handsoff_ray.pipeline.gan.checkpoints import GAN_DIR, LocalCheckpoints, RayCheckpoints, latest_state
 from handsoff_ray.pipeline.gan.data import TrainImages
