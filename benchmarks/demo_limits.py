@@ -106,7 +106,7 @@ def main(argv=None) -> dict:
     if args.labeled_seeds or args.loss_resolution:
         for stage in ("invert", "fit"):  # skipped when done
             run_stage(spec, stage)
-    from handsoff_ray.pipeline.stages.fit import label_generator_location
+    from handsoff_ray.pipeline.outputs import label_generator_location
 
     lg_store, lg_file = label_generator_location(store)  # the shared artifact (or a run from before them)
     if not lg_store.exists(lg_file):
@@ -183,7 +183,7 @@ def _refit(args, base, spec, store, G, labeled, ids, result, held_out=None):
         rspec = parse_spec(refit)
         t0 = time.time()
         run_stage(rspec, "fit", engine="local")
-        from handsoff_ray.pipeline.stages.fit import label_generator_location
+        from handsoff_ray.pipeline.outputs import label_generator_location
 
         lg_store, lg_file = label_generator_location(open_run(rspec))
         lg2 = load_label_generator(lg_store.path(lg_file))

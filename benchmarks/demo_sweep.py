@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from handsoff_ray.pipeline.context import RunContext
     from handsoff_ray.pipeline.layout import RUN
     from handsoff_ray.pipeline.run import run_stage
-    from handsoff_ray.pipeline.stages.fit import label_generator_location
+    from handsoff_ray.pipeline.outputs import label_generator_location
     from handsoff_ray.core.pairs import class_prior_shift
     from handsoff_ray.toy.world import CLASSES, KEYPOINT_NAMES, render_batch
 

@@ -84,7 +84,7 @@ def time_bare(spec, args) -> dict:
 
     device = resolve_device(spec)
     G = RunContext(spec).generator(device)
-    from handsoff_ray.pipeline.stages.fit import label_generator_location
+    from handsoff_ray.pipeline.outputs import label_generator_location
 
     lg_store, lg_file = label_generator_location(open_run(spec))
     lg = load_label_generator(lg_store.path(lg_file), device=device)

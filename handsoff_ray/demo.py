@@ -223,7 +223,7 @@ def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | N
     store = ctx.store
     from handsoff_ray.core.label_generator import load_label_generator
 
-    from handsoff_ray.pipeline.stages.fit import label_generator_location
+    from handsoff_ray.pipeline.outputs import label_generator_location
 
     lg_store, lg_file = label_generator_location(store)
     lg = load_label_generator(lg_store.path(lg_file), device=device)

@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from handsoff_ray.config import JobSpec
+from handsoff_ray.datasets.labeled_folder import DEFAULT_DEPTH_SCALE
 from handsoff_ray.core.inversion import crop_box  # the window images are cut with
 from handsoff_ray.pipeline.errors import UserError
 
-__all__ = ["AlignedLabels", "align_labels", "align_labels_in_content", "crop_box", "open_spec_labeled_set",
+__all__ = ["data_facts", "AlignedLabels", "align_labels", "align_labels_in_content", "crop_box", "open_spec_labeled_set",
            "check_labeled_set"]
 
 _REQUIRES = {"segmentation": "segmentation", "keypoints": "keypoints", "depth": "depth"}
@@ -125,3 +126,22 @@ def align_labels_in_content(sample, labeled, out_size: tuple[int, int], rows: sl
         kps = a.keypoints.copy()
         kps[:, 1] += rows.start
     return AlignedLabels(a.classes, seg, kps, depth)
+
+
+def data_facts(ctx) -> dict:
+    """What the rest of the run needs to know about the labeled data, recorded once in fit.json: class and
+    keypoint names, depth scale, and the size of a synthetic pair (the content rows when crop_rows is set).
+    Fit records them; synthesize reads fit.json (and recomputes them only for a run fitted before it had them).
+    `ctx` is the run's RunContext."""
+    labeled, ids = ctx.labeled()
+    G = ctx.generator(torch.device("cpu"))
+    h, w = ctx.feature_size(G)
+    rows = ctx.content_rows(G)
+    classes = list(labeled.classes or [])
+    class_pixels = np.zeros(len(classes), np.int64)  # the labeled images' class prior (synthesis.prior_tau)
+    for seg in (labeled.load(i).segmentation for i in (ids if classes else [])):
+        if seg is not None:  # a set may label only some tasks
+            class_pixels += np.bincount(seg[seg < len(classes)], minlength=len(classes))
+    return {"classes": classes, "keypoint_names": list(labeled.keypoint_names or []),
+            "depth_scale": float(labeled.depth_scale or DEFAULT_DEPTH_SCALE),
+            "image_size": [h if rows is None else rows.stop - rows.start, w], "class_pixels": class_pixels.tolist()}

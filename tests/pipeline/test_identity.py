@@ -235,7 +235,7 @@ class TestSharedArtifacts:
         assert shard_bytes(other) == shard_bytes(spec)  # the same inputs: the same pairs
         assert label_generator_folder(open_run(other)) == label_generator_folder(open_run(spec))
         from handsoff_ray.core.label_generator import load_label_generator
-        from handsoff_ray.pipeline.stages.fit import label_generator_location
+        from handsoff_ray.pipeline.outputs import label_generator_location
 
         where, rel = label_generator_location(open_run(other))  # what the demo and benchmarks load
         assert rel.startswith("label_generator/") and where.root.endswith("_artifacts")
@@ -301,7 +301,7 @@ def test_a_run_folder_from_before_content_identities_opens_and_is_redone(tmp_pat
     """The layout of earlier versions (latents and the label generator in the run folder, a manifest without
     versions): readers open it; a stage run on it computes again, says why, and writes the same bytes."""
     from handsoff_ray.core.label_generator import load_label_generator
-    from handsoff_ray.pipeline.stages.fit import label_generator_location
+    from handsoff_ray.pipeline.outputs import label_generator_location
     from handsoff_ray.pipeline.stages.invert import read_latent
 
     spec = spec_for(tmp_path, generator, labeled)

@@ -23,18 +23,17 @@ import tempfile
 import numpy as np
 import torch
 
-from handsoff_ray.datasets.labeled_folder import DEFAULT_DEPTH_SCALE
 from handsoff_ray.pipeline.context import RunContext, apply_torch_threads
 from handsoff_ray.pipeline.errors import UserError
 from handsoff_ray.pipeline.labeled import AlignedLabels, align_labels, align_labels_in_content
 from handsoff_ray.pipeline.identity import explain_changes
 from handsoff_ray.pipeline.layout import ARTIFACTS, RUN
+from handsoff_ray.pipeline.labeled import data_facts
+from handsoff_ray.pipeline.outputs import read_latent
 from handsoff_ray.pipeline.stages.base import Plan, Stage
-from handsoff_ray.pipeline.stages.invert import read_latent
-from handsoff_ray.pipeline.storage import RunStore
 from handsoff_ray.pipeline.telemetry import metrics
 
-__all__ = ["FitStage", "data_facts", "fit_inputs", "hypercolumn_features", "label_generator_location"]
+__all__ = ["FitStage", "fit_inputs", "hypercolumn_features"]
 
 
 class FitStage(Stage):
@@ -138,32 +137,6 @@ def _adopt(ctx: RunContext) -> dict:
         store.write_json(RUN.fit_summary, summary)
         store.write_json(RUN.label_generator_ref, ref)  # last: the run now uses this label generator
     return summary
-
-
-def label_generator_location(store: RunStore) -> tuple[RunStore, str]:
-    """(store, path) of the run's merged label generator: the artifact its _ref.json names, else (a run written
-    before content identities) label_generator/label_generator.safetensors in the run folder."""
-    ref = store.read_json(RUN.label_generator_ref)
-    if ref is not None:
-        return store.sibling(ARTIFACTS.root), ARTIFACTS.label_generator_file(ref["identity"])
-    return store, RUN.legacy_label_generator_file
-
-
-def data_facts(ctx: RunContext) -> dict:
-    """What the rest of the run needs to know about the labeled data, recorded once in fit.json: class and
-    keypoint names, depth scale, and the size of a synthetic pair (the content rows when crop_rows is set)."""
-    labeled, ids = ctx.labeled()
-    G = ctx.generator(torch.device("cpu"))
-    h, w = ctx.feature_size(G)
-    rows = ctx.content_rows(G)
-    classes = list(labeled.classes or [])
-    class_pixels = np.zeros(len(classes), np.int64)  # the labeled images' class prior (synthesis.prior_tau)
-    for seg in (labeled.load(i).segmentation for i in (ids if classes else [])):
-        if seg is not None:  # a set may label only some tasks
-            class_pixels += np.bincount(seg[seg < len(classes)], minlength=len(classes))
-    return {"classes": classes, "keypoint_names": list(labeled.keypoint_names or []),
-            "depth_scale": float(labeled.depth_scale or DEFAULT_DEPTH_SCALE),
-            "image_size": [h if rows is None else rows.stop - rows.start, w], "class_pixels": class_pixels.tolist()}
 
 
 def _pending(ctx: RunContext, members) -> list[int]:

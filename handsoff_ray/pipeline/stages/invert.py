@@ -20,18 +20,18 @@ import tempfile
 
 import numpy as np
 import torch
-from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from handsoff_ray.pipeline.context import RunContext, apply_torch_threads
 from handsoff_ray.pipeline.identity import explain_changes
 from handsoff_ray.pipeline.layout import ARTIFACTS, RUN
+from handsoff_ray.pipeline.outputs import read_latent
 from handsoff_ray.pipeline.progress import log_event
 from handsoff_ray.pipeline.stages.base import Plan, Stage
 from handsoff_ray.pipeline.storage import RunStore
 from handsoff_ray.pipeline.telemetry import metrics
 
-__all__ = ["InvertStage", "inversion_kwargs", "read_latent", "summarize_inversion", "latent_location"]
+__all__ = ["InvertStage", "inversion_kwargs", "summarize_inversion"]
 
 
 class InvertStage(Stage):
@@ -149,15 +149,6 @@ def _images(n: int) -> str:
     return f"{n} image{'' if n == 1 else 's'}"
 
 
-def latent_location(store: RunStore, image_id: str, refs: dict | None = None) -> tuple[RunStore, str]:
-    """(store, path) of one image's latent: by the run's refs in the shared artifacts, else (a run written
-    before content identities) latents/<id>.safetensors in the run folder."""
-    refs = store.read_json(RUN.latents_refs) if refs is None else refs
-    if refs and image_id in refs.get("latents", {}):
-        return store.sibling(ARTIFACTS.root), ARTIFACTS.latent(refs["latents"][image_id])
-    return store, RUN.legacy_latent(image_id)
-
-
 def _encoder(ctx: RunContext, G):
     """The ReStyle-style encoder when the spec asks for encoder initialisation: trained once per run, then
     read back from latents/_encoder.safetensors; None when not enabled."""
@@ -178,21 +169,6 @@ def _encoder(ctx: RunContext, G):
         encoder.save(f"{d}/enc.safetensors")
         store.put_file(rel, f"{d}/enc.safetensors")
     return encoder
-
-
-def read_latent(store: RunStore, image_id: str, refs: dict | None = None) -> tuple[torch.Tensor, dict]:
-    """(ws [L, D], inversion metrics) of one inverted image of the run (`refs`: its latents/_refs.json)."""
-    from safetensors import safe_open
-
-    where, rel = latent_location(store, image_id, refs)
-    blob = where.read_bytes(rel)
-    tensors = st_load(blob)
-    with tempfile.NamedTemporaryFile(suffix=".safetensors") as f:  # safe_open reads metadata from a file
-        f.write(blob)
-        f.flush()
-        with safe_open(f.name, framework="pt") as sf:
-            meta = json.loads(sf.metadata()["handsoff_ray.inversion"])
-    return tensors["ws"], meta
 
 
 def summarize_inversion(store: RunStore, ids: list[str]) -> dict:

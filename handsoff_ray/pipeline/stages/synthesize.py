@@ -156,7 +156,7 @@ def _reason(before: dict | None, why: str | None, version: int, todo: int, shard
 
 def _facts(ctx: RunContext) -> dict:
     """What fit recorded about the data (fit.json), never the labeled set."""
-    from handsoff_ray.pipeline.stages.fit import data_facts
+    from handsoff_ray.pipeline.labeled import data_facts
 
     facts = (ctx.store.read_json(RUN.fit_summary) or {}).get("data")
     return facts if facts and "class_pixels" in facts else data_facts(ctx)  # a run fitted before fit.json had them
