@@ -64,7 +64,7 @@ def log(*a) -> None:
 
 def on_training_images(G, lg, store, labeled, ids) -> dict:
     """Per-class IoU (summed over the images) and PCK@0.05 of lg on the inverted training images."""
-    from handsoff_ray.pipeline.stages.invert import read_latent
+    from handsoff_ray.pipeline.outputs import read_latent
 
     k = lg.tasks["segmentation"].num_outputs
     inter, union, hits, total = np.zeros(k), np.zeros(k), 0, 0

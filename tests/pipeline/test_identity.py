@@ -302,7 +302,7 @@ def test_a_run_folder_from_before_content_identities_opens_and_is_redone(tmp_pat
     versions): readers open it; a stage run on it computes again, says why, and writes the same bytes."""
     from handsoff_ray.core.label_generator import load_label_generator
     from handsoff_ray.pipeline.outputs import label_generator_location
-    from handsoff_ray.pipeline.stages.invert import read_latent
+    from handsoff_ray.pipeline.outputs import read_latent
 
     spec = spec_for(tmp_path, generator, labeled)
     run_all(spec)

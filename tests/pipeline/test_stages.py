@@ -17,7 +17,7 @@ from handsoff_ray.pipeline.errors import UserError
 from handsoff_ray.pipeline.dataset.schema import decode_row, schema_meta
 from handsoff_ray.pipeline.context import open_run
 from handsoff_ray.pipeline.run import run_stage
-from handsoff_ray.pipeline.stages.invert import read_latent
+from handsoff_ray.pipeline.outputs import read_latent
 from tests.pipeline.runs import copy_run as _copy_of
 from tests.pipeline.runs import label_generator_folder, latent_file
 from tests.pipeline.runs import make_spec as _spec
@@ -83,6 +83,26 @@ class TestFit:
 
 
 class TestSynthesize:
+    def test_a_run_fitted_before_fit_json_had_data_facts_gets_them_from_fit_not_from_synthesis(self, finished,
+                                                                                              tmp_path):
+        """Synthesis decodes no labeled image: on such a run it says to run fit, which records the facts
+        without refitting; then synthesis goes on."""
+        spec = _copy_of(finished, tmp_path)
+        store = open_run(spec)
+        from handsoff_ray.pipeline.layout import ARTIFACTS
+
+        identity = store.read_json("label_generator/_ref.json")["identity"]
+        for where, path in ((store, "label_generator/fit.json"),
+                            (store.sibling(ARTIFACTS.root), ARTIFACTS.fit_summary(identity))):
+            summary = where.read_json(path)
+            facts = summary.pop("data")
+            where.write_json(path, summary)
+        with pytest.raises(UserError, match="run `handsoff fit SPEC` once"):
+            run_stage(spec, "synthesize")
+        fit = run_stage(spec, "fit")
+        assert fit["skipped"] and store.read_json("label_generator/fit.json")["data"] == facts
+        assert run_stage(spec, "synthesize")["stage"] == "synthesize"
+
     def test_shards_manifest_and_card(self, finished):
         spec, results = finished
         assert results["synthesize"]["shards"] == 3 and results["synthesize"]["shards_written_now"] == 3

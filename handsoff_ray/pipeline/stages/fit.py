@@ -133,7 +133,11 @@ def _adopt(ctx: RunContext) -> dict:
     summary = ctx.artifacts.read_json(ARTIFACTS.fit_summary(idn.fit)) or {}
     ref = {"identity": idn.fit, "artifact": f"{ARTIFACTS.root}/{ARTIFACTS.label_generator(idn.fit)}",
            "inputs": idn.fit_inputs()}
-    if store.read_json(RUN.label_generator_ref) != ref:
+    stale = "class_pixels" not in (summary.get("data") or {})
+    if stale:  # fitted before fit.json recorded the data facts: record them now, so synthesis never opens the set
+        summary["data"] = data_facts(ctx)
+        ctx.artifacts.write_json(ARTIFACTS.fit_summary(idn.fit), summary)
+    if stale or store.read_json(RUN.label_generator_ref) != ref:
         store.write_json(RUN.fit_summary, summary)
         store.write_json(RUN.label_generator_ref, ref)  # last: the run now uses this label generator
     return summary

@@ -155,11 +155,12 @@ def _reason(before: dict | None, why: str | None, version: int, todo: int, shard
 
 
 def _facts(ctx: RunContext) -> dict:
-    """What fit recorded about the data (fit.json), never the labeled set."""
-    from handsoff_ray.pipeline.labeled import data_facts
-
+    """What fit recorded about the data (fit.json), never the labeled set: synthesis decodes no labeled image."""
     facts = (ctx.store.read_json(RUN.fit_summary) or {}).get("data")
-    return facts if facts and "class_pixels" in facts else data_facts(ctx)  # a run fitted before fit.json had them
+    if not facts or "class_pixels" not in facts:
+        raise UserError(f"{ctx.store.uri(RUN.fit_summary)} lacks the data facts synthesis needs (fitted by an "
+                        f"earlier version): run `handsoff fit SPEC` once; it records them without refitting")
+    return facts
 
 
 def _meta(facts: dict) -> dict:
