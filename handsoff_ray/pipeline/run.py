@@ -74,6 +74,8 @@ def run_stage(spec: JobSpec, name: str, *, engine: str | None = None, ctx: RunCo
     if engine == "ray" and stage.ray:
         check_ray_reachable(spec)  # before prepare writes the stage's marker: a dead head fails in seconds
     plan = stage.prepare(ctx)
+    header = {"stage": name, "run": ctx.store.uri(), "output": stage.output_uri(ctx, plan),
+              "skipped": plan.done is not None}  # the one place results get their header (stages/base.py)
     result = plan.done
     if result is None:
         # A stage with no progress total (evaluate) shows its own progress; a silent bar stands in.
@@ -83,7 +85,7 @@ def run_stage(spec: JobSpec, name: str, *, engine: str | None = None, ctx: RunCo
         result = stage.finish(ctx, plan)
         if engine == "ray" and stage.ray == "train":
             result["workers"] = spec.resources.num_workers
-    return {**result, "seconds": round(time.time() - t0, 1)}
+    return {**header, **result, "seconds": round(time.time() - t0, 1)}
 
 
 def run_stages(spec: JobSpec, names: list[str], *, spec_hash: str, ctx: RunContext | None = None,

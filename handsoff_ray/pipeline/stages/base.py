@@ -6,6 +6,10 @@
     stage.record(ctx, plan, result)      # driver, as each result arrives (engines that return results)
     summary = stage.finish(ctx, plan)    # driver: merge, index, mark the stage done
 
+`run.run_stage` puts the same header on every result: stage, run (the run's URI), output (`output_uri`) and
+skipped (True when prepare found the stage done; a stage's own result may say more precisely). A stage
+returns only what is its own (counts, reason, identity).
+
 Units are JSON-able, and their results depend only on the spec and the unit, so the outputs are the
 same bytes on every engine and for every number of workers. A unit writes its own output to the run's
 storage before it returns, so an interrupted run redoes only the units that had not returned.
@@ -37,6 +41,11 @@ class Stage:
     # Where the `ray` engine runs the units: Ray Train workers ("train": results stay in storage),
     # a Ray Data actor pool ("data": results stream back to the driver's `record`), or in-process (None).
     ray: Literal["train", "data"] | None = None
+
+    output: str = ""  # the stage's output in the run folder (layout.RUN), named in the result header
+
+    def output_uri(self, ctx, plan: Plan) -> str:
+        return ctx.store.uri(self.output)
 
     def prepare(self, ctx) -> Plan:
         raise NotImplementedError

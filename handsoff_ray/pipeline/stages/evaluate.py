@@ -248,6 +248,7 @@ class EvaluateStage(Stage):
     """One unit, always in this process: train the downstream network and score it (its own progress bar)."""
 
     name, progress_unit, ray = "evaluate", "step", None
+    output = RUN.eval_report
 
     def prepare(self, ctx: RunContext) -> Plan:
         spec, store = ctx.spec, ctx.store
@@ -258,8 +259,7 @@ class EvaluateStage(Stage):
         if done is not None and done.get("identity") == identity:  # nothing to redo
             reason = "evaluate: nothing changed since the last evaluation"
             print(f"handsoff: {reason}", file=sys.stderr, flush=True)
-            return Plan(done={"stage": "evaluate", "run": store.uri(), "output": store.uri(RUN.eval_report),
-                              "skipped": True, **done, "reason": reason})
+            return Plan(done={**done, "reason": reason})
         reason = ("evaluate: first evaluation in this run" if done is None else
                   "evaluate: the synthetic dataset, the test set or the evaluation settings changed since the last "
                   "evaluation")
@@ -275,8 +275,7 @@ class EvaluateStage(Stage):
         report = plan.state["report"]
         ctx.store.write_json(RUN.eval_report, report)  # written last: it marks the stage done for this spec
         print(f"handsoff: {plan.state['reason']}", file=sys.stderr, flush=True)
-        return {"stage": "evaluate", "run": ctx.store.uri(), "output": ctx.store.uri(RUN.eval_report),
-                "skipped": False, "reason": plan.state["reason"], **report}
+        return {"reason": plan.state["reason"], **report}
 
 
 def evaluate_identity(ctx: RunContext) -> str:

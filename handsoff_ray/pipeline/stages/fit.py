@@ -38,6 +38,7 @@ __all__ = ["FitStage", "fit_inputs", "hypercolumn_features"]
 
 class FitStage(Stage):
     name, progress_unit, ray = "fit", "member", "train"
+    output = RUN.label_generator
 
     def prepare(self, ctx: RunContext) -> Plan:
         _, ids = ctx.labeled()
@@ -56,8 +57,7 @@ class FitStage(Stage):
                 reason = f"fit: {_why(ctx, before)}; reusing the label generator fitted from these inputs"
             summary = _adopt(ctx)
             print(f"handsoff: {reason}", file=sys.stderr, flush=True)
-            return Plan(done={"stage": "fit", "run": store.uri(), "output": store.uri(RUN.label_generator),
-                              "skipped": True, "reason": reason, "identity": idn.fit, **summary})
+            return Plan(done={"reason": reason, "identity": idn.fit, **summary})
         todo = _pending(ctx, range(ctx.spec.label_generator.ensemble_size))
         reason = f"fit: {_why(ctx, before)}; fitting {len(todo)} of {ctx.spec.label_generator.ensemble_size} members"
         return Plan(units=todo, total=len(todo), state={"ids": ids, "reason": reason})
@@ -113,8 +113,7 @@ class FitStage(Stage):
             artifacts.put_file(ARTIFACTS.label_generator_file(fid), f"{d}/lg.safetensors")  # last: marks it done
         _adopt(ctx)
         print(f"handsoff: {plan.state['reason']}", file=sys.stderr, flush=True)
-        return {"stage": "fit", "run": ctx.store.uri(), "output": ctx.store.uri(RUN.label_generator),
-                "skipped": False, "reason": plan.state["reason"], **summary}
+        return {"reason": plan.state["reason"], **summary}
 
 
 def _why(ctx: RunContext, before: dict | None) -> str:

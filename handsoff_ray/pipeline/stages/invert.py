@@ -36,6 +36,7 @@ __all__ = ["InvertStage", "inversion_kwargs", "summarize_inversion"]
 
 class InvertStage(Stage):
     name, progress_unit, ray = "invert", "step", "train"
+    output = RUN.latents
 
     def prepare(self, ctx: RunContext) -> Plan:
         _, ids = ctx.labeled()  # decodes and checks the whole set before any compute
@@ -107,8 +108,7 @@ class InvertStage(Stage):
         if store.read_json(RUN.latents_index) != summary:
             store.write_json(RUN.latents_index, summary)
         print(f"handsoff: {plan.state['reason']}", file=sys.stderr, flush=True)
-        return {"stage": "invert", "run": store.uri(), "output": store.uri(RUN.latents),
-                "skipped": plan.state["inverted_now"] == 0, "inverted_now": plan.state["inverted_now"],
+        return {"skipped": plan.state["inverted_now"] == 0, "inverted_now": plan.state["inverted_now"],
                 "reason": plan.state["reason"], "identity": idn.invert, **summary}
 
 

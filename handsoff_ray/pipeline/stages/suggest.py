@@ -46,6 +46,9 @@ def feature_key(pool, feature: str, size: int) -> str:
 class SuggestFeaturesStage(Stage):
     name, progress_unit, ray = "suggest", "image", "data"
 
+    def output_uri(self, ctx, plan: Plan) -> str:  # the pool's features are shared artifacts, not the run's
+        return ctx.artifacts.uri(plan.state["folder"])
+
     def prepare(self, ctx: RunContext) -> Plan:
         from handsoff_ray.pipeline.pool import open_pool
 
@@ -129,7 +132,7 @@ class SuggestFeaturesStage(Stage):
         if not store.exists(f"{st['folder']}/{SUCCESS}"):
             store.write_bytes(f"{st['folder']}/{SUCCESS}", b"")
         print(f"handsoff: {st['reason']}", file=sys.stderr, flush=True)
-        return {"stage": "suggest", "run": ctx.store.uri(), "output": store.uri(st["folder"]), "skipped": not plan.units,
+        return {"skipped": not plan.units,
                 "pool_images": len(st["pool"].items), "parts": st["parts"], "parts_written_now": st["now"],
                 "feature_key": st["key"], "reason": st["reason"]}
 

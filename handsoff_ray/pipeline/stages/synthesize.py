@@ -43,6 +43,7 @@ __all__ = ["SynthesizeStage", "shard_ranges"]
 
 class SynthesizeStage(Stage):
     name, progress_unit, ray = "synthesize", "shard", "data"
+    output = RUN.dataset
 
     def prepare(self, ctx: RunContext) -> Plan:
         """Claim the dataset folder, verify what an earlier run committed, list the shards still to write."""
@@ -117,8 +118,7 @@ class SynthesizeStage(Stage):
                         meta=plan.state["meta"], reader=spec.reader.model_dump(mode="json"))
         plan.state["writer"].finish(manifest, dataset_card(spec, manifest))
         print(f"handsoff: {plan.state['reason']}", file=sys.stderr, flush=True)
-        return {"stage": "synthesize", "run": ctx.store.uri(), "output": ctx.store.uri(RUN.dataset),
-                "skipped": not plan.units, "shards_written_now": plan.state["written_now"],
+        return {"skipped": not plan.units, "shards_written_now": plan.state["written_now"],
                 "shards": plan.state["shards"], "samples": spec.synthesis.num_samples,
                 "version": spec.synthesis.version, "versions": sorted(int(v) for v in manifest["versions"]),
                 "actors": spec.resources.synthesis_actors, "reason": plan.state["reason"],
