@@ -86,7 +86,7 @@ def _checkpoint_path(ctx, param, value: str) -> str:
     """'toy' names the generator shipped with the package; anything else must be an existing file."""
     import os
 
-    from handsoff_ray.pipeline.plan import resolve_checkpoint
+    from handsoff_ray.pipeline.resolved import resolve_checkpoint
 
     path = resolve_checkpoint(value)
     if os.path.isdir(path):
@@ -144,10 +144,10 @@ def validate(spec: str, sets: tuple[str, ...]) -> None:
     Runs every input check `handsoff run` makes before it computes (labeled set, checkpoint, device,
     LPIPS trunk, storage, evaluation set); exits 2 listing the problems when there are any.
     """
-    from handsoff_ray.pipeline.plan import make_plan
+    from handsoff_ray.pipeline.resolved import resolved_plan
 
     job = _load(spec, sets)
-    plan = make_plan(job)
+    plan = resolved_plan(job)
     click.echo(yaml.safe_dump(plan, sort_keys=False))
     _preflight(job, plan=plan)
 
@@ -165,11 +165,11 @@ def run(spec: str, sets: tuple[str, ...], dry_run: bool, stages: str) -> None:
     Metrics go to Ray's metrics port inside Ray workers and, at the end, to the Pushgateway named by
     HANDSOFF_PUSHGATEWAY (host:port) when it is set.
     """
-    from handsoff_ray.pipeline.plan import make_plan
+    from handsoff_ray.pipeline.resolved import resolved_plan
     from handsoff_ray.pipeline.run import run_stages, select_stages
 
     job = _load(spec, sets)
-    plan = make_plan(job)
+    plan = resolved_plan(job)
     if dry_run:
         click.echo(yaml.safe_dump(plan, sort_keys=False))
         return

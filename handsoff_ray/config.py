@@ -37,6 +37,8 @@ __all__ = [
     "load_spec",
     "parse_spec",
     "spec_hash",
+    "stage_hash",
+    "GanSpec",
     "GeneratorSpec",
     "DataSpec",
     "InversionSpec",
@@ -766,6 +768,23 @@ _HASHED_WHEN_SET = {("synthesis", "prior_tau"): 0.0, ("synthesis", "version"): 0
                     ("evaluation", "seg_loss"): "ce",
                     ("evaluation", "lr_schedule"): "constant", ("evaluation", "precision"): "fp32",
                     ("evaluation", "augment"): False, ("evaluation", "train_seeds"): 1}
+
+
+# Which spec sections each stage's output depends on: a stage reruns only when these change.
+_STAGE_SECTIONS = {
+    "invert": ("seed", "generator", "data", "inversion"),
+    "fit": ("seed", "generator", "data", "inversion", "label_generator"),
+    "synthesize": ("seed", "generator", "data", "inversion", "label_generator", "synthesis"),
+    "evaluate": ("seed", "generator", "data", "inversion", "label_generator", "synthesis", "reader", "evaluation"),
+}
+
+def stage_hash(spec: JobSpec, stage: str) -> str:
+    """The spec part of a stage's identity (pipeline/identity.py adds what it reads): it names which spec owns a run's
+    stage folder and is every row's `spec_hash`. synthesis.version picks a batch of the same dataset, so it
+    is left out: every version of one dataset belongs to one spec."""
+    if spec.synthesis.version:
+        spec = spec.model_copy(update={"synthesis": spec.synthesis.model_copy(update={"version": 0})})
+    return spec_hash(spec, sections=_STAGE_SECTIONS[stage])
 
 
 def spec_hash(spec: JobSpec, *, sections: tuple[str, ...] | None = None) -> str:

@@ -165,10 +165,10 @@ class TestDataCheck:
 def test_validate_makes_the_plan_once(monkeypatch):
     """The plan reads the labeled set's listing and the checkpoint: validate (and run) make it once and hand it
     to preflight instead of preflight making it again."""
-    import handsoff_ray.pipeline.plan as plan_module
+    import handsoff_ray.pipeline.resolved as plan_module
 
-    calls, real = [], plan_module.make_plan
-    monkeypatch.setattr(plan_module, "make_plan", lambda spec: calls.append(1) or real(spec))
+    calls, real = [], plan_module.resolved_plan
+    monkeypatch.setattr(plan_module, "resolved_plan", lambda spec: calls.append(1) or real(spec))
     from pathlib import Path
 
     res = CliRunner().invoke(main, ["validate", str(Path(__file__).parents[1] / "jobs" / "specs" / "toy.yaml")])

@@ -101,7 +101,7 @@ class TestHash:
         """Pinned: a changed hash refuses every existing run's outputs ("holds output of another spec") and
         changes every shard's bytes (the spec_hash column). Values from before reader.* left synthesis.
         Content identities (next test) add what a stage reads to these and leave them as they were."""
-        from handsoff_ray.pipeline.plan import stage_hash
+        from handsoff_ray.config import stage_hash
 
         toy = load_spec(Path(__file__).parents[1] / "jobs/specs/toy.yaml")
         for spec, expected in ((parse_spec({}), ["41a7d2b5b7e3215e", "8978c2102fba79b4", "c0e70f9ec7c45ba4"]),
@@ -116,7 +116,7 @@ class TestHash:
         outputs once (their bytes stay the same when the stage hashes above do). New with content identities."""
         from handsoff_ray.pipeline.digests import file_digest, labeled_digests
         from handsoff_ray.pipeline.identity import Identities
-        from handsoff_ray.pipeline.plan import resolve_checkpoint
+        from handsoff_ray.pipeline.resolved import resolve_checkpoint
 
         toy = load_spec(Path(__file__).parents[1] / "jobs/specs/toy.yaml")
         checkpoint = file_digest(resolve_checkpoint(toy.generator.checkpoint))
@@ -128,7 +128,7 @@ class TestHash:
     def test_synthesis_version_is_in_no_stage_hash(self):
         """A dataset's versions (scheduled batches) belong to one spec: the version changes no stage hash, so
         no row's spec_hash, and the full spec hash only when set."""
-        from handsoff_ray.pipeline.plan import stage_hash
+        from handsoff_ray.config import stage_hash
 
         a, b = parse_spec({}), parse_spec({"synthesis": {"version": 29_000_000}})
         assert [stage_hash(a, s) for s in ("invert", "fit", "synthesize", "evaluate")] == \
@@ -144,12 +144,22 @@ class TestHash:
     def test_defaults_model_is_frozen_shape(self):
         assert set(JobSpec.model_fields) == {
             "name", "seed", "generator", "data", "inversion", "label_generator",
-            "synthesis", "reader", "storage", "evaluation", "resources", "suggest",
+            "synthesis", "reader", "storage", "evaluation", "resources", "suggest", "gan",
         }
+
+    def test_gan_changes_no_hash(self):
+        """Training a generator changes no HandsOff stage: a run sees it through generator.checkpoint's bytes."""
+        from handsoff_ray.config import stage_hash
+
+        a, b = parse_spec({}), parse_spec({"gan": {"kimg": 3, "augment": "diffaugment",
+                                                   "data": {"format": "toy", "seeds": "5-9"}}})
+        assert spec_hash(a) == spec_hash(b) == "20113b07732b3640"
+        assert [stage_hash(a, s) for s in ("invert", "fit", "synthesize", "evaluate")] == \
+            [stage_hash(b, s) for s in ("invert", "fit", "synthesize", "evaluate")]
 
     def test_suggest_changes_no_hash(self):
         """Choosing images to label computes nothing of a run: no stage hash, no spec hash moves."""
-        from handsoff_ray.pipeline.plan import stage_hash
+        from handsoff_ray.config import stage_hash
 
         a, b = parse_spec({}), parse_spec({"suggest": {"budget": 3, "pool": {"format": "toy", "seeds": "5-9"}}})
         assert spec_hash(a) == spec_hash(b) == "20113b07732b3640"

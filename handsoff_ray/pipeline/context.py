@@ -27,7 +27,8 @@ import torch
 from handsoff_ray.config import JobSpec
 from handsoff_ray.pipeline.errors import UserError
 from handsoff_ray.pipeline.layout import ARTIFACTS, RUN
-from handsoff_ray.pipeline.plan import resolve_checkpoint, stage_hash
+from handsoff_ray.config import stage_hash
+from handsoff_ray.pipeline.resolved import resolve_checkpoint
 from handsoff_ray.pipeline.storage import RunStore
 
 __all__ = ["RunContext", "open_run", "apply_torch_threads", "resolve_device"]

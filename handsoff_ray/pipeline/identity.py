@@ -8,7 +8,7 @@
 
 Outputs are stored under their identity (`<output>/_artifacts/`, layout.py ARTIFACTS) and reused by any run
 whose inputs have the same identity; a run folder records the identities it used (its refs), so a rerun can
-say what changed. `stage_hash` (plan.py) stays the spec part alone: it names which spec owns a run folder
+say what changed. `stage_hash` (config.py) stays the spec part alone: it names which spec owns a run folder
 and is the `spec_hash` column of every row, so the shards of an unchanged spec keep their bytes.
 
 `explain_changes` turns two input records into the one line a stage prints ("2 labeled images changed").
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from handsoff_ray.config import JobSpec
 from handsoff_ray.pipeline.digests import LabeledDigests, digest_of
-from handsoff_ray.pipeline.plan import stage_hash
+from handsoff_ray.config import stage_hash
 
 __all__ = ["Identities", "explain_changes", "IDENTITY_VERSION"]
 

@@ -22,15 +22,15 @@ __all__ = ["preflight"]
 def preflight(spec: JobSpec, stages: tuple[str, ...] = ("invert", "fit", "synthesize", "evaluate"), *,
               ctx=None, plan: dict | None = None) -> list[str]:
     """One line per problem the spec's inputs have for these stages; [] when there is none. Pass the run's
-    RunContext to keep what the checks open (the labeled set) for the stages, and the plan (`make_plan`)
+    RunContext to keep what the checks open (the labeled set) for the stages, and the plan (`resolved_plan`)
     when the caller has already made it: making it reads the labeled set's listing and the checkpoint."""
     from handsoff_ray.pipeline.context import RunContext
     from handsoff_ray.pipeline.errors import user_errors
-    from handsoff_ray.pipeline.plan import make_plan
+    from handsoff_ray.pipeline.resolved import resolved_plan
 
     ctx = ctx or RunContext(spec)
 
-    problems = list((plan or make_plan(spec))["problems"])
+    problems = list((plan or resolved_plan(spec))["problems"])
     checks = [_labeled_set, _checkpoint, _device, _storage]
     if spec.resources.engine == "ray":
         checks.append(_ray)
@@ -55,7 +55,7 @@ def _labeled_set(ctx) -> None:
 def _checkpoint(ctx) -> None:
     import torch
 
-    from handsoff_ray.pipeline.plan import resolve_checkpoint
+    from handsoff_ray.pipeline.resolved import resolve_checkpoint
 
     path = resolve_checkpoint(ctx.spec.generator.checkpoint)
     if "://" in path or os.path.isfile(path):

@@ -9,7 +9,7 @@ import pytest
 
 from handsoff_ray.config import load_spec
 from handsoff_ray.pipeline.labeled import open_spec_labeled_set
-from handsoff_ray.pipeline.plan import make_plan
+from handsoff_ray.pipeline.resolved import resolved_plan
 from tests.datasets.public_fixtures import write_car_parts, write_celebamask, write_deepfashion
 
 SPECS = Path(__file__).parents[2] / "jobs" / "specs"
@@ -21,7 +21,7 @@ def test_spec_validates_and_misses_only_the_users_files(name, tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)  # none of the checkpoints or datasets exist here
     spec = load_spec(SPECS / f"{name}.yaml")
     assert spec.name == name
-    problems = make_plan(spec)["problems"]
+    problems = resolved_plan(spec)["problems"]
     assert problems and all(p.startswith(("generator.checkpoint: no such file", "data.path: no such folder",
                                           "evaluation.test_path: no such folder")) for p in problems), problems
 

@@ -190,7 +190,7 @@ class TestReaderPolicy:
         import torch
 
         from handsoff_ray.core.uncertainty import filter_indices
-        from handsoff_ray.pipeline.plan import stage_hash
+        from handsoff_ray.config import stage_hash
 
         spec = copy_run(finished, tmp_path, reader={"filter_portion": 0.5, "drop_most_certain": 1})
         old = finished[0]

@@ -169,7 +169,7 @@ class TestLoadsOnce:
     def test_prior_tau_moves_labels_towards_the_labeled_images_class_prior(self, finished, tmp_path):
         import numpy as np
 
-        from handsoff_ray.pipeline.plan import stage_hash
+        from handsoff_ray.config import stage_hash
 
         spec = _copy_of(finished, tmp_path, synthesis={"num_samples": 10, "shard_size": 4, "batch_size": 3,
                                                          "prior_tau": 2.0})

@@ -11,30 +11,13 @@ import errno
 import math
 import os
 
-from handsoff_ray.config import JobSpec, spec_hash
+from handsoff_ray.config import JobSpec, spec_hash, stage_hash
 from handsoff_ray.pipeline.layout import ARTIFACTS, RUN
 from handsoff_ray.toy import SHIPPED_GENERATOR, resolve_alias
 
-__all__ = ["make_plan", "stage_hash", "resolve_checkpoint", "TOY_CHECKPOINT"]
-
-# Which spec sections each stage's output depends on: a stage reruns only when these change.
-_STAGE_SECTIONS = {
-    "invert": ("seed", "generator", "data", "inversion"),
-    "fit": ("seed", "generator", "data", "inversion", "label_generator"),
-    "synthesize": ("seed", "generator", "data", "inversion", "label_generator", "synthesis"),
-    "evaluate": ("seed", "generator", "data", "inversion", "label_generator", "synthesis", "reader", "evaluation"),
-}
+__all__ = ["resolved_plan", "resolve_checkpoint", "TOY_CHECKPOINT"]
 
 TOY_CHECKPOINT = SHIPPED_GENERATOR.name
-
-
-def stage_hash(spec: JobSpec, stage: str) -> str:
-    """The spec part of a stage's identity (identity.py adds what it reads): it names which spec owns a run's
-    stage folder and is every row's `spec_hash`. synthesis.version picks a batch of the same dataset, so it
-    is left out: every version of one dataset belongs to one spec."""
-    if spec.synthesis.version:
-        spec = spec.model_copy(update={"synthesis": spec.synthesis.model_copy(update={"version": 0})})
-    return spec_hash(spec, sections=_STAGE_SECTIONS[stage])
 
 
 def resolve_checkpoint(name: str) -> str:
@@ -70,7 +53,7 @@ def _path_problem(field: str, path: str, *, want_folder: bool) -> str | None:
     return f"{field}: {path} is a folder; pass the checkpoint file (.pt, .pkl or .safetensors)"
 
 
-def make_plan(spec: JobSpec) -> dict:
+def resolved_plan(spec: JobSpec) -> dict:
     problems = []
     ckpt = resolve_checkpoint(spec.generator.checkpoint)
     if "://" not in ckpt and (problem := _path_problem("generator.checkpoint", ckpt, want_folder=False)):
