@@ -1,6 +1,6 @@
 """Ray Train data-parallel scaling of `handsoff train-gan`: images/s with N workers vs 1, in one run; prints JSON.
 
-    python benchmarks/gan_scaling.py --json --ceiling                # 1 vs 2 workers, 1 torch thread each, CPU
+    python benchmarks/gan_scaling.py --json --plain --ceiling        # 1 vs 2 workers, 1 torch thread each, CPU
     python benchmarks/gan_scaling.py --json --workers 1,2,4 --gpu    # on a GPU node (one GPU per worker)
 
 Each arm trains the shipped toy architecture (64 px, global batch 16) on the Ray engine for --kimg on a finite
@@ -11,7 +11,8 @@ card's history), averaged: Ray start-up, worker-group start-up, the first epoch'
 left out. Arms run one after another on an
 otherwise idle machine; compare ratios from one run only. `--ceiling` adds the same work as N independent
 one-process runs at once (no all-reduce, no Ray): the scaling the machine itself allows (shared caches,
-memory bandwidth, clocks, vCPUs that may be one core's two threads), against which the DDP arm is read. The 2-worker arm splits each batch 8 + 8 and
+memory bandwidth, clocks, vCPUs that may be one core's two threads), against which the DDP arm is read. `--plain` runs the same worker loop as plain torch.distributed processes
+(gloo, no Ray), separating the DDP step's cost from that of Ray's own processes. The 2-worker arm splits each batch 8 + 8 and
 all-reduces gradients over gloo (nccl on GPUs) every step.
 """
 
@@ -55,6 +56,38 @@ def _independent(args: tuple) -> None:
     train_gan(_spec(*args), engine="local", export=False, log=lambda s: None)
 
 
+def _plain_worker(rank: int, world: int, port: int, args: tuple) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from handsoff_ray.pipeline.context import open_run
+    from handsoff_ray.pipeline.gan.checkpoints import LocalCheckpoints
+    from handsoff_ray.pipeline.gan.train import worker_loop
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    spec = _spec(*args)
+    worker_loop(spec, rank=rank, world=world, ckpts=LocalCheckpoints(open_run(spec), spec.gan.keep_checkpoints),
+                device=torch.device("cpu"), log=lambda s: None)
+    dist.destroy_process_group()
+
+
+def plain_ddp(n: int, kimg: float, every: float, work: str) -> dict:
+    """The same worker loop on n processes joined by torch.distributed (gloo) directly, without Ray: what the
+    DDP step costs apart from Ray's own processes (controller, raylet, GCS, helper actors)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = (f"plain-{n}", n, kimg, every, False, work, "local")
+    mp.spawn(_plain_worker, args=(n, port, args), nprocs=n)
+    rate, rates = _rate(_spec(*args), every)
+    return {"processes": n, "img_per_s": rate, "rates": rates}
+
+
 def ceiling(n: int, kimg: float, every: float, work: str) -> dict:
     """n independent one-process runs at once (no communication): what the machine gives n workers at best."""
     import multiprocessing as mp
@@ -84,6 +117,8 @@ def main(argv=None) -> dict:
     p.add_argument("--kimg", type=float, default=2.56, help="images per arm, thousands")
     p.add_argument("--every", type=float, default=0.64, help="checkpoint interval, kimg")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (nccl)")
+    p.add_argument("--plain", action="store_true", help="also run each worker count as plain torch.distributed "
+                   "processes (gloo, no Ray): the DDP step's own scaling (CPU only)")
     p.add_argument("--ceiling", action="store_true", help="also run the largest worker count as independent "
                    "one-process runs at once: the machine's own scaling, with no communication (CPU only)")
     a = p.parse_args(argv)
@@ -97,6 +132,16 @@ def main(argv=None) -> dict:
         for w in (int(x) for x in a.workers.split(",")):
             result["arms"].append(arm(w, a.kimg, a.every, a.gpu, work))
             log(json.dumps(result["arms"][-1]))
+        if (a.plain or a.ceiling) and not a.gpu:
+            import ray
+
+            ray.shutdown()  # Ray's own processes would share the cores with the arms below
+        if a.plain and not a.gpu:
+            result["plain"] = [plain_ddp(int(x), a.kimg, a.every, work) for x in a.workers.split(",")]
+            base_plain = result["plain"][0]["img_per_s"]
+            for r in result["plain"]:
+                r["speedup_vs_first_plain"] = round(r["img_per_s"] / base_plain, 2)
+            log(json.dumps(result["plain"]))
         if a.ceiling and not a.gpu:
             n = max(int(x) for x in a.workers.split(","))
             result["ceiling"] = ceiling(n, a.kimg, a.every, work)
