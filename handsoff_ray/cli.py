@@ -384,7 +384,7 @@ checkpoint_argument = click.argument("path", callback=_checkpoint_path, metavar=
 @_fail_on_user_error
 def checkpoint_info(path: str) -> None:
     """Print the architecture, resolution and hypercolumn feature spec of PATH."""
-    from handsoff_ray.pipeline.checkpoint_tools import checkpoint_summary
+    from handsoff_ray.core.checkpoint_tools import checkpoint_summary
 
     click.echo(yaml.safe_dump(checkpoint_summary(path), sort_keys=False))
 
@@ -396,7 +396,7 @@ def checkpoint_info(path: str) -> None:
 @_fail_on_user_error
 def checkpoint_convert(src: str, dst: str, force: bool) -> None:
     """Convert SRC (any supported format) to the project's own .safetensors format at DST."""
-    from handsoff_ray.pipeline.checkpoint_tools import convert_checkpoint
+    from handsoff_ray.core.checkpoint_tools import convert_checkpoint
 
     click.echo(json.dumps(convert_checkpoint(src, dst, force=force), indent=2))
 
@@ -411,7 +411,8 @@ def checkpoint_convert(src: str, dst: str, force: bool) -> None:
 @_fail_on_user_error
 def checkpoint_sample(path: str, seeds: str, truncation_psi: float, noise_mode: str, out: str, device: str) -> None:
     """Render a grid of samples of PATH, one per seed (a seed always gives the same image)."""
-    from handsoff_ray.pipeline.checkpoint_tools import parse_seeds, sample_grid
+    from handsoff_ray.config import parse_seeds
+    from handsoff_ray.core.checkpoint_tools import sample_grid
 
     try:
         seed_list = parse_seeds(seeds)
@@ -601,7 +602,7 @@ def data_check(path: str, fmt: str, limit: int | None, split: str | None) -> Non
     PATH is a labeled-set folder or a public dataset in its own layout (CelebAMask-HQ,
     Car-Parts-Segmentation, DeepFashion-MultiModal); every problem names its file.
     """
-    from handsoff_ray.pipeline.labeled import check_labeled_set
+    from handsoff_ray.datasets.public import check_labeled_set
 
     click.echo(yaml.safe_dump(check_labeled_set(path, format=fmt, limit=limit, split=split), sort_keys=False))
 

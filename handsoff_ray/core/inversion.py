@@ -148,7 +148,7 @@ def _to_chw(image: np.ndarray | torch.Tensor) -> torch.Tensor:
 def crop_box(h: int, w: int, out_h: int, out_w: int) -> tuple[int, int, int, int]:
     """(top, left, crop_h, crop_w): the largest centred window of an h x w image with the target aspect.
 
-    The window `prepare_images(fit="crop")` cuts; label alignment (pipeline/labeled.py) uses it too, so
+    The window `prepare_images(fit="crop")` cuts; label alignment (core/label_alignment.py) uses it too, so
     that images and labels stay registered.
     """
     crop_h, crop_w = min(h, round(w * out_h / out_w)), min(w, round(h * out_w / out_h))

@@ -10,7 +10,7 @@ keypoints). Keypoint visibility is mapped to the labeled-set convention: visible
 (present but occluded) -> 1, not present -> 0 (unlabeled). The dataset names its keypoints only in a
 figure (assets/keypoints_definition.png), so they are called keypoint_01 .. keypoint_21 here in file
 order. Images are 1101 rows by 750 columns; a 1024x512 generator (const 4x2) takes the centred
-2:1 window (550 columns), which `pipeline/labeled.align_labels` applies to labels and keypoints alike.
+2:1 window (550 columns), which `core.label_alignment.align_labels` applies to labels and keypoints alike.
 """
 
 from __future__ import annotations

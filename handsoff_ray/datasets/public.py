@@ -5,6 +5,7 @@ class-map merges between a format's full label set and its variants.
     ls = open_public_set("CelebAMask-HQ", "celebamask", classes="8", limit=16)
     ls.load(0)              # LabeledSample, exactly as from a labeled-set folder
     detect_format("data/")  # 'folder' | 'celebamask' | 'car_parts' | 'deepfashion'
+    check_labeled_set("data/")   # `handsoff data check`: every problem raised at once, else a summary
 
 Each reader (celebamask.py, car_parts.py, deepfashion.py) validates the selected images up front, like
 `open_labeled_set`: every problem, each naming its file, is raised together as one LabeledSetError
@@ -26,10 +27,10 @@ import handsoff_ray.datasets.car_parts as car_parts
 import handsoff_ray.datasets.celebamask as celebamask
 import handsoff_ray.datasets.deepfashion as deepfashion
 from handsoff_ray.datasets._common import select_ids
-from handsoff_ray.datasets.labeled_folder import LabeledSet, LabeledSetError, open_labeled_set
+from handsoff_ray.datasets.labeled_folder import LabeledSet, LabeledSetError, open_labeled_set, summarize
 from handsoff_ray.datasets.toy import open_toy_set
 
-__all__ = ["FORMATS", "detect_format", "open_public_set", "merge_table"]
+__all__ = ["FORMATS", "detect_format", "open_public_set", "check_labeled_set", "merge_table"]
 
 FORMATS = ("folder", "celebamask", "car_parts", "deepfashion", "toy")
 
@@ -92,6 +93,18 @@ def open_public_set(root: str | Path, format: str = "auto", *, classes: str | No
         raise LabeledSetError(root, [f"{fmt}: no {', '.join(missing)} labels in this dataset, but the spec "
                                      f"enables {', '.join(missing)}; disable those tasks in label_generator.tasks"])
     return out
+
+
+def check_labeled_set(path: str | Path, *, format: str = "auto", limit: int | None = None,
+                      split: str | None = None) -> dict:
+    """`handsoff data check`: validate eagerly (raises with every problem), then summarise.
+
+    format 'auto' recognises a labeled-set folder and the public CelebAMask-HQ, Car-Parts-Segmentation
+    and DeepFashion-MultiModal layouts; limit checks only the first N images of a big public set.
+    """
+    fmt = detect_format(path) if format == "auto" else format
+    labeled = open_public_set(path, fmt, limit=limit, split=split)
+    return {"format": fmt, **summarize(labeled)}
 
 
 def _variants(format: str) -> tuple[tuple[str, ...], dict]:

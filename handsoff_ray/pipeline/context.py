@@ -16,20 +16,16 @@ labeled set is opened once per context (`handsoff run` shares one context across
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 
 import torch
 
-from handsoff_ray.config import JobSpec
+from handsoff_ray.config import JobSpec, stage_hash
 from handsoff_ray.pipeline.errors import UserError
 from handsoff_ray.pipeline.layout import ARTIFACTS, RUN
-from handsoff_ray.config import stage_hash
 from handsoff_ray.pipeline.resolved import resolve_checkpoint
-from handsoff_ray.pipeline.storage import RunStore
+from handsoff_ray.pipeline.storage import RunStore, cached_local_file
 
 __all__ = ["RunContext", "open_run", "apply_torch_threads", "resolve_device"]
 
@@ -80,7 +76,8 @@ class RunContext:
         """A local path of the spec's generator checkpoint (a remote one is downloaded once per machine)."""
         path = resolve_checkpoint(self.spec.generator.checkpoint)
         if "://" in path:
-            path = _cached_checkpoint(path, self.spec.storage.s3.endpoint_url, self.spec.storage.s3.region)
+            path = cached_local_file(path, endpoint_url=self.spec.storage.s3.endpoint_url,
+                                     region=self.spec.storage.s3.region)
         return path
 
     def identities(self):
@@ -172,23 +169,3 @@ def _lpips(net: str, trunk_path: str | None, device: str):
     from handsoff_ray.core.lpips_offline import load_lpips
 
     return load_lpips(net, trunk_path=trunk_path, device=device)
-
-
-def _cached_checkpoint(uri: str, endpoint_url: str | None, region: str | None) -> str:
-    """A local copy of a remote checkpoint (torch and safetensors read local files), downloaded once per
-    machine: every stage, worker and actor reuses it instead of leaving a copy per load."""
-    from handsoff_ray.pipeline.storage import resolve_filesystem
-
-    fs, inner = resolve_filesystem(uri, endpoint_url=endpoint_url, region=region)
-    info = fs.get_file_info(inner)
-    key = f"{uri}|{info.size}|{info.mtime_ns}"  # a replaced object gets a new copy
-    folder = os.path.join(tempfile.gettempdir(), "handsoff-checkpoints")
-    local = os.path.join(folder, f"{hashlib.sha256(key.encode()).hexdigest()[:16]}_{inner.rsplit('/', 1)[-1]}")
-    if not (os.path.isfile(local) and os.path.getsize(local) == info.size):
-        from handsoff_ray.core._files import atomic_write
-
-        os.makedirs(folder, exist_ok=True)
-        # Concurrent actors each write their own temporary, then rename: a reader never sees half a file.
-        with fs.open_input_stream(inner) as src, atomic_write(local) as dst:
-            shutil.copyfileobj(src, dst, 8 << 20)
-    return local

@@ -22,6 +22,7 @@ import os
 import posixpath
 import shutil
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -31,7 +32,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import tenacity
 
-__all__ = ["RunStore", "StorageError", "list_sizes", "resolve_filesystem", "retry_remote", "sha256_file"]
+__all__ = ["RunStore", "StorageError", "cached_local_file", "list_sizes", "resolve_filesystem", "retry_remote",
+           "sha256_file"]
 
 # Waits between attempts of one object-store operation; the last repeats until the retry budget is spent.
 RETRY_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
@@ -306,3 +308,22 @@ class RunStore:
 
         self._remote("read", rel, copy)
         return dest
+
+
+def cached_local_file(uri: str, *, endpoint_url: str | None = None, region: str | None = None) -> str:
+    """A local copy of the remote file at `uri` (torch and safetensors read local files, e.g. a generator
+    checkpoint on S3), downloaded once per machine: every stage, worker and actor reuses it instead of leaving
+    a copy per load. A replaced object (another size or mtime) gets a new copy."""
+    from handsoff_ray.core._files import atomic_write
+
+    fs, inner = resolve_filesystem(uri, endpoint_url=endpoint_url, region=region)
+    info = fs.get_file_info(inner)
+    key = f"{uri}|{info.size}|{info.mtime_ns}"
+    folder = os.path.join(tempfile.gettempdir(), "handsoff-checkpoints")
+    local = os.path.join(folder, f"{hashlib.sha256(key.encode()).hexdigest()[:16]}_{inner.rsplit('/', 1)[-1]}")
+    if not (os.path.isfile(local) and os.path.getsize(local) == info.size):
+        os.makedirs(folder, exist_ok=True)
+        # Concurrent actors each write their own temporary, then rename: a reader never sees half a file.
+        with fs.open_input_stream(inner) as src, atomic_write(local) as dst:
+            shutil.copyfileobj(src, dst, _CHUNK)
+    return local

@@ -9,7 +9,7 @@ from PIL import Image
 from handsoff_ray.datasets.celebamask import CLASSES_19, PARTS, VARIANTS, combine_parts, merge, open_celebamask
 from handsoff_ray.datasets.labeled_folder import LabeledSetError
 from handsoff_ray.datasets.public import detect_format
-from handsoff_ray.pipeline.labeled import check_labeled_set
+from handsoff_ray.datasets.public import check_labeled_set
 from tests.datasets.public_fixtures import CELEBA_PARTS, expected_celeba_19, write_celebamask
 
 

@@ -59,7 +59,7 @@ def load_real(path: str | None, size: tuple[int, int], tasks: list[str], *, ids:
     from handsoff_ray.core.images import to_uint8
     from handsoff_ray.core.inversion import prepare_images
     from handsoff_ray.datasets.labeled_folder import open_labeled_set
-    from handsoff_ray.pipeline.labeled import align_labels
+    from handsoff_ray.core.label_alignment import align_labels
 
     if format == "folder":
         labeled = open_labeled_set(path, require=tuple(tasks))
@@ -72,7 +72,7 @@ def load_real(path: str | None, size: tuple[int, int], tasks: list[str], *, ids:
     images = np.stack([s.image for s in samples])
     if tuple(images.shape[1:3]) != tuple(size):
         images = to_uint8(prepare_images(images, size))
-    aligned = [align_labels(s, labeled, size) for s in samples]
+    aligned = [align_labels(s, labeled.classes, size) for s in samples]
     return DownstreamData(
         images=images,
         segmentation=np.stack([a.segmentation for a in aligned]) if "segmentation" in tasks else None,

@@ -23,9 +23,9 @@ import tempfile
 import numpy as np
 import torch
 
+from handsoff_ray.core.label_alignment import AlignedLabels, align_labels, align_labels_in_content
 from handsoff_ray.pipeline.context import RunContext, apply_torch_threads
 from handsoff_ray.pipeline.errors import UserError
-from handsoff_ray.pipeline.labeled import AlignedLabels, align_labels, align_labels_in_content
 from handsoff_ray.pipeline.identity import explain_changes
 from handsoff_ray.pipeline.layout import ARTIFACTS, RUN
 from handsoff_ray.pipeline.labeled import data_facts
@@ -159,9 +159,9 @@ def fit_inputs(ctx: RunContext) -> dict:
     rows = ctx.content_rows(G)
     if rows is not None:
         # Hypercolumns cover the whole canvas; only the content rows carry labels (padding is ignored).
-        aligned = [align_labels_in_content(labeled.load(i), labeled, out_size, rows) for i in ids]
+        aligned = [align_labels_in_content(labeled.load(i), labeled.classes, out_size, rows) for i in ids]
     else:
-        aligned = [align_labels(labeled.load(i), labeled, out_size) for i in ids]
+        aligned = [align_labels(labeled.load(i), labeled.classes, out_size) for i in ids]
     targets, tasks = _targets(ctx, aligned)
     return {"features": features, "targets": targets, "tasks": tasks, "out_size": out_size}
 

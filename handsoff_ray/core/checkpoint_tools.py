@@ -1,36 +1,41 @@
-"""`handsoff checkpoint info|convert|sample`: what the CLI does with generator checkpoints.
+"""What a user does with a generator checkpoint besides loading it: look inside, convert, sample.
 
-    handsoff checkpoint info stylegan2-ffhq-config-f.pt
-    handsoff checkpoint convert network-snapshot.pkl ffhq.safetensors
-    handsoff checkpoint sample ffhq.safetensors --seeds 0-7 --out grid.png
+    checkpoint_summary("stylegan2-ffhq-config-f.pt")            # handsoff checkpoint info
+    convert_checkpoint("network-snapshot.pkl", "ffhq.safetensors")   # handsoff checkpoint convert
+    sample_grid("ffhq.safetensors", [0, 1, 2, 3], "grid.png", 0.7, "const", "auto")   # handsoff checkpoint sample
+
+Problems the user must fix (a destination that exists or cannot be written) are CheckpointErrors.
+Tests: `python -m pytest -q tests/core/test_checkpoints.py tests/test_cli.py`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import numpy as np
 import torch
 from PIL import Image
 
-from handsoff_ray.config import parse_seeds  # noqa: F401 - re-exported: `checkpoint sample --seeds` parses with it
-from handsoff_ray.core.images import mosaic, to_uint8  # noqa: F401 - to_uint8 re-exported (__all__)
+from handsoff_ray.core.checkpoint import CheckpointError, load_generator, save_generator
+from handsoff_ray.core.device import resolve_device
+from handsoff_ray.core.images import mosaic, to_uint8
+from handsoff_ray.core.stylegan2 import feature_spec, z_from_seeds
 
-__all__ = ["checkpoint_summary", "convert_checkpoint", "sample_grid", "parse_seeds", "file_sha256", "to_uint8"]
+__all__ = ["checkpoint_summary", "convert_checkpoint", "sample_grid", "file_sha256"]
 
 
 def file_sha256(path: str) -> str:
-    import pyarrow.fs as pafs
-
-    from handsoff_ray.pipeline.storage import sha256_file
-
-    return sha256_file(pafs.LocalFileSystem(), os.path.abspath(path))[0]
+    """The hex sha256 of a local file, read in 8 MiB blocks (a checkpoint can be gigabytes)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(8 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def checkpoint_summary(path: str) -> dict:
-    from handsoff_ray.core.checkpoint import load_generator
-    from handsoff_ray.core.stylegan2 import feature_spec
-
+    """`handsoff checkpoint info`: what PATH holds (format, architecture, the hypercolumn it gives)."""
     G = load_generator(path)
     spec = feature_spec(G)
     return {
@@ -50,19 +55,16 @@ def checkpoint_summary(path: str) -> dict:
 
 def convert_checkpoint(src: str, dst: str, *, force: bool = False) -> dict:
     """Convert src to the project's .safetensors at dst; an existing dst is replaced only with `force`."""
-    from handsoff_ray.core.checkpoint import load_generator, save_generator
-    from handsoff_ray.pipeline.errors import UserError
-
     if os.path.exists(dst) and os.path.samefile(src, dst):
-        raise UserError(f"{dst} is the source checkpoint; choose another destination")
+        raise CheckpointError(f"{dst} is the source checkpoint; choose another destination")
     if os.path.exists(dst) and not force:
-        raise UserError(f"{dst} exists; pass --force to overwrite it, or choose another destination")
+        raise CheckpointError(f"{dst} exists; pass --force to overwrite it, or choose another destination")
     G = load_generator(src)
     try:
         save_generator(G, dst, metadata={"converted_from": os.path.basename(src),
                                          "converted_from_sha256": file_sha256(src)})
     except OSError as err:
-        raise UserError(f"cannot write {dst}: {err.strerror or err}; pick another destination") from None
+        raise CheckpointError(f"cannot write {dst}: {err.strerror or err}; pick another destination") from None
     # Prove the conversion: the written file must reproduce the source's images.
     z = torch.randn(2, G.style_dim, generator=torch.Generator().manual_seed(0))
     G2 = load_generator(dst)
@@ -74,10 +76,7 @@ def convert_checkpoint(src: str, dst: str, *, force: bool = False) -> dict:
 
 @torch.no_grad()
 def sample_grid(path: str, seeds: list[int], out: str, truncation_psi: float, noise_mode: str, device: str) -> dict:
-    from handsoff_ray.core.checkpoint import load_generator
-    from handsoff_ray.core.device import resolve_device
-    from handsoff_ray.core.stylegan2 import z_from_seeds
-
+    """`handsoff checkpoint sample`: one image per seed, tiled into a PNG at `out`."""
     dev = resolve_device(device)
     G = load_generator(path, device=dev)
     images = []
