@@ -86,7 +86,7 @@ def _checkpoint_path(ctx, param, value: str) -> str:
     """'toy' names the generator shipped with the package; anything else must be an existing file."""
     import os
 
-    from handsoff_ray.pipeline.resolved import resolve_checkpoint
+    from handsoff_ray.pipeline.context import resolve_checkpoint
 
     path = resolve_checkpoint(value)
     if os.path.isdir(path):

@@ -179,7 +179,7 @@ def run_demo(out: str = "handsoff-demo", *, quick: bool = False, report: str | N
     from handsoff_ray.pipeline.dataset.layout import DATASET_FILES
     from handsoff_ray.pipeline.dataset.preview import preview_grid
     from handsoff_ray.pipeline.layout import RUN
-    from handsoff_ray.pipeline.resolved import resolve_checkpoint
+    from handsoff_ray.pipeline.context import resolve_checkpoint
     from handsoff_ray.pipeline.run import run_stage
     from handsoff_ray.pipeline.stages.evaluate import resolve_precision, load_real, load_synthetic, score_arms
 

@@ -116,7 +116,7 @@ class TestHash:
         outputs once (their bytes stay the same when the stage hashes above do). New with content identities."""
         from handsoff_ray.pipeline.digests import file_digest, labeled_digests
         from handsoff_ray.pipeline.identity import Identities
-        from handsoff_ray.pipeline.resolved import resolve_checkpoint
+        from handsoff_ray.pipeline.context import resolve_checkpoint
 
         toy = load_spec(Path(__file__).parents[1] / "jobs/specs/toy.yaml")
         checkpoint = file_digest(resolve_checkpoint(toy.generator.checkpoint))

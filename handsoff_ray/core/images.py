@@ -1,7 +1,8 @@
 """Image conversions and mosaics shared by the pipeline, the checkpoint tools and the toy GAN's training.
 
-    from handsoff_ray.core.images import mosaic, to_uint8
+    from handsoff_ray.core.images import from_uint8, mosaic, to_uint8
     png = mosaic(to_uint8(G(z, noise_mode="const")), columns=8)   # uint8 [rows*H, 8*W, 3]
+    x = from_uint8(images)                                         # uint8 [N, H, W, 3] -> float [N, 3, H, W]
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["mosaic", "to_uint8"]
+__all__ = ["from_uint8", "mosaic", "to_uint8"]
 
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:
@@ -20,6 +21,11 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
     The operation order is part of the dataset format: synthesized shards store these bytes.
     """
     return img.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def from_uint8(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> float32 [N, 3, H, W] in [-1, 1] (x / 127.5 - 1), the generator's image range."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 
 def mosaic(images: np.ndarray, columns: int | None = None, *, fill: int = 0) -> np.ndarray:

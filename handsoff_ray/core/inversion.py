@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from handsoff_ray.core.images import from_uint8
 from handsoff_ray.core.lpips_offline import OfflineLPIPS
 from handsoff_ray.core.metrics import psnr as _psnr
 
@@ -130,7 +131,7 @@ def _to_chw(image: np.ndarray | torch.Tensor) -> torch.Tensor:
                 f"numpy images must be uint8 [H, W, 3], got {image.dtype} {image.shape}; "
                 "pass float tensors [3, H, W] in [-1, 1] otherwise"
             )
-        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 127.5 - 1.0
+        return from_uint8(image[None])[0]
     if image.dtype == torch.uint8:
         raise ValueError(
             "uint8 tensors are ambiguous about layout; pass a uint8 numpy [H, W, 3] or a float tensor [3, H, W] in [-1, 1]"

@@ -24,10 +24,15 @@ import torch
 from handsoff_ray.config import JobSpec, stage_hash
 from handsoff_ray.pipeline.errors import UserError
 from handsoff_ray.pipeline.layout import ARTIFACTS, RUN
-from handsoff_ray.pipeline.resolved import resolve_checkpoint
 from handsoff_ray.pipeline.storage import RunStore, cached_local_file
+from handsoff_ray.toy import resolve_alias
 
-__all__ = ["RunContext", "open_run", "apply_torch_threads", "resolve_device"]
+__all__ = ["RunContext", "open_run", "apply_torch_threads", "resolve_checkpoint", "resolve_device"]
+
+
+def resolve_checkpoint(name: str) -> str:
+    """generator.checkpoint as a path or URI: 'toy' -> the generator shipped in handsoff_ray/toy/assets."""
+    return os.path.expanduser(resolve_alias(name))
 
 
 def open_run(spec: JobSpec) -> RunStore:
@@ -119,24 +124,25 @@ class RunContext:
     def stage_hash(self, stage: str) -> str:
         return stage_hash(self.spec, stage)
 
-    def check_stage_owner(self, stage: str) -> dict | None:
-        """The stage's marker when this spec owns its folder (None when nobody does yet); UserError when
-        another spec's outputs are there."""
-        h = self.stage_hash(stage)
-        existing = self.store.read_json(RUN.stage_marker(stage))
+    def check_stage_owner(self, stage) -> dict | None:
+        """The marker of `stage`'s folder (a stages.base.Stage) when this spec owns it (None when nobody does
+        yet); UserError when another spec's outputs are there."""
+        h = self.stage_hash(stage.name)
+        existing = self.store.read_json(RUN.stage_marker(stage.folder))
         if existing is not None and existing.get("stage_hash") != h:
             raise UserError(
-                f"{self.store.uri(RUN.stage_folder(stage))} holds {stage} output of another spec (hash "
+                f"{self.store.uri(stage.folder)} holds {stage.name} output of another spec (hash "
                 f"{existing.get('stage_hash')}, this spec {h}); set storage.run_id to a new id, or delete that "
                 "folder to recompute")
         return existing
 
-    def claim_stage(self, stage: str) -> str:
-        """Record which spec owns the stage's folder; refuse to mix two specs' outputs under one run id."""
+    def claim_stage(self, stage) -> str:
+        """Record which spec owns `stage`'s folder; refuse to mix two specs' outputs under one run id."""
+        h = self.stage_hash(stage.name)
         if self.check_stage_owner(stage) is None:
-            self.store.write_json(RUN.stage_marker(stage), {"stage": stage, "stage_hash": self.stage_hash(stage),
-                                                            "spec": self.spec.model_dump(mode="json")})
-        return self.stage_hash(stage)
+            self.store.write_json(RUN.stage_marker(stage.folder), {"stage": stage.name, "stage_hash": h,
+                                                                   "spec": self.spec.model_dump(mode="json")})
+        return h
 
     def feature_size(self, G) -> tuple[int, int]:
         """The hypercolumn (label) resolution: the spec's, else min(generator height, 512) like the reference."""

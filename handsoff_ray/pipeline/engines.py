@@ -73,7 +73,7 @@ def _train_loop(config: dict) -> None:
     train_ctx = ray.train.get_context()
     rank, world = train_ctx.get_world_rank(), train_ctx.get_world_size()
     stage, ctx = ALL_STAGES[config["stage"]], RunContext(parse_spec(config["spec"]))
-    progress_file = f"{RUN.progress_folder(stage.name)}/{config['progress_key']}-{rank}.json"
+    progress_file = f"{RUN.progress_folder(stage.folder)}/{config['progress_key']}-{rank}.json"
     work = stage.worker(ctx)
     finished, last = 0, [float("-inf")]
 
@@ -97,7 +97,7 @@ def _ray_train(stage: Stage, ctx: RunContext, plan: Plan, bar: StageProgress) ->
     ensure_ray(ctx.spec)
     res, store = ctx.spec.resources, ctx.store
     key = uuid.uuid4().hex[:12]  # this call's progress files, not a previous call's
-    folder = RUN.progress_folder(stage.name)
+    folder = RUN.progress_folder(stage.folder)
 
     def done() -> int:
         return sum(store.read_json(f"{folder}/{n}")["done"] for n in store.list(folder) if n.startswith(key))

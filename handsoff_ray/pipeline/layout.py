@@ -26,7 +26,7 @@ Paths are relative (to the run root, or to <output>/_artifacts) and use "/" on e
 
 from __future__ import annotations
 
-__all__ = ["RUN", "ARTIFACTS", "RunLayout", "ArtifactLayout"]
+__all__ = ["RUN", "ARTIFACTS", "RunLayout", "ArtifactLayout", "run_roots", "source_of"]
 
 
 class RunLayout:
@@ -41,9 +41,8 @@ class RunLayout:
     legacy_encoder = "latents/_encoder.safetensors"
     legacy_label_generator_file = "label_generator/label_generator.safetensors"
     dataset = "dataset"
+    eval = "eval"
     eval_report = "eval/report.json"
-    _stage_folders = {"invert": latents, "fit": label_generator, "synthesize": dataset, "evaluate": "eval",
-                      "suggest": "suggest"}
 
     def legacy_latent(self, image_id: str) -> str:
         return f"{self.latents}/{image_id}.safetensors"
@@ -52,14 +51,14 @@ class RunLayout:
         """A DATASET_FILES path (dataset/layout.py) of the run's dataset, relative to the run root."""
         return f"{self.dataset}/{rel}"
 
-    def stage_folder(self, stage: str) -> str:
-        return self._stage_folders[stage]
+    # A stage's folder is the stage's own fact (Stage.folder); these are the files every stage folder has.
+    @staticmethod
+    def stage_marker(folder: str) -> str:
+        return f"{folder}/_stage.json"
 
-    def stage_marker(self, stage: str) -> str:
-        return f"{self._stage_folders[stage]}/_stage.json"
-
-    def progress_folder(self, stage: str) -> str:
-        return f"{self._stage_folders[stage]}/_progress"
+    @staticmethod
+    def progress_folder(folder: str) -> str:
+        return f"{folder}/_progress"
 
 
 class ArtifactLayout:
@@ -97,3 +96,14 @@ class ArtifactLayout:
 
 RUN = RunLayout()
 ARTIFACTS = ArtifactLayout()
+
+
+def run_roots(spec) -> tuple[str, str]:
+    """(<output>/<run_id>, <output>/_artifacts) of a job spec, as the resolved plan names them."""
+    output = spec.storage.output.rstrip("/")
+    return f"{output}/{spec.run_id}", f"{output}/{ARTIFACTS.root}"
+
+
+def source_of(fmt: str, path: str | None, seeds: str | None) -> str | None:
+    """What a stage reads, in the resolved plan's words: a path, or the toy seeds it renders."""
+    return f"toy faces, seeds {seeds}" if fmt == "toy" else path

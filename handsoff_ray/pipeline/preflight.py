@@ -55,7 +55,7 @@ def _labeled_set(ctx) -> None:
 def _checkpoint(ctx) -> None:
     import torch
 
-    from handsoff_ray.pipeline.resolved import resolve_checkpoint
+    from handsoff_ray.pipeline.context import resolve_checkpoint
 
     path = resolve_checkpoint(ctx.spec.generator.checkpoint)
     if "://" in path or os.path.isfile(path):
@@ -100,8 +100,10 @@ def _storage(ctx) -> None:
         if info.type == pafs.FileType.NotFound:
             raise StorageError(f"storage.output: bucket s3://{bucket} does not exist: create it, or fix the bucket "
                                "name")
-    for stage in ("invert", "fit", "synthesize"):
-        ctx.check_stage_owner(stage)  # also reaches the object store, retrying as a run would
+    from handsoff_ray.pipeline.stages import STAGES
+
+    for name in ("invert", "fit", "synthesize"):
+        ctx.check_stage_owner(STAGES[name])  # also reaches the object store, retrying as a run would
 
 
 def _test_set(ctx) -> None:

@@ -26,16 +26,6 @@ from handsoff_ray.pipeline.stages import ALL_STAGES, STAGES
 
 __all__ = ["select_stages", "run_stage", "run_stages", "stage_summary"]
 
-# The counts each stage reports, between "skipped" and "seconds".
-_COUNTS = {
-    "invert": ("images", "inverted_now", "mean_psnr", "mean_lpips", "workers"),
-    "fit": ("images", "ensemble_size", "tasks", "workers"),
-    "synthesize": ("samples", "shards", "shards_written_now", "version", "actors"),
-    "evaluate": ("test_images", "synthetic"),
-    "suggest": ("pool_images", "parts", "parts_written_now"),
-}
-
-
 def select_stages(spec: JobSpec, names: list[str]) -> list[str]:
     """The requested stages in order, without evaluate when the spec does not enable it; ValueError on typos."""
     unknown = [n for n in names if n not in STAGES]
@@ -48,7 +38,7 @@ def stage_summary(result: dict) -> dict:
     """A stage's result in the one output shape (module docstring)."""
     name = result["stage"]
     out = {"stage": name, "run": result["run"], "output": result["output"], "skipped": bool(result["skipped"])}
-    out.update({k: result[k] for k in _COUNTS[name] if k in result})
+    out.update({k: result[k] for k in ALL_STAGES[name].counts if k in result})  # the stage's own counts
     if "reason" in result:  # what reran and why, one line
         out["reason"] = result["reason"]
     if name == "evaluate":  # the headline scores, not the per-class lists

@@ -126,10 +126,11 @@ def _to_input(x: torch.Tensor) -> torch.Tensor:
 
 def _render(seeds: Sequence[int], size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(images [N,3,S,S] in [-1,1], segmentation [N,64,64] long, targets [N,32]) for the extractor."""
+    from handsoff_ray.core.images import from_uint8
     from handsoff_ray.toy.world import render_batch
 
     b = render_batch(list(seeds), size=size)
-    img = torch.from_numpy(b.images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    img = from_uint8(b.images)
     seg = torch.from_numpy(b.segmentation).long()
     if size != INPUT_SIZE:  # labels of other sizes: nearest, matching the bilinear resize of the image
         seg = F.interpolate(seg[:, None].float(), size=(INPUT_SIZE, INPUT_SIZE), mode="nearest")[:, 0].long()

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from handsoff_ray.core.images import from_uint8
 from handsoff_ray.toy.world import render_batch
 
 __all__ = ["real_images"]
@@ -21,4 +22,4 @@ __all__ = ["real_images"]
 def real_images(seeds: Sequence[int] | np.ndarray, resolution: int) -> torch.Tensor:
     """Toy-world images for these seeds as [N, 3, R, R] floats in [-1, 1]."""
     imgs = render_batch([int(s) for s in seeds], size=resolution).images  # [N, R, R, 3] uint8
-    return torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    return from_uint8(imgs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from handsoff_ray.core.images import mosaic, to_uint8
+from handsoff_ray.core.images import from_uint8, mosaic, to_uint8
 
 
 def test_to_uint8_clamps_rounds_and_moves_channels_last():
@@ -25,3 +25,13 @@ def test_mosaic_is_row_major_with_empty_cells_filled():
     assert near_square[::2, ::3, 0].tolist() == [[10, 20], [30, 0]]
     wide = mosaic(images, 4, fill=255)
     assert wide.shape == (2, 12, 1) and wide[0, ::3, 0].tolist() == [10, 20, 30, 255]
+
+
+def test_from_uint8_is_the_generator_range_and_round_trips():
+    images = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=3)  # [1, 16, 16, 3]
+    x = from_uint8(images)
+    assert x.dtype == torch.float32 and x.shape == (1, 3, 16, 16)
+    assert float(x.min()) == -1.0 and float(x.max()) == 1.0
+    # x / 127.5 - 1, the operation order inversion and GAN training read images with
+    assert torch.equal(x, torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0)
+    np.testing.assert_array_equal(to_uint8(x), images)  # every byte comes back

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from handsoff_ray.core.images import from_uint8
 from handsoff_ray.pipeline.errors import UserError
 from handsoff_ray.pipeline.pool import Pool, PoolItem, load_images, open_pool
 
@@ -43,7 +44,7 @@ def to_training_size(image: np.ndarray, resolution: int) -> np.ndarray:
 
 
 def _as_tensor(images: list[np.ndarray]) -> torch.Tensor:
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    return from_uint8(np.stack(images))
 
 
 @dataclass

@@ -6,6 +6,12 @@
     stage.record(ctx, plan, result)      # driver, as each result arrives (engines that return results)
     summary = stage.finish(ctx, plan)    # driver: merge, index, mark the stage done
 
+A stage's facts live on its class, nowhere else: its name, its `folder` in the run (which spec owns it:
+`_stage.json`; Ray Train progress: `_progress/`), its `output`, the `counts` its summary line shows and
+`describe(spec)`, its entry in the resolved plan (`handsoff run --dry-run`). Their order is
+stages/__init__.py's registry. Which spec sections its identity hashes is config.py's `stage_hash` (one
+place for spec hashing: identity.py and the resolved plan hash without importing stages).
+
 `run.run_stage` puts the same header on every result: stage, run (the run's URI), output (`output_uri`) and
 skipped (True when prepare found the stage done; a stage's own result may say more precisely). A stage
 returns only what is its own (counts, reason, identity).
@@ -42,10 +48,17 @@ class Stage:
     # a Ray Data actor pool ("data": results stream back to the driver's `record`), or in-process (None).
     ray: Literal["train", "data"] | None = None
 
+    folder: str = ""  # the stage's folder in the run (layout.RUN): its _stage.json marker and _progress/
     output: str = ""  # the stage's output in the run folder (layout.RUN), named in the result header
+    counts: tuple[str, ...] = ()  # the result fields its summary line shows, after the header (run.stage_summary)
 
     def output_uri(self, ctx, plan: Plan) -> str:
         return ctx.store.uri(self.output)
+
+    def describe(self, spec) -> dict:
+        """The stage's entry in the resolved plan (pipeline/resolved.py): what it reads and writes, its hash.
+        Nothing is opened or computed."""
+        return {}
 
     def prepare(self, ctx) -> Plan:
         raise NotImplementedError

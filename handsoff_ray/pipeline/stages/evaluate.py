@@ -16,10 +16,10 @@ import time
 import numpy as np
 import torch
 
-from handsoff_ray.config import JobSpec
+from handsoff_ray.config import JobSpec, stage_hash
 from handsoff_ray.pipeline.context import RunContext
 from handsoff_ray.pipeline.errors import UserError
-from handsoff_ray.pipeline.layout import RUN
+from handsoff_ray.pipeline.layout import RUN, run_roots, source_of
 from handsoff_ray.pipeline.stages.base import Plan, Stage
 
 __all__ = ["EvaluateStage", "load_synthetic", "load_real", "score_arms", "train_and_score"]
@@ -248,7 +248,15 @@ class EvaluateStage(Stage):
     """One unit, always in this process: train the downstream network and score it (its own progress bar)."""
 
     name, progress_unit, ray = "evaluate", "step", None
-    output = RUN.eval_report
+    folder, output = RUN.eval, RUN.eval_report
+    counts = ("test_images", "synthetic")
+
+    def describe(self, spec) -> dict:
+        root, _ = run_roots(spec)
+        ev = spec.evaluation
+        return {"enabled": ev.enabled, "hash": stage_hash(spec, self.name),
+                "reads": source_of(ev.test_format, ev.test_path, ev.test_seeds),
+                "writes": f"{root}/{RUN.eval_report}"}
 
     def prepare(self, ctx: RunContext) -> Plan:
         spec, store = ctx.spec, ctx.store

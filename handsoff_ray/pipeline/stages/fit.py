@@ -23,11 +23,12 @@ import tempfile
 import numpy as np
 import torch
 
+from handsoff_ray.config import stage_hash
 from handsoff_ray.core.label_alignment import AlignedLabels, align_labels, align_labels_in_content
 from handsoff_ray.pipeline.context import RunContext, apply_torch_threads
 from handsoff_ray.pipeline.errors import UserError
 from handsoff_ray.pipeline.identity import explain_changes
-from handsoff_ray.pipeline.layout import ARTIFACTS, RUN
+from handsoff_ray.pipeline.layout import ARTIFACTS, RUN, run_roots
 from handsoff_ray.pipeline.labeled import data_facts
 from handsoff_ray.pipeline.outputs import read_latent
 from handsoff_ray.pipeline.stages.base import Plan, Stage
@@ -38,7 +39,15 @@ __all__ = ["FitStage", "fit_inputs", "hypercolumn_features"]
 
 class FitStage(Stage):
     name, progress_unit, ray = "fit", "member", "train"
-    output = RUN.label_generator
+    folder = output = RUN.label_generator
+    counts = ("images", "ensemble_size", "tasks", "workers")
+
+    def describe(self, spec) -> dict:
+        root, artifacts = run_roots(spec)
+        return {"hash": stage_hash(spec, self.name),
+                "tasks": spec.label_generator.tasks.enabled(),
+                "ensemble_size": spec.label_generator.ensemble_size,
+                "writes": f"{artifacts}/{ARTIFACTS.label_generators}/<identity>/, {root}/{RUN.label_generator_ref}"}
 
     def prepare(self, ctx: RunContext) -> Plan:
         _, ids = ctx.labeled()
@@ -48,7 +57,7 @@ class FitStage(Stage):
         if missing:
             raise UserError(f"{len(missing)} of {len(ids)} images are not inverted yet (first: {missing[0]}); "
                             f"run `handsoff invert SPEC` first")
-        ctx.claim_stage("fit")
+        ctx.claim_stage(self)
         before = store.read_json(RUN.label_generator_ref)
         if artifacts.exists(ARTIFACTS.label_generator_file(idn.fit)):
             if before is not None and before.get("identity") == idn.fit:
@@ -107,7 +116,7 @@ class FitStage(Stage):
             lg = merge_label_generators(parts)
             save_label_generator(lg, f"{d}/lg.safetensors")
             summary = {"images": len(ids), "tasks": list(lg.tasks), "out_size": list(lg.out_size),
-                       "ensemble_size": lg.ensemble_size, "stage_hash": ctx.stage_hash("fit"), "identity": fid,
+                       "ensemble_size": lg.ensemble_size, "stage_hash": ctx.stage_hash(self.name), "identity": fid,
                        "members": lg.history_summary, "data": data_facts(ctx)}
             artifacts.write_json(ARTIFACTS.fit_summary(fid), summary)
             artifacts.put_file(ARTIFACTS.label_generator_file(fid), f"{d}/lg.safetensors")  # last: marks it done

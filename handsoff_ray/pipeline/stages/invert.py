@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from safetensors.torch import save as st_save
 
+from handsoff_ray.config import stage_hash
 from handsoff_ray.pipeline.context import RunContext, apply_torch_threads
 from handsoff_ray.pipeline.identity import explain_changes
-from handsoff_ray.pipeline.layout import ARTIFACTS, RUN
+from handsoff_ray.pipeline.layout import ARTIFACTS, RUN, run_roots, source_of
 from handsoff_ray.pipeline.outputs import read_latent
 from handsoff_ray.pipeline.progress import log_event
 from handsoff_ray.pipeline.stages.base import Plan, Stage
@@ -36,12 +37,25 @@ __all__ = ["InvertStage", "inversion_kwargs", "summarize_inversion"]
 
 class InvertStage(Stage):
     name, progress_unit, ray = "invert", "step", "train"
-    output = RUN.latents
+    folder = output = RUN.latents
+    counts = ("images", "inverted_now", "mean_psnr", "mean_lpips", "workers")
+
+    def describe(self, spec) -> dict:
+        root, artifacts = run_roots(spec)
+        return {"hash": stage_hash(spec, self.name),
+                "reads": source_of(spec.data.format, spec.data.path, spec.data.seeds),
+                "images": spec.data.ids or (f"first {spec.data.limit}" if spec.data.limit else "all"),
+                "steps": spec.inversion.steps,
+                "batch_size": spec.inversion.batch_size,
+                "init": "encoder" if spec.inversion.encoder.enabled else "average latent",
+                "writes": f"{artifacts}/{ARTIFACTS.latents}/ (one latent per image, by content), "
+                          f"{root}/{RUN.latents_refs}",
+                "workers": spec.resources.num_workers}
 
     def prepare(self, ctx: RunContext) -> Plan:
         _, ids = ctx.labeled()  # decodes and checks the whole set before any compute
         ctx.content_rows(ctx.generator(torch.device("cpu")))  # a bad checkpoint or crop_rows fails here
-        ctx.claim_stage("invert")
+        ctx.claim_stage(self)
         idn = ctx.identities()
         if list(idn.latents) != list(ids):  # digests.py selects like labeled.py; a mismatch is a bug, never data
             raise RuntimeError(f"content digests cover other images than the labeled set ({len(idn.latents)} vs {len(ids)})")
@@ -66,7 +80,7 @@ class InvertStage(Stage):
         # lpips_weight 0 (pure MSE) needs no VGG trunk, which also cannot run below ~16 px on a side.
         lpips_model = ctx.lpips() if ctx.spec.inversion.lpips_weight > 0 else None
         encoder = _encoder(ctx, G)
-        h, artifacts, idn = ctx.stage_hash("invert"), ctx.artifacts, ctx.identities()
+        h, artifacts, idn = ctx.stage_hash(self.name), ctx.artifacts, ctx.identities()
 
         def work(batch_ids: list[str], report) -> int:
             batch_ids = _pending(ctx, batch_ids)  # a retried worker skips what is written

@@ -45,6 +45,8 @@ def feature_key(pool, feature: str, size: int) -> str:
 
 class SuggestFeaturesStage(Stage):
     name, progress_unit, ray = "suggest", "image", "data"
+    folder = "suggest"
+    counts = ("pool_images", "parts", "parts_written_now")
 
     def output_uri(self, ctx, plan: Plan) -> str:  # the pool's features are shared artifacts, not the run's
         return ctx.artifacts.uri(plan.state["folder"])

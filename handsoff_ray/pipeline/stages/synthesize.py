@@ -27,14 +27,14 @@ import time
 
 import numpy as np
 
-from handsoff_ray.config import JobSpec
+from handsoff_ray.config import JobSpec, stage_hash
 from handsoff_ray.pipeline.context import RunContext, apply_torch_threads
 from handsoff_ray.pipeline.dataset.layout import DATASET_FILES, VERSION_STRIDE
 from handsoff_ray.pipeline.dataset.writer import (
     DatasetWriter, count_classes, dataset_card, shard_entry, verify_committed, with_versions,
 )
 from handsoff_ray.pipeline.errors import UserError
-from handsoff_ray.pipeline.layout import ARTIFACTS, RUN
+from handsoff_ray.pipeline.layout import ARTIFACTS, RUN, run_roots
 from handsoff_ray.pipeline.stages.base import Plan, Stage
 from handsoff_ray.pipeline.telemetry import metrics
 
@@ -43,7 +43,19 @@ __all__ = ["SynthesizeStage", "shard_ranges"]
 
 class SynthesizeStage(Stage):
     name, progress_unit, ray = "synthesize", "shard", "data"
-    output = RUN.dataset
+    folder = output = RUN.dataset
+    counts = ("samples", "shards", "shards_written_now", "version", "actors")
+
+    def describe(self, spec) -> dict:
+        root, _ = run_roots(spec)
+        syn = spec.synthesis
+        return {"hash": stage_hash(spec, self.name),
+                "samples": syn.num_samples,
+                "shards": len(shard_ranges(syn.num_samples, syn.shard_size)),
+                "shard_size": syn.shard_size,
+                "truncation_psi": syn.truncation_psi,
+                "writes": f"{root}/{RUN.dataset}/" + (f" (version {syn.version})" if syn.version else ""),
+                "actors": spec.resources.synthesis_actors}
 
     def prepare(self, ctx: RunContext) -> Plan:
         """Claim the dataset folder, verify what an earlier run committed, list the shards still to write."""
@@ -56,7 +68,7 @@ class SynthesizeStage(Stage):
 
             raise UserError(f"the run's label generator is stale: {explain_changes(ref.get('inputs'), idn.fit_inputs(), 'fit')}; "
                             "run `handsoff fit SPEC` (or `handsoff run SPEC`) first")
-        h = ctx.claim_stage("synthesize")
+        h = ctx.claim_stage(self)
         meta = _meta(_facts(ctx))
         writer = DatasetWriter(store, RUN.dataset)
         manifest, note = writer.load_manifest()
