@@ -25,7 +25,10 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
 
 def from_uint8(images: np.ndarray) -> torch.Tensor:
     """uint8 [N, H, W, 3] -> float32 [N, 3, H, W] in [-1, 1] (x / 127.5 - 1), the generator's image range."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    images = np.ascontiguousarray(images)
+    if not images.flags.writeable:  # e.g. decoded by PIL: torch warns on read-only memory; a uint8 copy is cheap
+        images = images.copy()
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 
 def mosaic(images: np.ndarray, columns: int | None = None, *, fill: int = 0) -> np.ndarray:

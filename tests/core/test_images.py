@@ -35,3 +35,13 @@ def test_from_uint8_is_the_generator_range_and_round_trips():
     # x / 127.5 - 1, the operation order inversion and GAN training read images with
     assert torch.equal(x, torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0)
     np.testing.assert_array_equal(to_uint8(x), images)  # every byte comes back
+
+
+def test_from_uint8_takes_read_only_arrays_without_a_warning():
+    import warnings
+
+    images = np.zeros((1, 2, 2, 3), np.uint8)
+    images.flags.writeable = False  # as a decoded PIL image can be
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert from_uint8(images).shape == (1, 3, 2, 2)
