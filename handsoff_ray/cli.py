@@ -28,6 +28,7 @@ import click
 import yaml
 
 from handsoff_ray.config import JobSpec, SpecError, load_spec
+from handsoff_ray.pipeline.layout import RUN
 
 __all__ = ["main"]
 
@@ -205,11 +206,13 @@ def _stage_command(name: str, doc: str) -> None:
     main.command(name)(command)
 
 
-_stage_command("invert", "Invert the labeled images of SPEC into W+ latents (writes <run>/latents/).")
-_stage_command("fit", "Fit the label-generator ensemble on the inverted images (writes <run>/label_generator/).")
-_stage_command("synthesize", "Write the synthetic image+label pairs as Parquet shards (writes <run>/dataset/).")
+# The folders come from layout.RUN (torch-free), so `handsoff --help` stays fast and names what the stages write.
+_stage_command("invert", f"Invert the labeled images of SPEC into W+ latents (writes <run>/{RUN.latents}/).")
+_stage_command("fit", "Fit the label-generator ensemble on the inverted images "
+                      f"(writes <run>/{RUN.label_generator}/).")
+_stage_command("synthesize", f"Write the synthetic image+label pairs as Parquet shards (writes <run>/{RUN.dataset}/).")
 _stage_command("evaluate", "Train a downstream network on the run's synthetic pairs and test it on "
-                           "evaluation.test_path.")
+                           f"evaluation.test_path (writes <run>/{RUN.eval_report}).")
 
 
 @main.command()
