@@ -11,9 +11,7 @@ import errno
 import os
 
 from handsoff_ray.config import JobSpec, spec_hash
-from handsoff_ray.pipeline.context import resolve_checkpoint
 from handsoff_ray.pipeline.layout import run_roots
-from handsoff_ray.pipeline.stages import STAGES
 
 __all__ = ["resolved_plan"]
 
@@ -43,6 +41,10 @@ def _path_problem(field: str, path: str, *, want_folder: bool) -> str | None:
 
 
 def resolved_plan(spec: JobSpec) -> dict:
+    # Imported here, not at the top: importing this module loads no torch (context and the stages do).
+    from handsoff_ray.pipeline.context import resolve_checkpoint
+    from handsoff_ray.pipeline.stages import STAGES
+
     problems = []
     ckpt = resolve_checkpoint(spec.generator.checkpoint)
     if "://" not in ckpt and (problem := _path_problem("generator.checkpoint", ckpt, want_folder=False)):
