@@ -11,7 +11,6 @@ load the label generator) share these, so no stage imports another to find its i
 from __future__ import annotations
 
 import json
-import tempfile
 
 import torch
 from safetensors.torch import load as st_load
@@ -33,17 +32,12 @@ def latent_location(store: RunStore, image_id: str, refs: dict | None = None) ->
 
 def read_latent(store: RunStore, image_id: str, refs: dict | None = None) -> tuple[torch.Tensor, dict]:
     """(ws [L, D], inversion metrics) of one inverted image of the run (`refs`: its latents/_refs.json)."""
-    from safetensors import safe_open
-
     where, rel = latent_location(store, image_id, refs)
     blob = where.read_bytes(rel)
-    tensors = st_load(blob)
-    with tempfile.NamedTemporaryFile(suffix=".safetensors") as f:  # safe_open reads metadata from a file
-        f.write(blob)
-        f.flush()
-        with safe_open(f.name, framework="pt") as sf:
-            meta = json.loads(sf.metadata()["handsoff_ray.inversion"])
-    return tensors["ws"], meta
+    # safetensors' layout: an 8-byte little-endian header length, then the JSON header holding __metadata__.
+    # Read from the bytes already in memory (safe_open would need them written to a file first).
+    header = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])
+    return st_load(blob)["ws"], json.loads(header["__metadata__"]["handsoff_ray.inversion"])
 
 
 def label_generator_location(store: RunStore) -> tuple[RunStore, str]:
