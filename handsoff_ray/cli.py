@@ -60,9 +60,8 @@ def _load_with(spec_path: str, overrides: dict[str, Any]) -> JobSpec:
         raise BadInput(str(err)) from None
 
 
-def _preflight(job: JobSpec, stages: tuple[str, ...] = ("invert", "fit", "synthesize", "evaluate"), ctx=None,
-               plan: dict | None = None) -> None:
-    """Every input check the stages make before computing; BadInput listing the problems."""
+def _preflight(job: JobSpec, stages: tuple[str, ...] | None = None, ctx=None, plan: dict | None = None) -> None:
+    """Every input check the stages (default: all of a run's) make before computing; BadInput listing the problems."""
     from handsoff_ray.pipeline.preflight import preflight
 
     problems = preflight(job, stages, ctx=ctx, plan=plan)

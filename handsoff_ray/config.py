@@ -778,6 +778,7 @@ _STAGE_SECTIONS = {
     "evaluate": ("seed", "generator", "data", "inversion", "label_generator", "synthesis", "reader", "evaluation"),
 }
 
+
 def stage_hash(spec: JobSpec, stage: str) -> str:
     """The spec part of a stage's identity (pipeline/identity.py adds what it reads): it names which spec owns a run's
     stage folder and is every row's `spec_hash`. synthesis.version picks a batch of the same dataset, so it

@@ -86,10 +86,7 @@ def push_schedule_success(gateway: str, schedule: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if not argv:
-        print("usage: entrypoint.py [--train-gan] SPEC.yaml [handsoff run args...]", file=sys.stderr)
-        return 2
-    command = "train-gan" if argv[0] == "--train-gan" else "run"
+    command = "train-gan" if argv[:1] == ["--train-gan"] else "run"
     argv = argv[1:] if command == "train-gan" else argv
     if not argv:
         print("usage: entrypoint.py [--train-gan] SPEC.yaml [handsoff run args...]", file=sys.stderr)

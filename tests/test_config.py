@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from handsoff_ray.config import JobSpec, SpecError, load_spec, parse_spec, spec_hash
+from handsoff_ray.config import JobSpec, SpecError, load_spec, parse_spec, spec_hash, stage_hash
 
 
 class TestParse:
@@ -101,8 +101,6 @@ class TestHash:
         """Pinned: a changed hash refuses every existing run's outputs ("holds output of another spec") and
         changes every shard's bytes (the spec_hash column). Values from before reader.* left synthesis.
         Content identities (next test) add what a stage reads to these and leave them as they were."""
-        from handsoff_ray.config import stage_hash
-
         toy = load_spec(Path(__file__).parents[1] / "jobs/specs/toy.yaml")
         for spec, expected in ((parse_spec({}), ["41a7d2b5b7e3215e", "8978c2102fba79b4", "c0e70f9ec7c45ba4"]),
                                (toy, ["b82f1e9b5f9dacfb", "112098439e467547", "cc7b753d7f9ac0d2"])):
@@ -128,8 +126,6 @@ class TestHash:
     def test_synthesis_version_is_in_no_stage_hash(self):
         """A dataset's versions (scheduled batches) belong to one spec: the version changes no stage hash, so
         no row's spec_hash, and the full spec hash only when set."""
-        from handsoff_ray.config import stage_hash
-
         a, b = parse_spec({}), parse_spec({"synthesis": {"version": 29_000_000}})
         assert [stage_hash(a, s) for s in ("invert", "fit", "synthesize", "evaluate")] == \
             [stage_hash(b, s) for s in ("invert", "fit", "synthesize", "evaluate")]
@@ -149,8 +145,6 @@ class TestHash:
 
     def test_gan_changes_no_hash(self):
         """Training a generator changes no HandsOff stage: a run sees it through generator.checkpoint's bytes."""
-        from handsoff_ray.config import stage_hash
-
         a, b = parse_spec({}), parse_spec({"gan": {"kimg": 3, "augment": "diffaugment",
                                                    "data": {"format": "toy", "seeds": "5-9"}}})
         assert spec_hash(a) == spec_hash(b) == "20113b07732b3640"
@@ -159,8 +153,6 @@ class TestHash:
 
     def test_suggest_changes_no_hash(self):
         """Choosing images to label computes nothing of a run: no stage hash, no spec hash moves."""
-        from handsoff_ray.config import stage_hash
-
         a, b = parse_spec({}), parse_spec({"suggest": {"budget": 3, "pool": {"format": "toy", "seeds": "5-9"}}})
         assert spec_hash(a) == spec_hash(b) == "20113b07732b3640"
         assert [stage_hash(a, s) for s in ("invert", "fit", "synthesize", "evaluate")] == \

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from handsoff_ray.config import JobSpec
+from handsoff_ray.config import JobSpec, stage_hash
 from handsoff_ray.pipeline.digests import LabeledDigests, digest_of
-from handsoff_ray.config import stage_hash
 
 __all__ = ["Identities", "explain_changes", "IDENTITY_VERSION"]
 

@@ -19,9 +19,10 @@ from handsoff_ray.pipeline.errors import UserError
 __all__ = ["preflight"]
 
 
-def preflight(spec: JobSpec, stages: tuple[str, ...] = ("invert", "fit", "synthesize", "evaluate"), *,
+def preflight(spec: JobSpec, stages: tuple[str, ...] | None = None, *,
               ctx=None, plan: dict | None = None) -> list[str]:
-    """One line per problem the spec's inputs have for these stages; [] when there is none. Pass the run's
+    """One line per problem the spec's inputs have for these stages (default: every stage of a run); [] when
+    there is none. Pass the run's
     RunContext to keep what the checks open (the labeled set) for the stages, and the plan (`resolved_plan`)
     when the caller has already made it: making it reads the labeled set's listing and the checkpoint."""
     from handsoff_ray.pipeline.context import RunContext
@@ -29,6 +30,10 @@ def preflight(spec: JobSpec, stages: tuple[str, ...] = ("invert", "fit", "synthe
     from handsoff_ray.pipeline.resolved import resolved_plan
 
     ctx = ctx or RunContext(spec)
+    if stages is None:
+        from handsoff_ray.pipeline.stages import STAGES
+
+        stages = tuple(STAGES)
 
     problems = list((plan or resolved_plan(spec))["problems"])
     checks = [_labeled_set, _checkpoint, _device, _storage]
@@ -102,8 +107,8 @@ def _storage(ctx) -> None:
                                "name")
     from handsoff_ray.pipeline.stages import STAGES
 
-    for name in ("invert", "fit", "synthesize"):
-        ctx.check_stage_owner(STAGES[name])  # also reaches the object store, retrying as a run would
+    for stage in STAGES.values():  # a stage that never claims its folder (evaluate) has no marker to find
+        ctx.check_stage_owner(stage)  # also reaches the object store, retrying as a run would
 
 
 def _test_set(ctx) -> None:
